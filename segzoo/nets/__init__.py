@@ -1,0 +1,19 @@
+"""segzoo.nets: pure ``torch.nn`` segmentation nets and their registry (no Lightning, no data)."""
+
+from segzoo.nets._registry import create_net, list_nets, net_example_shape, register_net
+from segzoo.nets.base import SegNet, build_net, from_pretrained
+from segzoo.nets.mss_unet import MSSUNet
+
+# modules below register their variants on import
+from segzoo.nets import mss_unet as _mss_unet  # noqa: F401,E402  isort: skip
+
+__all__ = [
+    "MSSUNet",
+    "SegNet",
+    "build_net",
+    "create_net",
+    "from_pretrained",
+    "list_nets",
+    "net_example_shape",
+    "register_net",
+]

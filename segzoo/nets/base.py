@@ -1,0 +1,141 @@
+"""Base class for every segzoo net: records constructor arguments so a net can be rebuilt from a file.
+
+Follows segmentation_models_pytorch's hub mixin: ``save_pretrained(dir)`` writes ``config.json`` (class path,
+registry name, constructor arguments) and ``model.safetensors``; :func:`from_pretrained` rebuilds the net.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    raise TypeError(f"constructor argument of type {type(value).__name__} cannot be saved in config.json")
+
+
+class SegNet(nn.Module):
+    """A segmentation net whose constructor arguments are recorded in ``self.init_config``.
+
+    Subclasses only write an ordinary ``__init__``; the arguments of the outermost constructor call are kept.
+    Attributes:
+        deep_supervision: True when ``forward`` returns a list of logits in training mode.
+        registry_name: the registry name the net was created under, if any.
+    """
+
+    deep_supervision: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kw):
+            if "_init_config" not in self.__dict__:
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                arguments = dict(bound.arguments)
+                arguments.pop("self")
+                object.__setattr__(self, "_init_config", None)
+                init(self, *args, **kw)
+                object.__setattr__(
+                    self,
+                    "_init_config",
+                    {
+                        "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                        "init_args": arguments,
+                    },
+                )
+            else:
+                init(self, *args, **kw)
+
+        cls.__init__ = __init__
+
+    registry_name: str | None = None
+
+    @property
+    def init_config(self) -> dict[str, Any]:
+        """``{"class_path": ..., "init_args": {...}}`` of this net, JSON-serialisable."""
+        cfg = self.__dict__["_init_config"]
+        return {"class_path": cfg["class_path"], "init_args": _jsonable(cfg["init_args"])}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically per file)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {**self.init_config, "registry_name": self.registry_name, "segzoo_format": 1}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
+            tmp = Path(f.name)
+        try:
+            save_file(state, str(tmp))
+            os.replace(tmp, directory / "model.safetensors")
+        finally:
+            tmp.unlink(missing_ok=True)
+        atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
+        return directory
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        f.write(text)
+        tmp = Path(f.name)
+    os.replace(tmp, path)
+
+
+def build_net(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a net from ``{"class_path": ..., "init_args": {...}}`` (as in ``SegNet.init_config``)."""
+    try:
+        module_name, _, cls_name = config["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (KeyError, ImportError, AttributeError) as e:
+        raise ValueError(f"cannot rebuild net from config {config!r}: {e}") from None
+    net = cls(**config.get("init_args", {}))
+    if config.get("registry_name") and hasattr(net, "registry_name"):
+        net.registry_name = config["registry_name"]
+    return net
+
+
+def from_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a net saved by :meth:`SegNet.save_pretrained`."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: expected a directory written by save_pretrained()")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    net = build_net(config)
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise ValueError(f"{weights} could not be read ({e}); the file is corrupt or truncated") from None
+    net.load_state_dict(state)
+    return net
