@@ -1,0 +1,171 @@
+"""Whole-case prediction from a checkpoint alone: NIfTI in, NIfTI label map out with the input's shape and affine.
+
+Used by ``segzoo infer``. A Lightning checkpoint written by :class:`segzoo.tasks.SegmentationTask` carries the net's
+constructor config (``segzoo_net``), the sliding-window size (``segzoo_inferer``), the post-processing
+(``segzoo_postprocess``) and the datamodule's preprocessing (``<DataModule>["preprocessor"]``), so no config is needed.
+A ``save_pretrained`` directory (``config.json`` + ``model.safetensors``, optionally ``preprocessor.json``) works too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from segzoo.data.io import DataError, load_nifti, save_nifti
+from segzoo.nets.base import build_net, from_pretrained
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def callable_config(obj: Any) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` of a dataclass or ``SegNet``-like object, to rebuild it later."""
+    if obj is None:
+        return None
+    cls = type(obj)
+    if dataclasses.is_dataclass(obj):
+        args = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+    else:
+        args = getattr(obj, "init_config", {}).get("init_args", {})
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
+
+
+def build_callable(config: dict[str, Any]) -> Any:
+    module, _, name = config["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**config.get("init_args", {}))
+
+
+def case_name(path: Path) -> str:
+    """``case_00012`` for ``.../case_00012/imaging.nii.gz``, else the file name without ``.nii(.gz)``."""
+    if path.name.startswith("imaging.nii"):
+        return path.parent.name
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def find_inputs(input_path: str | os.PathLike) -> list[Path]:
+    """NIfTI images to predict: one file, a folder of files, or a folder of KiTS-layout case folders."""
+    root = Path(input_path)
+    if root.is_file():
+        if not root.name.endswith(NIFTI_SUFFIXES):
+            raise DataError(f"{root}: expected a .nii or .nii.gz file")
+        return [root]
+    if not root.is_dir():
+        raise DataError(f"{root}: no such file or folder")
+    found = [p for p in sorted(root.iterdir()) if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)]
+    for case in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = [case / f"imaging{s}" for s in NIFTI_SUFFIXES if (case / f"imaging{s}").is_file()]
+        found.extend(images[:1])
+    if not found:
+        raise DataError(f"{root}: no .nii/.nii.gz files and no case folders with imaging.nii.gz found")
+    names = [case_name(p) for p in found]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise DataError(f"{root}: several inputs map to the same output name(s) {sorted(dupes)}")
+    return found
+
+
+@dataclass
+class Predictor:
+    """Net + preprocessing + whole-case inferer + post-processing, ready to predict NIfTI files."""
+
+    net: nn.Module
+    inferer: Callable[[torch.Tensor, nn.Module], torch.Tensor]
+    preprocessor: Any | None = None
+    postprocess: Callable | None = None
+    device: torch.device = torch.device("cpu")
+
+    def predict_array(self, image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """Label map ``uint8`` with exactly ``image.shape`` for one single-channel volume."""
+        if self.preprocessor is not None:
+            x = np.asarray(self.preprocessor.preprocess(image, spacing), dtype=np.float32)
+        else:
+            x = np.asarray(image, dtype=np.float32)[None]
+        xt = torch.from_numpy(x)[None].to(self.device)
+        with torch.inference_mode():
+            out = self.inferer(xt, self.net)[0]
+        if self.preprocessor is not None:
+            labels = np.asarray(self.preprocessor.restore(out, tuple(image.shape)))
+        else:
+            labels = out.argmax(0).cpu().numpy()
+        if self.postprocess is not None:
+            labels = np.asarray(self.postprocess(labels))
+        return labels.astype(np.uint8)
+
+    def predict_file(self, image_path: Path, output_path: Path) -> Path:
+        from segzoo.data.kits19 import spacing_from_affine
+
+        image, affine = load_nifti(image_path, dtype=np.float32)
+        if image.ndim != 3:
+            raise DataError(f"{image_path}: expected a 3D image, got shape {image.shape}")
+        labels = self.predict_array(image, spacing_from_affine(affine))
+        return save_nifti(labels, affine, output_path)
+
+
+def load_predictor(
+    source: str | os.PathLike,
+    device: str = "cpu",
+    tta: bool = True,
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    postprocess: bool = True,
+    roi_size: Sequence[int] | None = None,
+) -> Predictor:
+    """Build a :class:`Predictor` from a Lightning checkpoint or a ``save_pretrained`` directory."""
+    from segzoo.inference.sliding_window import SlidingWindowTTAInferer
+
+    source = Path(source)
+    dev = torch.device(device)
+    preproc_cfg, post_cfg, roi = None, None, None
+    if source.is_dir():
+        net = from_pretrained(source)
+        if (source / "preprocessor.json").is_file():
+            preproc_cfg = json.loads((source / "preprocessor.json").read_text())
+        if (source / "inference.json").is_file():
+            extra = json.loads((source / "inference.json").read_text())
+            roi, post_cfg = extra.get("roi_size"), extra.get("postprocess")
+    elif source.is_file():
+        try:
+            ckpt = torch.load(source, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise DataError(f"{source}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+        if "segzoo_net" not in ckpt:
+            raise DataError(f"{source}: not a segzoo checkpoint (no 'segzoo_net' entry); train with `segzoo fit`")
+        net = build_net(ckpt["segzoo_net"])
+        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(state)
+        for value in ckpt.values():
+            if isinstance(value, dict) and "preprocessor" in value:
+                preproc_cfg = value["preprocessor"]
+        roi = ckpt.get("segzoo_inferer", {}).get("roi_size")
+        post_cfg = ckpt.get("segzoo_postprocess")
+    else:
+        raise DataError(f"{source}: no such checkpoint file or pretrained directory")
+    roi = list(roi_size) if roi_size is not None else roi
+    if roi is None:
+        raise DataError(f"{source}: holds no sliding-window size; pass --roi-size")
+    preprocessor = None
+    if preproc_cfg is not None:
+        from segzoo.data.preprocessing import CTPreprocessor
+
+        preprocessor = CTPreprocessor.from_dict(preproc_cfg)
+    spatial = len(roi)
+    inferer = SlidingWindowTTAInferer(
+        roi_size=roi,
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        mirror_axes=tuple(range(spatial)) if tta else None,
+    )
+    post = build_callable(post_cfg) if (postprocess and post_cfg) else None
+    return Predictor(net=net.to(dev).eval(), inferer=inferer, preprocessor=preprocessor, postprocess=post, device=dev)
