@@ -1,0 +1,139 @@
+"""BraTS 2018-2021 reader: four co-registered MR modalities and the tumour labels, in the released layouts.
+
+Dataset: Menze et al., IEEE TMI 2015; Bakas et al., arXiv:1811.02629; used by You et al., "DR-Net: dual-rotation
+network with feature map enhancement for medical image segmentation", Complex & Intelligent Systems 2022.
+
+Layouts (``.nii`` or ``.nii.gz``)::
+
+    <root>/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz          (2019-2021)
+    <root>/{HGG,LGG}/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz  (2018)
+
+Labels: 0 background, 1 necrotic / non-enhancing tumour core, 2 peritumoural oedema, 4 enhancing tumour.
+BraTS 2023 writes the enhancing tumour as 3 (and renames the files); pass ``et_label=3`` to read such seg files:
+the returned seg is always in the 0/1/2/4 convention. Any other value is an error: a silent remap would
+corrupt the ET/TC regions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from segzoo.data.io import DataError, check_label_values, check_same_geometry, load_nifti
+
+BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+BRATS_LABELS = (0, 1, 2, 4)
+
+
+class BratsCase(NamedTuple):
+    """One BraTS case.
+
+    Attributes:
+        image: (4, X, Y, Z) float32, modalities in the order t1, t1ce, t2, flair (on-disk voxel order).
+        label: (X, Y, Z) uint8 with values in {0, 1, 2, 4}.
+        affine: (4, 4) voxel-to-world matrix of the t1 file.
+        spacing: voxel size (x, y, z) in mm, from the affine.
+        case_id: the case folder name.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    case_id: str
+
+
+def brats_file(case_dir: Path, suffix: str) -> Path | None:
+    """``<case_dir>/<case>_<suffix>.nii.gz`` or ``.nii``, whichever exists (None if neither)."""
+    for ext in (".nii.gz", ".nii"):
+        path = case_dir / f"{case_dir.name}_{suffix}{ext}"
+        if path.is_file():
+            return path
+    return None
+
+
+def find_brats_cases(root: str | os.PathLike) -> list[Path]:
+    """Case folders under ``root`` (flat 2019-2021 layout or 2018 ``HGG/``/``LGG/``), sorted by case name.
+
+    A case folder is one holding ``<folder name>_flair.nii[.gz]``; it is searched for at depth 1 and 2.
+
+    Raises:
+        DataError: ``root`` missing, no case found, or the same case name twice (e.g. under HGG and LGG).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: BraTS data folder not found")
+    found: dict[str, Path] = {}
+    candidates = [d for d in root.iterdir() if d.is_dir()]
+    candidates += [d for parent in candidates for d in parent.iterdir() if d.is_dir()]
+    for d in candidates:
+        if d.name.startswith(".") or brats_file(d, "flair") is None:
+            continue
+        if d.name in found:
+            raise DataError(f"{d}: case {d.name} also found at {found[d.name]}; expected each case once")
+        found[d.name] = d
+    if not found:
+        raise DataError(
+            f"{root}: no BraTS cases found; expected <root>/<case>/<case>_flair.nii.gz (2019-2021) "
+            "or <root>/HGG/<case>/... (2018)"
+        )
+    return [found[name] for name in sorted(found)]
+
+
+def load_brats_case(case_dir: str | os.PathLike, et_label: int = 4) -> BratsCase:
+    """Read the four modalities and the seg of one BraTS case, checking that they are co-registered.
+
+    Args:
+        case_dir: the case folder ``<case>``.
+        et_label: value of the enhancing tumour in the seg file: 4 (BraTS 2018-2021) or 3 (BraTS 2023);
+            it is returned as 4 either way.
+
+    Returns:
+        :class:`BratsCase`; image (4, X, Y, Z) float32 in the order t1, t1ce, t2, flair, label (X, Y, Z) uint8.
+
+    Raises:
+        DataError: a missing, corrupt or non-finite file, modalities or seg of different shape or affine,
+            a non-3D image, seg values outside {0, 1, 2, et_label} or non-integer seg values.
+    """
+    if et_label not in (3, 4):
+        raise ValueError(f"et_label must be 4 (BraTS 2018-2021) or 3 (BraTS 2023), got {et_label}")
+    case_dir = Path(case_dir)
+    if not case_dir.is_dir():
+        raise DataError(f"{case_dir}: BraTS case folder not found")
+    paths = {}
+    for suffix in (*BRATS_MODALITIES, "seg"):
+        path = brats_file(case_dir, suffix)
+        if path is None:
+            raise DataError(f"{case_dir / f'{case_dir.name}_{suffix}.nii.gz'}: file not found (nor .nii)")
+        paths[suffix] = path
+    channels = []
+    ref_path, ref_shape, ref_affine = None, None, None
+    for modality in BRATS_MODALITIES:
+        data, affine = load_nifti(paths[modality], dtype=np.float32)
+        if data.ndim != 3:
+            raise DataError(f"{paths[modality]}: expected a 3D volume, got shape {data.shape}")
+        if ref_path is None:
+            ref_path, ref_shape, ref_affine = paths[modality], data.shape, affine
+        elif data.shape != ref_shape:
+            raise DataError(
+                f"{paths[modality]}: shape {data.shape} differs from {ref_path.name} shape {ref_shape}; "
+                "the four modalities must be co-registered"
+            )
+        elif not np.allclose(affine, ref_affine, atol=1e-3):
+            raise DataError(f"{paths[modality]}: affine differs from {ref_path.name}; modalities not co-registered")
+        channels.append(data)
+    seg, seg_affine = load_nifti(paths["seg"])
+    check_same_geometry(ref_path, ref_shape, ref_affine, paths["seg"], seg.shape, seg_affine)
+    if np.issubdtype(seg.dtype, np.floating):
+        if not np.array_equal(seg, np.round(seg)):
+            raise DataError(f"{paths['seg']}: non-integer label values; expected integer labels {{0, 1, 2, 4}}")
+    seg = seg.astype(np.int64, copy=False)
+    check_label_values(paths["seg"], seg, {0, 1, 2, et_label})
+    label = seg.astype(np.uint8)
+    if et_label != 4:
+        label[label == et_label] = 4
+    spacing = tuple(float(v) for v in np.linalg.norm(ref_affine[:3, :3], axis=0))
+    return BratsCase(np.stack(channels), label, ref_affine, spacing, case_dir.name)

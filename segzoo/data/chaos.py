@@ -1,0 +1,225 @@
+"""CHAOS MR reader: DICOM series + 8-bit PNG ground truth, in the layout of the released training set.
+
+Dataset: Kavur et al., "CHAOS Challenge - combined (CT-MR) healthy abdominal organ segmentation", MedIA 2021;
+used by You et al., "DR-Net: dual-rotation network with feature map enhancement for medical image
+segmentation", Complex & Intelligent Systems 2022.
+
+Layout (``root`` may be the folder holding ``Train_Sets``, ``Train_Sets`` itself, or its ``MR`` folder)::
+
+    Train_Sets/MR/<id>/T1DUAL/DICOM_anon/{InPhase,OutPhase}/*.dcm   T1DUAL/Ground/*.png
+    Train_Sets/MR/<id>/T2SPIR/DICOM_anon/*.dcm                      T2SPIR/Ground/*.png
+
+Slices follow the file names (natural sort), as the challenge defines; the PNG of slice k is the k-th PNG.
+Ground-truth grey values are mapped by the official ranges: 55-70 liver (1), 110-135 right kidney (2),
+175-200 left kidney (3), 240-255 spleen (4), 0 background. Any other grey value is an error by default
+(``strict=True``): it means a wrong folder or a damaged mask; ``strict=False`` warns and maps it to background.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from segzoo.data.io import DataError
+
+CHAOS_SEQUENCES = ("T1DUAL_InPhase", "T1DUAL_OutPhase", "T2SPIR")
+CHAOS_CLASS_NAMES = ("background", "liver", "right_kidney", "left_kidney", "spleen")
+# inclusive grey-value ranges of the official CHAOS evaluation, index = class
+CHAOS_GREY_RANGES = {1: (55, 70), 2: (110, 135), 3: (175, 200), 4: (240, 255)}
+
+
+class ChaosCase(NamedTuple):
+    """One CHAOS series with its ground truth.
+
+    Attributes:
+        image: (S, H, W) float32 MR signal (rescale slope/intercept applied).
+        label: (S, H, W) uint8 class indices 0..4 (background, liver, right kidney, left kidney, spleen).
+        spacing: (slice, row, col) in mm, the order of the array axes.
+        case_id: the case folder name (``"1"``, ``"2"``, ...).
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    case_id: str
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that orders ``IMG-2.dcm`` before ``IMG-10.dcm`` (and zero-padded names as usual)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def _sequence_dirs(case_dir: Path, sequence: str) -> tuple[Path, Path]:
+    if sequence not in CHAOS_SEQUENCES:
+        raise ValueError(f"CHAOS sequence must be one of {CHAOS_SEQUENCES}, got {sequence!r}")
+    if sequence == "T2SPIR":
+        return case_dir / "T2SPIR" / "DICOM_anon", case_dir / "T2SPIR" / "Ground"
+    phase = sequence.split("_")[1]
+    return case_dir / "T1DUAL" / "DICOM_anon" / phase, case_dir / "T1DUAL" / "Ground"
+
+
+def _mr_folder(root: Path) -> Path:
+    for candidate in (root / "Train_Sets" / "MR", root / "MR", root):
+        if candidate.is_dir() and any(
+            (d / "T1DUAL").is_dir() or (d / "T2SPIR").is_dir() for d in candidate.iterdir() if d.is_dir()
+        ):
+            return candidate
+    raise DataError(
+        f"{root}: no CHAOS MR cases found; expected <root>/Train_Sets/MR/<id>/{{T1DUAL,T2SPIR}}/ "
+        "(or <root>/MR/<id>/... or <root>/<id>/...)"
+    )
+
+
+def find_chaos_cases(root: str | os.PathLike, sequence: str = "T2SPIR") -> list[Path]:
+    """Case folders of the CHAOS MR training set under ``root``, in natural id order.
+
+    Args:
+        root: the folder holding ``Train_Sets``, or ``Train_Sets``, or ``Train_Sets/MR``.
+        sequence: ``"T1DUAL_InPhase"``, ``"T1DUAL_OutPhase"`` or ``"T2SPIR"``; every case must have it.
+
+    Raises:
+        DataError: ``root`` missing or holding no case, or a case folder lacking the sequence folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: CHAOS data folder not found")
+    mr = _mr_folder(root)
+    cases = sorted(
+        (d for d in mr.iterdir() if d.is_dir() and ((d / "T1DUAL").is_dir() or (d / "T2SPIR").is_dir())),
+        key=natural_key,
+    )
+    _sequence_dirs(mr, sequence)  # validates the name
+    for case in cases:
+        top = case / sequence.split("_")[0]
+        if not top.is_dir():
+            raise DataError(f"{top}: missing {sequence.split('_')[0]} folder; every case needs sequence {sequence}")
+    return cases
+
+
+def _read_slice(path: Path):
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as e:  # InvalidDicomError, truncated pixel data, missing tags...
+        raise DataError(
+            f"{path}: cannot read DICOM ({type(e).__name__}: {e}); the file is corrupt or not DICOM"
+        ) from None
+    if pixels.ndim != 2:
+        raise DataError(f"{path}: expected a single-frame greyscale slice, got pixel array of shape {pixels.shape}")
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    return ds, pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _slice_spacing(datasets: list, files: list[Path]) -> float:
+    """Distance between slice centres along the slice normal; falls back to SpacingBetweenSlices, SliceThickness."""
+    try:
+        iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        pos = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in datasets]) @ normal
+        if len(pos) > 1:
+            steps = np.abs(np.diff(pos))
+            if np.all(steps > 1e-3):
+                return float(np.median(steps))
+    except (AttributeError, TypeError, ValueError):
+        pass
+    for tag in ("SpacingBetweenSlices", "SliceThickness"):
+        value = datasets[0].get(tag)
+        if value is not None and float(value) > 0:
+            return float(value)
+    warnings.warn(f"{files[0].parent}: no slice spacing in the DICOM tags; using 1 mm", stacklevel=3)
+    return 1.0
+
+
+def grey_to_label(grey: np.ndarray, path: Path | str = "<array>", strict: bool = True) -> np.ndarray:
+    """Map CHAOS ground-truth grey values (H, W) to class indices 0..4 by the official ranges.
+
+    Raises:
+        DataError: with ``strict``, grey values that are neither 0 nor in any organ range.
+    """
+    label = np.zeros(grey.shape, dtype=np.uint8)
+    known = grey == 0
+    for cls, (lo, hi) in CHAOS_GREY_RANGES.items():
+        inside = (grey >= lo) & (grey <= hi)
+        label[inside] = cls
+        known |= inside
+    if not known.all():
+        bad = sorted(set(np.unique(grey[~known]).tolist()))
+        msg = (
+            f"{path}: grey values {bad[:10]} are outside the CHAOS ranges (0; liver 55-70, right kidney 110-135, "
+            "left kidney 175-200, spleen 240-255)"
+        )
+        if strict:
+            raise DataError(msg)
+        warnings.warn(msg + "; mapped to background", stacklevel=2)
+    return label
+
+
+def _read_png(path: Path, shape: tuple[int, int], strict: bool) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA", "LA", "P"):
+                im = im.convert("L")
+            grey = np.asarray(im)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read PNG ({type(e).__name__}: {e})") from None
+    if grey.ndim != 2 or grey.dtype != np.uint8:
+        raise DataError(f"{path}: expected an 8-bit greyscale PNG, got mode with array {grey.dtype}{grey.shape}")
+    if grey.shape != shape:
+        raise DataError(f"{path}: mask size {grey.shape} (rows, cols) differs from the DICOM slice size {shape}")
+    return grey_to_label(grey, path, strict)
+
+
+def load_chaos_case(case_dir: str | os.PathLike, sequence: str = "T2SPIR", strict: bool = True) -> ChaosCase:
+    """Read one sequence of one CHAOS MR case with its ground truth.
+
+    Args:
+        case_dir: ``.../Train_Sets/MR/<id>``.
+        sequence: ``"T1DUAL_InPhase"``, ``"T1DUAL_OutPhase"`` or ``"T2SPIR"``.
+        strict: raise on unknown ground-truth grey values (else warn and map them to background).
+
+    Returns:
+        :class:`ChaosCase` with image (S, H, W) float32, label (S, H, W) uint8 in 0..4 and spacing
+        (slice, row, col) in mm, slices in file-name order.
+
+    Raises:
+        DataError: missing DICOM or Ground folder, unreadable DICOM or PNG, slices of different sizes,
+            PNG count or size not matching the series, unknown grey values (``strict``).
+    """
+    case_dir = Path(case_dir)
+    dicom_dir, ground_dir = _sequence_dirs(case_dir, sequence)
+    if not dicom_dir.is_dir():
+        raise DataError(f"{dicom_dir}: missing DICOM folder for sequence {sequence}")
+    files = sorted((p for p in dicom_dir.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural_key)
+    if not files:
+        raise DataError(f"{dicom_dir}: no .dcm files; expected one DICOM file per slice")
+    if not ground_dir.is_dir():
+        raise DataError(f"{ground_dir}: missing Ground folder (the PNG masks of {sequence})")
+    pngs = sorted((p for p in ground_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png"), key=natural_key)
+    if len(pngs) != len(files):
+        raise DataError(f"{ground_dir}: {len(pngs)} PNG masks for {len(files)} DICOM slices in {dicom_dir}")
+
+    datasets, slices = [], []
+    for f in files:
+        ds, pixels = _read_slice(f)
+        if slices and pixels.shape != slices[0].shape:
+            raise DataError(f"{f}: slice size {pixels.shape} differs from {files[0].name} {slices[0].shape}")
+        datasets.append(ds)
+        slices.append(pixels)
+    image = np.stack(slices)
+    label = np.stack([_read_png(p, image.shape[1:], strict) for p in pngs])
+    try:
+        row, col = (float(v) for v in datasets[0].PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        raise DataError(f"{files[0]}: missing or invalid PixelSpacing; expected two values in mm") from None
+    spacing = (_slice_spacing(datasets, files), row, col)
+    return ChaosCase(image=image, label=label, spacing=spacing, case_id=case_dir.name)

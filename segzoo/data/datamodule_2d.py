@@ -1,0 +1,518 @@
+"""2D slice DataModules for the DR-Net experiments: CHAOS MR (4 organs) and BraTS (glioma sub-regions).
+
+Paper: You et al., "DR-Net: dual-rotation network with feature map enhancement for medical image
+segmentation", Complex & Intelligent Systems 2022: 256x256 inputs, no other preprocessing, a 3:2 train/test
+split; on BraTS the two slices with the largest lesion per case (240x240 slices zero-padded to 256x256).
+
+Batches (shared segzoo convention):
+
+- train: 2D slices, ``image`` float32 (B, C, H, W), ``label`` int64 (B, 1, H, W), ``case_id`` list[str];
+- val/test/predict: one item per case (batch size 1), the case's selected slices as a 3D stack:
+  ``image`` (1, C, S, H, W), ``label`` (1, 1, S, H, W), ``spacing`` (1, 3) in mm for the axes (S, H, W)
+  (adjusted for the resize), so a 2D net runs slice by slice with
+  ``monai.inferers.SliceInferer(spatial_dim=0)`` and volume metrics are per case.
+
+Choices where the paper is silent (docs/data/chaos_brats.md):
+
+- split at case level (no slice of a test case is seen in training); validation uses the test cases, as the
+  paper has no separate validation set;
+- ``normalize="zscore"`` by default: per case and channel, over the whole loaded volume (BraTS: over the
+  non-zero brain voxels, the zero background stays 0); ``"none"`` keeps the raw intensities as in the paper;
+- ``augment`` uses small rotations/scalings and intensity jitter but no flips (a left-right flip would swap
+  the right and left kidney classes of CHAOS);
+- every case is read, normalised, cut to the selected slices and resized once, then kept in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from segzoo.data.brats import find_brats_cases, load_brats_case
+from segzoo.data.chaos import CHAOS_CLASS_NAMES, CHAOS_SEQUENCES, find_chaos_cases, load_chaos_case
+from segzoo.data.io import DataError
+
+BRATS_CLASS_NAMES = ("background", "necrotic_core", "edema", "enhancing_tumor")
+# BraTS label value of each class index (index 3 is label 4)
+BRATS_INDEX_TO_LABEL = (0, 1, 2, 4)
+_NORMALIZE = ("none", "zscore")
+_RESIZE = ("resize", "pad")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def select_slices(label: np.ndarray, mode: str) -> np.ndarray:
+    """Indices (ascending) of the slices to keep from a label stack (S, H, W).
+
+    Args:
+        label: class indices, slices along axis 0.
+        mode: ``"all"``; ``"lesion"`` (slices with any foreground label); ``"largest<k>"`` (the k slices with
+            the largest foreground area, ties to the lower index; only slices with foreground).
+    """
+    area = (label.reshape(label.shape[0], -1) > 0).sum(axis=1)
+    if mode == "all":
+        return np.arange(label.shape[0])
+    if mode == "lesion":
+        return np.flatnonzero(area > 0)
+    match = re.fullmatch(r"largest(\d+)", mode)
+    if match and int(match.group(1)) > 0:
+        order = np.argsort(-area, kind="stable")[: int(match.group(1))]
+        return np.sort(order[area[order] > 0])
+    raise ValueError(f"slice_selection must be 'all', 'lesion' or 'largest<k>' (e.g. 'largest2'), got {mode!r}")
+
+
+def zscore(image: np.ndarray, nonzero: bool = False) -> np.ndarray:
+    """Per-channel z-score of ``image`` (C, *spatial).
+
+    Args:
+        image: float array, channels first.
+        nonzero: statistics over the non-zero voxels only, and zero voxels stay 0 (skull-stripped MR).
+    """
+    out = np.empty_like(image, dtype=np.float32)
+    for c, channel in enumerate(image):
+        mask = channel != 0 if nonzero else np.ones(channel.shape, dtype=bool)
+        if mask.sum() < 2:
+            out[c] = 0
+            continue
+        values = channel[mask].astype(np.float64)
+        std = max(float(values.std()), 1e-8)
+        out[c] = (channel - values.mean()) / std
+        if nonzero:
+            out[c][~mask] = 0
+    return out
+
+
+def fit_slices(
+    image: torch.Tensor, label: torch.Tensor, size: Sequence[int], mode: str = "resize"
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
+    """Bring a slice stack to the in-plane ``size``.
+
+    Args:
+        image: (C, S, H, W) float.
+        label: (S, H, W) integer class indices.
+        size: target (H', W').
+        mode: ``"resize"`` (image bilinear, antialiased when shrinking; label nearest) or ``"pad"`` (centred
+            zero padding, as the paper does for 240x240 BraTS slices; an error when a slice is larger).
+
+    Returns:
+        ``(image (C, S, H', W'), label (S, H', W'), (row, col) factor by which the pixel spacing grows)``.
+    """
+    h, w = image.shape[-2:]
+    th, tw = int(size[0]), int(size[1])
+    if (h, w) == (th, tw):
+        return image, label, (1.0, 1.0)
+    if mode == "pad":
+        if h > th or w > tw:
+            raise DataError(f"slices of {h}x{w} do not fit into image_size {th}x{tw} with resize_mode='pad'")
+        top, left = (th - h) // 2, (tw - w) // 2
+        pad = (left, tw - w - left, top, th - h - top)
+        return F.pad(image, pad), F.pad(label, pad), (1.0, 1.0)
+    if mode != "resize":
+        raise ValueError(f"resize_mode must be one of {_RESIZE}, got {mode!r}")
+    shrink = th < h or tw < w
+    img = F.interpolate(image.transpose(0, 1), size=(th, tw), mode="bilinear", align_corners=False, antialias=shrink)
+    lab = F.interpolate(label[:, None].float(), size=(th, tw), mode="nearest-exact")[:, 0].to(label.dtype)
+    return img.transpose(0, 1).contiguous(), lab, (h / th, w / tw)
+
+
+def split_case_ids(case_ids: Sequence[str], train_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Random case-level split: ``round(train_fraction * n)`` cases (at least 1, at most n - 1) to train.
+
+    Both lists come back sorted; the split depends only on the sorted ids, the fraction and the seed.
+    """
+    ids = sorted(case_ids)
+    if len(ids) < 2:
+        raise DataError(f"need at least 2 cases for a train/test split, found {len(ids)}: {ids}")
+    n_train = min(max(int(round(train_fraction * len(ids))), 1), len(ids) - 1)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    return sorted(ids[i] for i in perm[:n_train]), sorted(ids[i] for i in perm[n_train:])
+
+
+@dataclass
+class SliceCase:
+    """A case prepared for 2D training: image (C, S, H, W) float32, label (S, H, W) uint8, spacing (3,)."""
+
+    case_id: str
+    image: torch.Tensor
+    label: torch.Tensor
+    spacing: torch.Tensor
+
+
+class SliceDataset(Dataset):
+    """Every slice of the given cases as one 2D item; ``transform`` (MONAI dict transform) only here."""
+
+    def __init__(self, cases: Sequence[SliceCase], transform: Any = None) -> None:
+        self.cases = list(cases)
+        self.index = [(c, s) for c, case in enumerate(self.cases) for s in range(case.image.shape[1])]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        c, s = self.index[i]
+        case = self.cases[c]
+        item = {"image": case.image[:, s], "label": case.label[s][None].long()}
+        if self.transform is not None:
+            item = self.transform(item)
+            image, label = item["image"], item["label"]
+            image = image.as_tensor() if hasattr(image, "as_tensor") else image
+            label = label.as_tensor() if hasattr(label, "as_tensor") else label
+            item = {"image": image.float().contiguous(), "label": label.round().long().contiguous()}
+        item["case_id"] = case.case_id
+        return item
+
+
+class CaseDataset(Dataset):
+    """One item per case: the stack of its selected slices, with the spacing (for volume metrics)."""
+
+    def __init__(self, cases: Sequence[SliceCase]) -> None:
+        self.cases = list(cases)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        case = self.cases[i]
+        return {
+            "image": case.image,
+            "label": case.label[None].long(),
+            "spacing": case.spacing,
+            "case_id": case.case_id,
+        }
+
+
+# ----------------------------------------------------------------------------------------------- base
+class _SliceDataModule(L.LightningDataModule):
+    """Shared logic: synthetic fallback, case-level split, per-case cache, 2D train / 3D stack eval loaders."""
+
+    _zscore_nonzero = False
+    _dataset = ""
+
+    def __init__(
+        self,
+        data_dir: str,
+        slice_selection: str,
+        image_size: Sequence[int],
+        resize_mode: str,
+        batch_size: int,
+        train_fraction: float,
+        split_seed: int,
+        num_workers: int,
+        normalize: str,
+        augment: bool,
+        synthetic_cases: int,
+        synthetic_seed: int,
+        synthetic_size: str,
+    ) -> None:
+        super().__init__()
+        select_slices(np.zeros((1, 1, 1), dtype=np.uint8), slice_selection)  # validates the mode
+        if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
+            raise ValueError(f"image_size must be two positive ints (H, W), got {image_size!r}")
+        if resize_mode not in _RESIZE:
+            raise ValueError(f"resize_mode must be one of {_RESIZE}, got {resize_mode!r}")
+        if normalize not in _NORMALIZE:
+            raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
+        if not 0.0 < train_fraction < 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        if synthetic_size not in ("small", "large"):
+            raise ValueError(f"synthetic_size must be 'small' or 'large', got {synthetic_size!r}")
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        self.data_dir = Path(data_dir)
+        self.slice_selection = slice_selection
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.resize_mode = resize_mode
+        self.batch_size = batch_size
+        self.train_fraction = train_fraction
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.normalize = normalize
+        self.augment = augment
+        self.synthetic_cases = synthetic_cases
+        self.synthetic_seed = synthetic_seed
+        self.synthetic_size = synthetic_size
+        self._cache: dict[str, SliceCase | None] = {}
+        self._paths: dict[str, Path] | None = None
+        self.train_case_ids: list[str] = []
+        self.test_case_ids: list[str] = []
+
+    # subclasses
+    def _find(self) -> list[Path]:
+        raise NotImplementedError
+
+    def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        """(image (C, S, H, W) float32, class indices (S, H, W) uint8, spacing (S, H, W) mm)."""
+        raise NotImplementedError
+
+    def _write_synthetic(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def val_case_ids(self) -> list[str]:
+        """Validation cases: the held-out (test) cases, as the paper has only a 3:2 train/test split."""
+        return self.test_case_ids
+
+    def prepare_data(self) -> None:
+        """Write ``synthetic_cases`` synthetic cases into ``data_dir`` if it is missing or empty."""
+        empty = not self.data_dir.exists() or not any(not p.name.startswith(".") for p in self.data_dir.iterdir())
+        if empty and self.synthetic_cases > 0:
+            self._write_synthetic()
+
+    def _case_paths(self) -> dict[str, Path]:
+        if self._paths is None:
+            if not self.data_dir.is_dir() or not any(self.data_dir.iterdir()):
+                raise DataError(
+                    f"{self.data_dir}: {self._dataset} data folder missing or empty; point data_dir at the data, "
+                    "or set synthetic_cases > 0 and call prepare_data() (Lightning does) to generate synthetic cases"
+                )
+            paths = self._find()
+            self._paths = {p.name: p for p in paths}
+        return self._paths
+
+    def setup(self, stage: str | None = None) -> None:
+        """Find the cases, split them 3:2 (``train_fraction``) and load the cases the stage needs (once)."""
+        paths = self._case_paths()
+        self.train_case_ids, self.test_case_ids = split_case_ids(list(paths), self.train_fraction, self.split_seed)
+
+    def _prepared(self, case_ids: Sequence[str]) -> list[SliceCase]:
+        out = []
+        for case_id in case_ids:
+            if case_id not in self._cache:
+                self._cache[case_id] = self._prepare_case(case_id)
+            if self._cache[case_id] is not None:
+                out.append(self._cache[case_id])
+        if not out:
+            raise DataError(
+                f"{self.data_dir}: no slices left in cases {list(case_ids)} with slice_selection="
+                f"{self.slice_selection!r}"
+            )
+        return out
+
+    def _prepare_case(self, case_id: str) -> SliceCase | None:
+        path = self._case_paths()[case_id]
+        image, label, spacing = self._read(path)
+        if self.normalize == "zscore":
+            image = zscore(image, nonzero=self._zscore_nonzero)  # statistics of the whole volume
+        keep = select_slices(label, self.slice_selection)
+        if keep.size == 0:
+            warnings.warn(
+                f"{path}: no slice with foreground; case skipped (slice_selection={self.slice_selection!r})",
+                stacklevel=2,
+            )
+            return None
+        img = torch.from_numpy(np.ascontiguousarray(image[:, keep], dtype=np.float32))
+        lab = torch.from_numpy(np.ascontiguousarray(label[keep], dtype=np.uint8))
+        img, lab, (fr, fc) = fit_slices(img, lab, self.image_size, self.resize_mode)
+        spacing_t = torch.tensor([spacing[0], spacing[1] * fr, spacing[2] * fc], dtype=torch.float32)
+        return SliceCase(case_id, img, lab, spacing_t)
+
+    def _train_transform(self):
+        if not self.augment:
+            return None
+        from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd
+
+        transform = Compose(
+            [
+                RandAffined(
+                    keys=("image", "label"),
+                    prob=0.5,
+                    rotate_range=np.pi / 12,
+                    scale_range=(0.1, 0.1),
+                    mode=("bilinear", "nearest"),
+                    padding_mode="zeros",
+                ),
+                RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+                RandGaussianNoised(keys="image", prob=0.2, std=0.05),
+            ]
+        )
+        return transform.set_random_state(seed=self.split_seed)
+
+    def train_dataset(self) -> SliceDataset:
+        """2D slices of the training cases."""
+        if not self.train_case_ids:
+            self.setup("fit")
+        return SliceDataset(self._prepared(self.train_case_ids), self._train_transform())
+
+    def eval_dataset(self) -> CaseDataset:
+        """One 3D slice stack per held-out case."""
+        if not self.test_case_ids:
+            self.setup("test")
+        return CaseDataset(self._prepared(self.test_case_ids))
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool):
+        from monai.data import DataLoader
+
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_dataset(), self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.eval_dataset(), 1, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.eval_dataset(), 1, shuffle=False)
+
+    def predict_dataloader(self):
+        return self._loader(self.eval_dataset(), 1, shuffle=False)
+
+
+# ----------------------------------------------------------------------------------------------- CHAOS
+class CHAOSDataModule(_SliceDataModule):
+    """CHAOS MR, one sequence, 5 classes (background, liver, right kidney, left kidney, spleen).
+
+    Args:
+        data_dir: folder holding ``Train_Sets/MR/<id>/...`` (or ``Train_Sets`` or ``Train_Sets/MR``).
+        sequence: ``"T1DUAL_InPhase"``, ``"T1DUAL_OutPhase"`` or ``"T2SPIR"``.
+        slice_selection: ``"all"`` (default), ``"lesion"`` (slices with any organ) or ``"largest<k>"``.
+        image_size: in-plane size (H, W) of every slice; the paper uses 256x256.
+        resize_mode: ``"resize"`` (bilinear / nearest for labels) or ``"pad"`` (centred zero padding).
+        batch_size: 2D slices per training batch (validation and test: one case per batch).
+        train_fraction: fraction of cases for training; 0.6 is the paper's 3:2 split.
+        split_seed: seed of the case-level split (and of the augmentation).
+        num_workers: DataLoader workers.
+        normalize: ``"zscore"`` (per case over all voxels; default, our choice) or ``"none"`` (the paper).
+        augment: random rotation (+-15 deg), scaling (+-10 %), intensity scale and noise; no flips.
+        synthetic_cases: if > 0 and ``data_dir`` is missing or empty, :meth:`prepare_data` writes that many
+            synthetic cases there (:func:`segzoo.data.synthetic.chaos.write_chaos`).
+        synthetic_seed: seed of the synthetic cases.
+        synthetic_size: ``"small"`` (128x128) or ``"large"`` (256x256) synthetic cases.
+        strict_labels: unknown ground-truth grey values are an error (else a warning, mapped to background).
+    """
+
+    _dataset = "CHAOS"
+    num_classes = 5
+    in_channels = 1
+    class_names = CHAOS_CLASS_NAMES
+
+    def __init__(
+        self,
+        data_dir: str = "data/chaos",
+        sequence: str = "T2SPIR",
+        slice_selection: str = "all",
+        image_size: Sequence[int] = (256, 256),
+        resize_mode: str = "resize",
+        batch_size: int = 8,
+        train_fraction: float = 0.6,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        normalize: str = "zscore",
+        augment: bool = False,
+        synthetic_cases: int = 0,
+        synthetic_seed: int = 0,
+        synthetic_size: str = "small",
+        strict_labels: bool = True,
+    ) -> None:
+        if sequence not in CHAOS_SEQUENCES:
+            raise ValueError(f"sequence must be one of {CHAOS_SEQUENCES}, got {sequence!r}")
+        super().__init__(
+            data_dir, slice_selection, image_size, resize_mode, batch_size, train_fraction, split_seed,
+            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size,
+        )  # fmt: skip
+        self.sequence = sequence
+        self.strict_labels = strict_labels
+        self.save_hyperparameters()
+
+    def _find(self) -> list[Path]:
+        return find_chaos_cases(self.data_dir, self.sequence)
+
+    def _read(self, path: Path):
+        case = load_chaos_case(path, self.sequence, strict=self.strict_labels)
+        return case.image[None], case.label, case.spacing
+
+    def _write_synthetic(self) -> None:
+        from segzoo.data.synthetic.chaos import write_chaos
+
+        write_chaos(self.data_dir, cases=self.synthetic_cases, seed=self.synthetic_seed, size=self.synthetic_size)
+
+
+# ----------------------------------------------------------------------------------------------- BraTS
+class BraTSDataModule(_SliceDataModule):
+    """BraTS 2018-2021, 4 modalities (t1, t1ce, t2, flair), 4 classes: labels 0, 1, 2, 4 -> indices 0, 1, 2, 3.
+
+    Slices are the axial planes (the last NIfTI axis): stacks are (C, Z, X, Y) with spacing (z, x, y).
+
+    Args:
+        data_dir: folder with the case folders (flat) or with ``HGG/`` and ``LGG/`` (2018).
+        slice_selection: ``"largest2"`` (default, the paper: the two slices with the largest lesion per case),
+            ``"lesion"`` (every slice with tumour) or ``"all"`` (memory: ~160 MB per real case at 256x256).
+        image_size: in-plane size (H, W); the paper uses 256x256.
+        resize_mode: ``"pad"`` (default, the paper zero-pads 240x240 to 256x256) or ``"resize"``.
+        batch_size: 2D slices per training batch (validation and test: one case per batch).
+        train_fraction: fraction of cases for training; 0.6 is the paper's 3:2 split.
+        split_seed: seed of the case-level split (and of the augmentation).
+        num_workers: DataLoader workers.
+        normalize: ``"zscore"`` (per case and modality over the brain voxels; default, our choice) or
+            ``"none"`` (the paper).
+        augment: random rotation (+-15 deg), scaling (+-10 %), intensity scale and noise; no flips.
+        synthetic_cases: if > 0 and ``data_dir`` is missing or empty, :meth:`prepare_data` writes that many
+            synthetic cases there (:func:`segzoo.data.synthetic.brats.write_brats`, flat layout).
+        synthetic_seed: seed of the synthetic cases.
+        synthetic_size: ``"small"`` (96x96x48) or ``"large"`` (240x240x155) synthetic cases.
+        et_label: enhancing-tumour value in the seg files: 4 (2018-2021) or 3 (BraTS 2023).
+    """
+
+    _dataset = "BraTS"
+    _zscore_nonzero = True
+    num_classes = 4
+    in_channels = 4
+    class_names = BRATS_CLASS_NAMES
+
+    def __init__(
+        self,
+        data_dir: str = "data/brats",
+        slice_selection: str = "largest2",
+        image_size: Sequence[int] = (256, 256),
+        resize_mode: str = "pad",
+        batch_size: int = 8,
+        train_fraction: float = 0.6,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        normalize: str = "zscore",
+        augment: bool = False,
+        synthetic_cases: int = 0,
+        synthetic_seed: int = 0,
+        synthetic_size: str = "small",
+        et_label: int = 4,
+    ) -> None:
+        if et_label not in (3, 4):
+            raise ValueError(f"et_label must be 4 (BraTS 2018-2021) or 3 (BraTS 2023), got {et_label}")
+        super().__init__(
+            data_dir, slice_selection, image_size, resize_mode, batch_size, train_fraction, split_seed,
+            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size,
+        )  # fmt: skip
+        self.et_label = et_label
+        self.save_hyperparameters()
+
+    def _find(self) -> list[Path]:
+        return find_brats_cases(self.data_dir)
+
+    def _read(self, path: Path):
+        case = load_brats_case(path, et_label=self.et_label)
+        lut = np.zeros(256, dtype=np.uint8)
+        lut[list(BRATS_INDEX_TO_LABEL)] = np.arange(len(BRATS_INDEX_TO_LABEL))
+        image = np.transpose(case.image, (0, 3, 1, 2))  # axial slices first: (C, Z, X, Y)
+        label = lut[np.transpose(case.label, (2, 0, 1))]
+        sx, sy, sz = case.spacing
+        return image, label, (sz, sx, sy)
+
+    def _write_synthetic(self) -> None:
+        from segzoo.data.synthetic.brats import write_brats
+
+        write_brats(self.data_dir, cases=self.synthetic_cases, seed=self.synthetic_seed, size=self.synthetic_size)

@@ -1,0 +1,9 @@
+"""segzoo.losses: only what MONAI lacks (exponential logarithmic loss, label-map CE, deep-supervision wrapper).
+
+Soft Dice + cross-entropy: use ``monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)`` directly.
+"""
+
+from segzoo.losses.deep_supervision import DeepSupervisionLoss, downsample_labels
+from segzoo.losses.explog import CELoss, ExpLogLoss
+
+__all__ = ["CELoss", "DeepSupervisionLoss", "ExpLogLoss", "downsample_labels"]

@@ -1,0 +1,41 @@
+"""Shared target handling for segzoo losses: class-index label maps in either ``(B, 1, *spatial)`` or ``(B, *spatial)``."""
+
+from __future__ import annotations
+
+import torch
+
+
+def class_index_target(logits: torch.Tensor, target: torch.Tensor, name: str = "target") -> torch.Tensor:
+    """Return ``target`` as a ``long`` tensor of shape ``(B, *spatial)`` matching ``logits`` ``(B, K, *spatial)``.
+
+    Args:
+        logits: network output, shape ``(B, K, *spatial)``.
+        target: class indices, shape ``(B, 1, *spatial)`` or ``(B, *spatial)``; integer or integral float values
+            in ``0..K-1``.
+        name: how the target is called in error messages.
+
+    Raises:
+        ValueError: on a shape that matches neither layout, non-integral values or values outside ``0..K-1``.
+    """
+    if logits.ndim < 3:
+        raise ValueError(f"logits must have shape (B, K, *spatial), got {tuple(logits.shape)}")
+    batch, classes, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
+    if target.ndim == logits.ndim and target.shape[1] == 1 and tuple(target.shape[2:]) == spatial:
+        target = target[:, 0]
+    if target.shape[0] != batch or tuple(target.shape[1:]) != spatial:
+        raise ValueError(
+            f"{name} must have shape (B, 1, *spatial) or (B, *spatial) = {(batch, 1, *spatial)} or "
+            f"{(batch, *spatial)} to match logits {tuple(logits.shape)}, got {tuple(target.shape)}"
+        )
+    if target.is_floating_point():
+        rounded = target.round()
+        if not torch.equal(rounded, target):
+            raise ValueError(f"{name} must hold integer class indices (a label map), got non-integral values")
+        target = rounded
+    target = target.long()
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+        raise ValueError(
+            f"{name} values must be class indices in 0..{classes - 1} (logits have {classes} channels), "
+            f"got values in {int(target.min())}..{int(target.max())}"
+        )
+    return target

@@ -1,0 +1,16 @@
+"""segzoo.metrics: per-case challenge metrics (KiTS19, CHAOS, BraTS) on top of :class:`CaseMetric`."""
+
+from segzoo.metrics.base import CaseMetric
+from segzoo.metrics.brats import BraTSMetric, brats_scores
+from segzoo.metrics.chaos import CHAOSMetric, chaos_scores
+from segzoo.metrics.kits19 import KiTS19Metric, kits19_scores
+
+__all__ = [
+    "BraTSMetric",
+    "CHAOSMetric",
+    "CaseMetric",
+    "KiTS19Metric",
+    "brats_scores",
+    "chaos_scores",
+    "kits19_scores",
+]

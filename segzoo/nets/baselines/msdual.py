@@ -1,0 +1,178 @@
+"""MS-Dual: multi-scale self-guided attention network (compact version).
+
+Reference: A. Sinha, J. Dolz, "Multi-scale self-guided attention for medical image segmentation", IEEE JBHI 25(1),
+2021 (arXiv:1906.02849).
+
+Follows the paper's layout: a ResNet backbone gives features at four scales; each is reduced to ``features``
+channels and upsampled to the finest scale (``H / 4``); their concatenation, convolved, is the multi-scale map
+``F_MS``. For every scale s a guided attention module runs two refinement steps on ``cat(F_s, F_MS)`` and then on
+``cat(F_s, A_1 * F_MS)``: each step multiplies dual self-attention (position attention module + channel attention
+module, as in DANet) by the output of a small encoder-decoder (the "semantic guidance" module). The refined map
+``cat(F_s, A_2 * F_MS)`` gives a per-scale prediction; the output is their mean, upsampled to the input size.
+
+Departures (see ``docs/nets/baselines.md``): ResNet-34 encoder instead of ResNet-101, trained from scratch; the
+guiding and reconstruction losses of the encoder-decoders and the per-scale deep supervision are training-recipe
+parts that are not built in (``forward`` returns only the averaged logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from torch import nn
+
+from segzoo.nets._registry import register_net
+from segzoo.nets.base import SegNet
+from segzoo.nets.baselines._resnet import ResNetEncoder
+
+__all__ = ["ChannelAttention", "MSDual", "PositionAttention"]
+
+
+def _cna(cin: int, cout: int, k: int, norm: str | tuple, act: str | tuple) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+        get_norm_layer(norm, spatial_dims=2, channels=cout),
+        get_act_layer(act),
+    )
+
+
+class PositionAttention(nn.Module):
+    """DANet position attention: ``x + gamma * V softmax(Q^T K)^T`` over all positions (gamma starts at 0).
+
+    Shapes:
+        ``(B, C, H, W)`` -> ``(B, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, reduction: int = 8) -> None:
+        super().__init__()
+        inner = max(channels // reduction, 1)
+        self.query = nn.Conv2d(channels, inner, 1)
+        self.key = nn.Conv2d(channels, inner, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C')
+        k = self.key(x).flatten(2).transpose(1, 2).unsqueeze(1)
+        v = self.value(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C)
+        # DANet uses unscaled dot products; SDPA avoids materialising the N x N matrix on GPU
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        return x + self.gamma * out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ChannelAttention(nn.Module):
+    """DANet channel attention: ``x + gamma * softmax(max(E) - E) X`` with ``E = X X^T`` (gamma starts at 0).
+
+    Shapes:
+        ``(B, C, H, W)`` -> ``(B, C, H, W)``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)  # (B, C, N)
+        energy = flat @ flat.transpose(1, 2)
+        attn = torch.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1)
+        return x + self.gamma * (attn @ flat).view_as(x)
+
+
+class _GuidedStep(nn.Module):
+    """One refinement step: ``conv((PAM(r) + CAM(r)) * conv(encdec(z)))`` with ``r`` a reduction of ``z``."""
+
+    def __init__(self, channels: int, norm: str | tuple, act: str | tuple) -> None:
+        super().__init__()
+        c2 = 2 * channels
+        self.reduce_pam = _cna(c2, channels, 3, norm, act)
+        self.reduce_cam = _cna(c2, channels, 3, norm, act)
+        self.pam = PositionAttention(channels)
+        self.cam = ChannelAttention()
+        self.encdec = nn.Sequential(
+            _cna(c2, channels, 3, norm, act),
+            nn.MaxPool2d(2),
+            _cna(channels, channels, 3, norm, act),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            _cna(channels, c2, 3, norm, act),
+        )
+        self.guide = _cna(c2, channels, 1, norm, act)
+        self.out = _cna(channels, channels, 1, norm, act)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        attn = self.pam(self.reduce_pam(z)) + self.cam(self.reduce_cam(z))
+        return self.out(attn * self.guide(self.encdec(z)))
+
+
+class MSDual(SegNet):
+    """MS-Dual (2D, compact).
+
+    Args:
+        spatial_dims: must be 2.
+        in_channels: input channels.
+        out_channels: classes.
+        encoder_features: ResNet stage widths (ResNet-34: 64, 128, 256, 512).
+        encoder_layers: basic blocks per ResNet stage (ResNet-34: 3, 4, 6, 3).
+        features: width of the per-scale maps, ``F_MS`` and the attention modules (the paper: 64).
+        norm: MONAI norm spec.
+        act: MONAI activation spec.
+
+    Shapes:
+        input ``(B, in_channels, H, W)`` with H and W divisible by 32; output ``(B, out_channels, H, W)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 5,
+        encoder_features: Sequence[int] = (64, 128, 256, 512),
+        encoder_layers: Sequence[int] = (3, 4, 6, 3),
+        features: int = 64,
+        norm: str | tuple = "batch",
+        act: str | tuple = ("relu", {"inplace": True}),
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(f"MSDual is 2D: spatial_dims must be 2, got {spatial_dims}")
+        c = int(features)
+        self.encoder = ResNetEncoder(in_channels, encoder_features, encoder_layers, norm, act)
+        n = len(encoder_features)
+        self.lateral = nn.ModuleList(_cna(cin, c, 1, norm, act) for cin in encoder_features)
+        self.fuse = _cna(n * c, c, 3, norm, act)
+        self.step1 = nn.ModuleList(_GuidedStep(c, norm, act) for _ in range(n))
+        self.step2 = nn.ModuleList(_GuidedStep(c, norm, act) for _ in range(n))
+        self.refine = nn.ModuleList(
+            nn.Sequential(_cna(2 * c, c, 3, norm, act), _cna(c, c, 3, norm, act)) for _ in range(n)
+        )
+        self.predict = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, out_channels, H, W)`` for ``x`` of shape ``(B, in_channels, H, W)``, H, W divisible by 32."""
+        if x.ndim != 4 or x.shape[-1] % 32 or x.shape[-2] % 32:
+            raise ValueError(f"MSDual expects (B, C, H, W) with H and W divisible by 32, got {tuple(x.shape)}")
+        feats = self.encoder(x)
+        size = feats[0].shape[-2:]
+        scales = [
+            F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False) if i else lat(f)
+            for i, (lat, f) in enumerate(zip(self.lateral, feats, strict=True))
+        ]
+        fms = self.fuse(torch.cat(scales, dim=1))
+        preds = []
+        for fs, step1, step2, refine, predict in zip(
+            scales, self.step1, self.step2, self.refine, self.predict, strict=True
+        ):
+            a1 = step1(torch.cat([fs, fms], dim=1))
+            a2 = step2(torch.cat([fs, a1 * fms], dim=1))
+            preds.append(predict(refine(torch.cat([fs, a2 * fms], dim=1))))
+        logits = torch.stack(preds).mean(dim=0)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@register_net(input_shape=(1, 32, 32))
+def msdual(**kwargs) -> MSDual:
+    """Compact MS-Dual with a ResNet-34 encoder trained from scratch (CHAOS defaults: 1 input, 5 classes)."""
+    return MSDual(**kwargs)

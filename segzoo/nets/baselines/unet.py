@@ -1,0 +1,110 @@
+"""Classic 2D U-Net, optionally with DR-Net's PFM blocks in place of its convolutions.
+
+Reference: O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation",
+MICCAI 2015. PFM variant: X. You et al., "DR-Net", Complex & Intelligent Systems 2022 (Table 5).
+
+Departures from the 2015 paper, as in most re-implementations: 'same' padding (output at input size) and batch
+norm after every conv. See ``docs/nets/baselines.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from torch import nn
+
+from segzoo.nets._registry import register_net
+from segzoo.nets.base import SegNet
+from segzoo.nets.blocks.rotation import DualRotationBlock
+
+__all__ = ["UNet2D"]
+
+BLOCKS = ("conv", "pfm")
+
+
+class UNet2D(SegNet):
+    """2D U-Net: per level two 3x3 conv-norm-act, 2x2 max pooling, 2x2 transposed-conv upsampling, concat skips.
+
+    Args:
+        spatial_dims: must be 2.
+        in_channels: input channels.
+        out_channels: classes.
+        features: widths per level (the paper: 64, 128, 256, 512, 1024); ``len(features) - 1`` poolings.
+        block: ``"conv"`` (classic) or ``"pfm"``: every 3x3 conv except the very first becomes a PFM block
+            (:class:`~segzoo.nets.blocks.rotation.DualRotationBlock` with one PFM branch and 4 directions).
+        kernel_sizes: PFM kernel size per group when ``block="pfm"``.
+        angles: PFM rotation angles when ``block="pfm"``.
+        norm: MONAI norm spec.
+        act: MONAI activation spec.
+
+    Shapes:
+        input ``(B, in_channels, H, W)``, H and W divisible by ``2 ** (len(features) - 1)``;
+        output ``(B, out_channels, H, W)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        features: Sequence[int] = (64, 128, 256, 512, 1024),
+        block: str = "conv",
+        kernel_sizes: Sequence[int] = (1, 3, 5, 7),
+        angles: Sequence[int] = (0, 90, 180, 270),
+        norm: str | tuple = "batch",
+        act: str | tuple = ("relu", {"inplace": True}),
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(f"UNet2D is 2D: spatial_dims must be 2, got {spatial_dims}")
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+        if len(features) < 2:
+            raise ValueError(f"features needs at least 2 levels, got {tuple(features)}")
+        f = [int(c) for c in features]
+        self.levels = len(f)
+
+        def conv(cin: int, cout: int, first: bool = False) -> nn.Module:
+            if block == "pfm" and not first:
+                dilations = (1,) * len(kernel_sizes)  # unused: no DPFM branch
+                return DualRotationBlock(
+                    cin, cout, kernel_sizes, dilations, angles=angles, branches=("pfm",), norm=norm, act=act
+                )
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                get_norm_layer(norm, spatial_dims=2, channels=cout),
+                get_act_layer(act),
+            )
+
+        def double(cin: int, cout: int, first: bool = False) -> nn.Sequential:
+            return nn.Sequential(conv(cin, cout, first), conv(cout, cout))
+
+        self.down = nn.ModuleList([double(in_channels, f[0], first=True)])
+        self.down.extend(double(f[i - 1], f[i]) for i in range(1, self.levels))
+        self.upconv = nn.ModuleList(
+            nn.ConvTranspose2d(f[i], f[i - 1], 2, stride=2) for i in range(self.levels - 1, 0, -1)
+        )
+        self.up = nn.ModuleList(double(2 * f[i - 1], f[i - 1]) for i in range(self.levels - 1, 0, -1))
+        self.head = nn.Conv2d(f[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, out_channels, H, W)``."""
+        factor = 2 ** (self.levels - 1)
+        if x.ndim != 4 or x.shape[-1] % factor or x.shape[-2] % factor:
+            raise ValueError(f"UNet2D expects (B, C, H, W) with H and W divisible by {factor}, got {tuple(x.shape)}")
+        skips = []
+        for i, stage in enumerate(self.down):
+            x = stage(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for upconv, stage in zip(self.upconv, self.up, strict=True):
+            x = stage(torch.cat([skips.pop(), upconv(x)], dim=1))
+        return self.head(x)
+
+
+@register_net(input_shape=(1, 32, 32))
+def unet2d(**kwargs) -> UNet2D:
+    """The classic U-Net (widths 64-1024) as the paper's baseline (CHAOS defaults: 1 input, 5 classes)."""
+    return UNet2D(**{"in_channels": 1, "out_channels": 5, **kwargs})

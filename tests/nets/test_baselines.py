@@ -1,0 +1,114 @@
+"""2D baselines: U-Net (and its PFM variant), CE-Net, DenseASPP, MS-Dual."""
+
+import pytest
+import torch
+from torch import nn
+
+import segzoo
+from segzoo.nets import CENet, DenseASPP, MSDual, UNet2D
+from segzoo.nets.baselines.cenet import DACBlock, RMPBlock
+from segzoo.nets.baselines.msdual import ChannelAttention, PositionAttention
+from segzoo.nets.blocks import DualRotationBlock
+
+# small widths keep these fast; the registry test covers the default widths
+SMALL = {
+    "unet2d": lambda **kw: UNet2D(features=(8, 16, 32, 64, 128), **kw),
+    "cenet": lambda **kw: CENet(features=(8, 16, 32, 64), layers=(1, 1, 1, 1), **kw),
+    "denseaspp": lambda **kw: DenseASPP(
+        growth_rate=4, block_config=(1, 1, 1, 1), init_features=8, aspp_mid=8, aspp_out=4, **kw
+    ),
+    "msdual": lambda **kw: MSDual(encoder_features=(8, 16, 32, 64), encoder_layers=(1, 1, 1, 1), features=8, **kw),
+}
+DIVISOR = {"unet2d": 16, "cenet": 32, "denseaspp": 8, "msdual": 32}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_non_square_shape_and_size_check(name):
+    net = SMALL[name](in_channels=4, out_channels=3).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 4, 64, 96)).shape == (1, 3, 64, 96)
+    with pytest.raises(ValueError, match=f"divisible by {DIVISOR[name]}"):
+        net(torch.randn(1, 4, 64 + DIVISOR[name] // 2, 64))
+    with pytest.raises(ValueError, match="spatial_dims must be 2"):
+        SMALL[name](spatial_dims=3)
+
+
+@pytest.mark.parametrize("name", ["unet2d", "cenet", "denseaspp", "msdual"])
+def test_registered_defaults(name):
+    net = segzoo.create_net(name, in_channels=4, out_channels=4)
+    assert net.init_config["init_args"]["in_channels"] == 4
+    first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert first.in_channels == 4
+
+
+def test_unet_pfm_replaces_all_but_the_first_conv():
+    plain, pfm = segzoo.create_net("unet2d"), segzoo.create_net("unet_pfm")
+    assert not any(isinstance(m, DualRotationBlock) for m in plain.modules())
+    first, second = pfm.down[0]
+    assert isinstance(first[0], nn.Conv2d) and first[0].kernel_size == (3, 3)
+    assert isinstance(second, DualRotationBlock)
+    blocks = [m for m in pfm.modules() if isinstance(m, DualRotationBlock)]
+    assert len(blocks) == 2 * (len(pfm.down) + len(pfm.up)) - 1
+    assert {b.branch_kinds for b in blocks} == {("pfm",)} and {b.angles for b in blocks} == {(0, 90, 180, 270)}
+    n_plain, n_pfm = (sum(p.numel() for p in n.parameters()) for n in (plain, pfm))
+    assert n_pfm < 0.6 * n_plain  # the paper: "the number of parameters is greatly reduced"
+
+
+def test_dac_receptive_field_is_19():
+    """Branch 4 cascades 3x3 convs with dilations 1, 3, 5: receptive field 1 + 2 * (1 + 3 + 5) = 19."""
+    dac = DACBlock(1)
+    with torch.no_grad():
+        for conv in (dac.dilate1, dac.dilate2, dac.dilate3, dac.conv1x1):
+            conv.weight.fill_(0.1)
+            conv.bias.zero_()
+    x = torch.ones(1, 1, 41, 41, requires_grad=True)  # positive pre-activations: every ReLU passes gradient
+    dac(x)[0, 0, 20, 20].backward()
+    rows = torch.nonzero(x.grad[0, 0].abs().sum(dim=1)).flatten()
+    assert (rows.min().item(), rows.max().item()) == (20 - 9, 20 + 9)
+
+
+def test_rmp_block_channels_and_small_inputs():
+    rmp = RMPBlock(6)
+    x = torch.randn(2, 6, 12, 12)
+    y = rmp(x)
+    assert y.shape == (2, 10, 12, 12)
+    torch.testing.assert_close(y[:, :6], x)
+    # kernel 2 on a 12x12 map: 6x6 pooled map, upsampled; a 2x2 map clamps kernels 3, 5, 6 to 2
+    assert rmp(torch.randn(1, 6, 2, 2)).shape == (1, 10, 2, 2)
+
+
+def test_position_attention_matches_hand_computation():
+    torch.manual_seed(0)
+    pam = PositionAttention(16)
+    with torch.no_grad():
+        pam.gamma.fill_(0.5)
+        x = torch.randn(2, 16, 5, 7)
+        q, k, v = (conv(x).flatten(2) for conv in (pam.query, pam.key, pam.value))  # (B, C', N)
+        attn = torch.softmax(q.transpose(1, 2) @ k, dim=-1)  # (B, N, N), rows: query positions
+        expected = x + 0.5 * (v @ attn.transpose(1, 2)).view_as(x)
+        torch.testing.assert_close(pam(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_channel_attention_matches_hand_computation():
+    cam = ChannelAttention()
+    with torch.no_grad():
+        cam.gamma.fill_(2.0)
+        x = torch.randn(2, 4, 3, 5)
+        f = x.flatten(2)
+        e = f @ f.transpose(1, 2)
+        attn = torch.softmax(e.max(dim=-1, keepdim=True).values - e, dim=-1)
+        torch.testing.assert_close(cam(x), x + 2.0 * (attn @ f).view_as(x))
+
+
+def test_attention_starts_as_identity():
+    x = torch.randn(1, 8, 4, 4)
+    torch.testing.assert_close(PositionAttention(8)(x), x)
+    torch.testing.assert_close(ChannelAttention()(x), x)
+
+
+def test_denseaspp_output_stride_8_and_dense_head():
+    net = SMALL["denseaspp"](in_channels=1, out_channels=2)
+    feat = net.backbone(torch.randn(1, 1, 64, 64))
+    assert feat.shape[-2:] == (8, 8)
+    assert net.classifier[1].in_channels == feat.shape[1] + 5 * 4  # 5 atrous layers of aspp_out=4 channels
+    assert [layer[5].dilation[0] for layer in net.aspp] == [3, 6, 12, 18, 24]
