@@ -50,6 +50,11 @@ class SegmentationTask(pl.LightningModule):
             ``*/dice`` keys.
         metrics_file: file name under ``trainer.default_root_dir`` for per-case and mean results of
             ``validate``/``test`` (like nnU-Net's ``summary.json``); ``None`` disables it.
+        batch_augment: optional module applied to the whole training batch after it reached the device
+            (``batch_augment(batch) -> batch``), e.g. GPU augmentation so CPU workers only crop.
+        compile: wrap the net's training forward in ``torch.compile``.
+        num_overlays: validation cases per epoch kept as 2D slices (image, label, prediction) in
+            ``self.overlays`` for loggers to draw.
     """
 
     def __init__(
@@ -64,6 +69,9 @@ class SegmentationTask(pl.LightningModule):
         scheduler_monitor: str = "train/loss_epoch",
         score_key: str | None = None,
         metrics_file: str | None = "metrics.json",
+        batch_augment: nn.Module | None = None,
+        compile: bool = False,
+        num_overlays: int = 2,
     ) -> None:
         super().__init__()
         self.net = net
@@ -77,13 +85,28 @@ class SegmentationTask(pl.LightningModule):
         self.score_key = score_key
         self.metrics_file = metrics_file
         self.last_summary: dict[str, Any] | None = None
+        self.batch_augment = batch_augment
+        self.compile = compile
+        self.num_overlays = num_overlays
+        self.overlays: list[dict[str, Any]] = []
+        self._train_forward = None
+
+    def setup(self, stage: str) -> None:
+        if self.compile and self._train_forward is None:
+            # kept out of the module tree so the state dict has no duplicate "_orig_mod" keys
+            self.__dict__["_train_forward"] = torch.compile(self.net)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.batch_augment is not None and self.trainer is not None and self.trainer.training:
+            batch = self.batch_augment(batch)
+        return batch
 
     # ---------------------------------------------------------------- training
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.net(batch["image"])
+        out = (self._train_forward or self.net)(batch["image"])
         loss = self.loss(out, batch["label"])
         if not torch.isfinite(loss):
             cases = batch.get("case_id", "?")
@@ -121,6 +144,8 @@ class SegmentationTask(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
         pred = self.predict_labels(batch["image"])
+        if len(self.overlays) < self.num_overlays:
+            self._keep_overlay(batch, pred)
         if self.metric is not None:
             self.metric.update(pred, batch["label"][:, 0], batch.get("case_id"), batch.get("spacing"))
 
@@ -134,7 +159,25 @@ class SegmentationTask(pl.LightningModule):
         probs = self.predict_logits(batch["image"])
         return {"case_id": batch.get("case_id"), "output": probs}
 
+    def _keep_overlay(self, batch: dict[str, Any], pred: torch.Tensor) -> None:
+        """Keep the axial slice through the label's highest class (the lesion) of the batch's first case."""
+        image, label, p = batch["image"][0, 0], batch["label"][0, 0], pred[0]
+        if image.ndim == 3:
+            top = label == label.max()
+            z = int(top.nonzero()[:, 0].float().mean().round()) if top.any() else image.shape[0] // 2
+            image, label, p = image[z], label[z], p[z]
+        ids = batch.get("case_id")
+        self.overlays.append(
+            {
+                "case_id": str(ids[0]) if ids is not None else str(len(self.overlays)),
+                "image": image.float().cpu().numpy(),
+                "label": label.cpu().numpy(),
+                "pred": p.cpu().numpy(),
+            }
+        )
+
     def on_validation_epoch_start(self) -> None:
+        self.overlays = []
         if self.metric is not None:
             self.metric.reset()
 
