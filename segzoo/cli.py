@@ -27,6 +27,16 @@ class SegzooCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False})
         super().__init__(SegmentationTask, pl.LightningDataModule, subclass_mode_data=True, args=args, **kwargs)
 
+    def before_instantiate_classes(self) -> None:
+        """Put the loggers' files in the run folder: ``save_dir`` defaults to ``trainer.default_root_dir``."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.get("default_root_dir") or "."
+        loggers = config.trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and "save_dir" in init_args and init_args.save_dir in (None, ".", "./"):
+                init_args.save_dir = root
+
 
 # ------------------------------------------------------------------ plain commands
 def _cmd_nets(argv: Sequence[str]) -> int:
@@ -85,6 +95,9 @@ def _plain_commands() -> dict[str, tuple[Callable[[Sequence[str]], int], str]]:
     except ImportError:  # inference CLI not available
         INFERENCE_COMMANDS = {}
     cmds.update(INFERENCE_COMMANDS)
+    from segzoo.tools_cli import TOOLS_COMMANDS
+
+    cmds.update(TOOLS_COMMANDS)
     return cmds
 
 

@@ -23,8 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo", help="folder for data, run, predictions and pictures")
     p.add_argument("--config", default=str(ROOT / "configs" / "kits19_demo.yaml"))
     p.add_argument("--heldout-cases", type=int, default=3)
-    p.add_argument("extra", nargs="*", help="extra `segzoo fit` overrides, e.g. --trainer.max_epochs=2")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)  # the rest goes to `segzoo fit`, e.g. --trainer.max_epochs=2
 
     from segzoo.cli import main as segzoo
     from segzoo.data.synthetic import write_synthetic
@@ -34,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     data, run, heldout, preds = out / "data", out / "run", out / "heldout", out / "predictions"
     t0 = time.time()
     rc = segzoo(
-        ["fit", "--config", args.config, "--data.data_dir", str(data), "--trainer.default_root_dir", str(run)]
-        + list(args.extra)
+        ["fit", "--config", args.config, "--data.data_dir", str(data), "--trainer.default_root_dir", str(run)] + extra
     )
     if rc:
         return rc

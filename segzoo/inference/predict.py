@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -28,14 +29,18 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def callable_config(obj: Any) -> dict[str, Any] | None:
-    """``{"class_path", "init_args"}`` of a dataclass or ``SegNet``-like object, to rebuild it later."""
+    """``{"class_path", "init_args"}`` of an object whose constructor arguments are kept as same-named attributes
+    (dataclasses, ``SegNet`` subclasses, most plain classes), to rebuild it later with :func:`build_callable`."""
     if obj is None:
         return None
     cls = type(obj)
     if dataclasses.is_dataclass(obj):
         args = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+    elif hasattr(obj, "init_config"):
+        args = obj.init_config.get("init_args", {})
     else:
-        args = getattr(obj, "init_config", {}).get("init_args", {})
+        params = inspect.signature(cls.__init__).parameters
+        args = {n: getattr(obj, n) for n in params if n != "self" and hasattr(obj, n)}
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
 
 

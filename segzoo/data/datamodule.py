@@ -1,0 +1,472 @@
+"""KiTS19 LightningDataModule: split, fingerprint, preprocessing cache, foreground-oversampled augmented patches.
+
+Reference: Zhao et al., "Multi Scale Supervised 3D U-Net for Kidney and Tumor Segmentation" (KiTS19): patch
+192x192x48, random patches, an epoch = 250 iterations, 42-case hold-out of the 210 labelled cases. Foreground
+oversampling (a fraction of the patches centred on a random foreground voxel) follows nnU-Net. See
+``docs/data/kits19.md``.
+
+Batches (shared segzoo convention):
+- train: ``image`` float32 ``(B, 1, D, H, W)``, ``label`` int64 ``(B, 1, D, H, W)``, ``case_id`` list[str];
+- validate / test: one whole preprocessed case per batch, plus ``spacing`` float ``(1, 3)`` (the target spacing, mm,
+  array axis order);
+- predict: every case (labelled or not) like validation (``label`` only where present) plus ``original_shape``
+  int64 ``(1, 3)`` and ``affine`` float64 ``(1, 4, 4)`` so a prediction can be restored and written as NIfTI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from monai.transforms import Compose
+from torch.utils.data import DataLoader, Dataset
+
+from segzoo.data.io import DataError
+from segzoo.data.kits19 import KiTS19Case, find_kits19_cases
+from segzoo.data.preprocessing import (
+    CTPreprocessor,
+    atomic_write_text,
+    cache_paths,
+    compute_fingerprint,
+    load_fingerprint,
+    load_properties,
+    preprocess_dataset,
+    save_fingerprint,
+)
+from segzoo.data.transforms import RandSpatialAugmentd, augmentation_input_size, build_kits19_transforms
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """MONAI MetaTensor -> plain tensor (cheaper to collate and pin)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def split_cases(
+    case_ids: Sequence[str], num_val_cases: int | float, split_seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Split labelled case ids into ``(train, val)`` by a seeded permutation.
+
+    Args:
+        case_ids: labelled case ids.
+        num_val_cases: an int is a count; a float in [0, 1) a fraction (rounded, at least 1 when > 0).
+        split_seed: permutation seed.
+
+    Raises:
+        DataError: the split would leave no training case.
+    """
+    ids = sorted(case_ids)
+    n = len(ids)
+    if isinstance(num_val_cases, float) and not isinstance(num_val_cases, bool):
+        if not 0.0 <= num_val_cases < 1.0:
+            raise DataError(f"num_val_cases={num_val_cases}: a float must be a fraction in [0, 1)")
+        n_val = max(1, round(num_val_cases * n)) if num_val_cases > 0 else 0
+    else:
+        n_val = int(num_val_cases)
+    if n_val < 0 or n_val >= n:
+        raise DataError(
+            f"num_val_cases={num_val_cases}: {n} labelled cases leave no training case; expected fewer validation "
+            f"cases than labelled cases (int = count, float = fraction)"
+        )
+    perm = np.random.default_rng(split_seed).permutation(n)
+    val = sorted(ids[i] for i in perm[:n_val])
+    train = sorted(ids[i] for i in perm[n_val:])
+    return train, val
+
+
+class KiTS19PatchDataset(Dataset):
+    """Random training patches read from the cache (``np.load(mmap_mode="r")``), foreground-oversampled.
+
+    ``len`` is the number of patches per epoch; the index is ignored (nnU-Net style): each item draws a case
+    uniformly, then with probability ``foreground_oversample`` centres the crop on a random stored foreground voxel
+    of a class present in the case (classes drawn uniformly), otherwise anywhere in the case.
+
+    Randomness: a generator per process, seeded from ``torch.initial_seed()`` (which differs per DataLoader worker
+    and per epoch for non-persistent workers) plus the process id; the transforms are reseeded from it, so workers
+    never repeat each other's augmentations, and persistent workers keep advancing their streams across epochs.
+
+    Args:
+        cache_dir: preprocessing cache.
+        case_ids: training cases.
+        patch_size: output patch ``(D, H, W)``.
+        length: items per epoch (``iterations_per_epoch * batch_size``).
+        foreground_oversample: fraction of patches centred on foreground.
+        transforms: augmentation (see :func:`build_kits19_transforms`) or ``None``.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        case_ids: Sequence[str],
+        patch_size: Sequence[int],
+        length: int,
+        foreground_oversample: float = 0.33,
+        transforms=None,
+    ) -> None:
+        if not case_ids:
+            raise DataError("KiTS19PatchDataset: no training cases")
+        self.cache_dir = Path(cache_dir)
+        self.case_ids = list(case_ids)
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self.length = int(length)
+        self.foreground_oversample = float(foreground_oversample)
+        self.transforms = transforms
+        self.crop_size = augmentation_input_size(transforms, self.patch_size)  # worst case over all draws
+        # a leading spatial transform is drawn BEFORE cropping so only the region the draw needs is read
+        self._spatial, self._rest = None, transforms
+        if (
+            transforms is not None
+            and transforms.transforms
+            and isinstance(transforms.transforms[0], RandSpatialAugmentd)
+        ):
+            self._spatial = transforms.transforms[0]
+            self._rest = Compose(transforms.transforms[1:]) if len(transforms.transforms) > 1 else None
+        self.properties = {c: load_properties(self.cache_dir, c) for c in self.case_ids}
+        self.locations = {
+            c: {int(k): np.asarray(v, dtype=np.int64) for k, v in p["class_locations"].items() if len(v)}
+            for c, p in self.properties.items()
+        }
+        self._rng: np.random.Generator | None = None
+        self._rng_owner: tuple[int, int] | None = None
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _generator(self) -> np.random.Generator:
+        owner = (os.getpid(), torch.initial_seed())
+        if self._rng is None or self._rng_owner != owner:
+            self._rng = np.random.default_rng([torch.initial_seed() % 2**63, os.getpid()])
+            self._rng_owner = owner
+            self._arrays = {}  # memmaps are per process
+            if self.transforms is not None:
+                self.transforms.set_random_state(seed=int(self._rng.integers(2**31)))
+        return self._rng
+
+    def _case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if case_id not in self._arrays:
+            paths = cache_paths(self.cache_dir, case_id)
+            self._arrays[case_id] = (np.load(paths["image"], mmap_mode="r"), np.load(paths["label"], mmap_mode="r"))
+        return self._arrays[case_id]
+
+    @staticmethod
+    def _crop(array: np.ndarray, lo: np.ndarray, size: np.ndarray, pad_value: float) -> np.ndarray:
+        """Cut ``(C, *size)`` starting at ``lo`` (may lie outside the array: padded with ``pad_value``)."""
+        shape = np.array(array.shape[1:])
+        a = np.clip(lo, 0, shape)
+        b = np.clip(lo + size, 0, shape)
+        out = np.array(array[(slice(None), *(slice(int(i), int(j)) for i, j in zip(a, b)))])  # copy out of the memmap
+        pad = [(0, 0)] + [(int(i - l), int(l + s - j)) for i, j, l, s in zip(a, b, lo, size)]
+        if any(p != (0, 0) for p in pad):
+            out = np.pad(out, pad, mode="constant", constant_values=pad_value)
+        return out
+
+    def sample(
+        self, rng: np.random.Generator, crop_size: Sequence[int] | None = None
+    ) -> tuple[str, np.ndarray, np.ndarray, bool]:
+        """Draw ``(case_id, image crop, label crop, centred_on_foreground)`` of ``crop_size`` (default: worst case).
+
+        The patch (the centre ``patch_size`` of the crop) is placed the same way whatever ``crop_size`` is: centred
+        on a foreground voxel, or uniformly over the case; the margin around it is padded where it leaves the case.
+        """
+        case_id = self.case_ids[int(rng.integers(len(self.case_ids)))]
+        image, label = self._case(case_id)
+        shape = np.array(image.shape[1:])
+        size = np.array(self.crop_size if crop_size is None else crop_size)
+        locs = self.locations[case_id]
+        foreground = bool(locs) and rng.random() < self.foreground_oversample
+        if foreground:
+            cls = sorted(locs)[int(rng.integers(len(locs)))]
+            center = locs[cls][int(rng.integers(len(locs[cls])))]
+            lo = center - size // 2
+        else:
+            # the PATCH position is uniform over the case (cases smaller than the patch are centred and padded);
+            # the crop extends it by the margin, padded where it leaves the case
+            patch = np.minimum(np.array(self.patch_size), size)
+            hi = np.maximum(shape - patch, 0)
+            lo_patch = np.array([rng.integers(h + 1) for h in hi]) - np.maximum(patch - shape, 0) // 2
+            lo = lo_patch - (size - patch) // 2
+        img = self._crop(image, lo, size, float(self.properties[case_id]["image_min"]))
+        seg = self._crop(label, lo, size, 0)
+        return case_id, img, seg, foreground
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = self._generator()
+        crop_size = None
+        if self._spatial is not None:
+            self._spatial.randomize()
+            crop_size = self._spatial.draw_input_size()
+        case_id, img, seg, _ = self.sample(rng, crop_size)
+        data = {"image": torch.from_numpy(img.astype(np.float32, copy=False)), "label": torch.from_numpy(seg)}
+        if self._spatial is not None:
+            data = self._spatial(data, randomize=False)
+        if self._rest is not None:
+            data = self._rest(data)
+        return {
+            "image": _plain(data["image"]).float().contiguous(),
+            "label": _plain(data["label"]).long().contiguous(),
+            "case_id": case_id,
+        }
+
+
+class KiTS19CaseDataset(Dataset):
+    """Whole preprocessed cases (validation, test, predict).
+
+    Args:
+        cache_dir: preprocessing cache.
+        case_ids: cases to serve.
+        with_geometry: add ``original_shape`` and ``affine`` (predict).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, case_ids: Sequence[str], with_geometry: bool = False) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.case_ids = list(case_ids)
+        self.with_geometry = with_geometry
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case_id = self.case_ids[index]
+        paths = cache_paths(self.cache_dir, case_id)
+        props = load_properties(self.cache_dir, case_id)
+        item: dict[str, Any] = {
+            "image": torch.from_numpy(np.load(paths["image"])),
+            "case_id": case_id,
+            "spacing": torch.tensor(props["target_spacing"], dtype=torch.float32),
+        }
+        if props["has_label"]:
+            item["label"] = torch.from_numpy(np.load(paths["label"]).astype(np.int64))
+        if self.with_geometry:
+            item["original_shape"] = torch.tensor(props["original_shape"], dtype=torch.int64)
+            item["affine"] = torch.tensor(props["affine"], dtype=torch.float64)
+        return item
+
+
+class KiTS19DataModule(L.LightningDataModule):
+    """KiTS19 data: split by case, fingerprint from the training split, preprocessing cache, patch sampling.
+
+    Args:
+        data_dir: KiTS19 folder (``case_XXXXX/imaging.nii.gz`` [+ ``segmentation.nii.gz``]).
+        cache_dir: preprocessing cache; default ``<data_dir parent>/<data_dir name>_preprocessed`` (next to the data,
+            so every run on the same data and parameters shares it; the manifest keys it by parameters).
+        target_spacing: voxel size to resample to (mm, slice axis first); ``None`` = the fingerprint's median.
+        patch_size: training patch ``(D, H, W)``.
+        batch_size: training batch size.
+        iterations_per_epoch: batches per training epoch.
+        num_val_cases: hold-out size among the labelled cases (int = count, float = fraction); also the test split.
+        split_seed: seed of the case split.
+        foreground_oversample: fraction of training patches centred on a foreground voxel.
+        augment: apply the augmentation chain (:func:`build_kits19_transforms`).
+        rotate_prob: rotation probability.
+        scale_prob: scaling probability.
+        elastic_prob: elastic deformation probability.
+        gamma_prob: gamma probability.
+        flip_prob: mirroring probability per axis.
+        image_order: image resampling order (1 linear, 3 cubic).
+        num_workers: training DataLoader workers.
+        val_num_workers: validation/test/predict DataLoader workers.
+        preprocess_num_workers: processes for the fingerprint and the preprocessing cache (0 = in process).
+        synthetic_cases: if > 0 and ``data_dir`` is missing or has no case folders, write that many synthetic cases
+            there first (:func:`segzoo.data.synthetic.kits19.write_kits19`, size "small").
+        synthetic_seed: seed of the synthetic cases.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        cache_dir: str | None = None,
+        target_spacing: Sequence[float] | None = (3.0, 0.78125, 0.78125),
+        patch_size: Sequence[int] = (48, 192, 192),
+        batch_size: int = 2,
+        iterations_per_epoch: int = 250,
+        num_val_cases: int | float = 42,
+        split_seed: int = 0,
+        foreground_oversample: float = 0.33,
+        augment: bool = True,
+        rotate_prob: float = 0.2,
+        scale_prob: float = 0.2,
+        elastic_prob: float = 0.2,
+        gamma_prob: float = 0.3,
+        flip_prob: float = 0.5,
+        image_order: int = 1,
+        num_workers: int = 2,
+        val_num_workers: int = 0,
+        preprocess_num_workers: int = 0,
+        synthetic_cases: int = 0,
+        synthetic_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.cache_dir = (
+            Path(cache_dir) if cache_dir else self.data_dir.parent / f"{self.data_dir.name or 'data'}_preprocessed"
+        )
+        if len(patch_size) != 3:
+            raise ValueError(f"patch_size={tuple(patch_size)}: expected 3 sizes (D, H, W)")
+        if not 0.0 <= foreground_oversample <= 1.0:
+            raise ValueError(f"foreground_oversample={foreground_oversample}: expected a fraction in [0, 1]")
+        self.target_spacing = None if target_spacing is None else tuple(float(s) for s in target_spacing)
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self.preprocessor: CTPreprocessor | None = None
+        self.fingerprint: dict[str, Any] | None = None
+        self.train_cases: list[str] = []
+        self.val_cases: list[str] = []
+        self.all_cases: list[str] = []
+        self._restored: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------------------------------------ one-time work
+    def _cases(self) -> list[KiTS19Case]:
+        hp = self.hparams
+        if hp.synthetic_cases > 0:
+            has_cases = self.data_dir.is_dir() and any(
+                p.is_dir() and p.name.startswith("case_") for p in self.data_dir.iterdir()
+            )
+            if not has_cases:
+                from segzoo.data.synthetic.kits19 import write_kits19
+
+                write_kits19(self.data_dir, cases=hp.synthetic_cases, seed=hp.synthetic_seed)
+        return find_kits19_cases(self.data_dir)
+
+    def _split(self, cases: list[KiTS19Case]) -> tuple[list[str], list[str]]:
+        labelled = [c.case_id for c in cases if c.label is not None]
+        if not labelled:
+            raise DataError(f"{self.data_dir}: no case has segmentation.nii.gz; training needs labelled cases")
+        return split_cases(labelled, self.hparams.num_val_cases, self.hparams.split_seed)
+
+    def _build_preprocessor(self, fingerprint: dict[str, Any]) -> CTPreprocessor:
+        if self._restored is not None:  # a checkpoint's preprocessing wins over a recomputed one
+            return CTPreprocessor.from_dict(self._restored)
+        return CTPreprocessor.from_fingerprint(fingerprint, self.target_spacing, self.hparams.image_order)
+
+    def prepare_data(self) -> None:
+        """Synthetic data if asked, split, fingerprint (training split only), preprocessing cache. Rank 0 only."""
+        cases = self._cases()
+        train, val = self._split(cases)
+        fp_path = self.cache_dir / "fingerprint.json"
+        fingerprint = None
+        if fp_path.is_file():
+            fingerprint = load_fingerprint(fp_path)
+            if fingerprint.get("train_cases") != train:
+                fingerprint = None  # the split changed: the fingerprint must come from the new training cases
+        if fingerprint is None:
+            by_id = {c.case_id: c for c in cases}
+            fingerprint = compute_fingerprint(
+                [by_id[c] for c in train], num_workers=self.hparams.preprocess_num_workers
+            )
+            save_fingerprint(fingerprint, fp_path)
+        atomic_write_text(self.cache_dir / "split.json", json.dumps({"train": train, "val": val}, indent=1))
+        preprocessor = self._build_preprocessor(fingerprint)
+        preprocess_dataset(cases, self.cache_dir, preprocessor, num_workers=self.hparams.preprocess_num_workers)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read split, fingerprint and cache written by :meth:`prepare_data` (every rank)."""
+        cases = find_kits19_cases(self.data_dir)
+        self.train_cases, self.val_cases = self._split(cases)
+        self.all_cases = [c.case_id for c in cases]
+        self.fingerprint = load_fingerprint(self.cache_dir / "fingerprint.json")
+        self.preprocessor = self._build_preprocessor(self.fingerprint)
+        key = self.preprocessor.params_hash()
+        stale = []
+        for c in self.all_cases:
+            props = cache_paths(self.cache_dir, c)["properties"]
+            if not props.is_file():
+                raise DataError(f"{props}: not preprocessed; call prepare_data() first (Lightning does)")
+            if load_properties(self.cache_dir, c).get("params_hash") != key:
+                stale.append(c)
+        if stale:
+            raise DataError(
+                f"{self.cache_dir}: cases {stale[:3]} were preprocessed with other parameters than {self.preprocessor}; "
+                "call prepare_data() again"
+            )
+
+    # ------------------------------------------------------------------------------------------------- dataloaders
+    def train_transforms(self):
+        hp = self.hparams
+        if not hp.augment:
+            return None
+        return build_kits19_transforms(
+            self.patch_size,
+            rotate_prob=hp.rotate_prob,
+            scale_prob=hp.scale_prob,
+            elastic_prob=hp.elastic_prob,
+            gamma_prob=hp.gamma_prob,
+            flip_prob=hp.flip_prob,
+        )
+
+    def train_dataset(self) -> KiTS19PatchDataset:
+        hp = self.hparams
+        return KiTS19PatchDataset(
+            self.cache_dir,
+            self.train_cases,
+            self.patch_size,
+            length=hp.iterations_per_epoch * hp.batch_size,
+            foreground_oversample=hp.foreground_oversample,
+            transforms=self.train_transforms(),
+        )
+
+    def _loader(self, dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), self.hparams.batch_size, self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(KiTS19CaseDataset(self.cache_dir, self.val_cases), 1, self.hparams.val_num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        ds = KiTS19CaseDataset(self.cache_dir, self.all_cases, with_geometry=True)
+        return self._loader(ds, 1, self.hparams.val_num_workers)
+
+    def case_properties(self, case_id: str) -> dict[str, Any]:
+        """Cached properties of a case: original shape/spacing/affine, preprocessed shape, foreground locations."""
+        return load_properties(self.cache_dir, case_id)
+
+    # ----------------------------------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """``{"preprocessor": CTPreprocessor.to_dict()}``: enough to rebuild the preprocessing from a checkpoint."""
+        if self.preprocessor is None:
+            return {}
+        return {"preprocessor": self.preprocessor.to_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Adopt a checkpoint's preprocessing.
+
+        Lightning restores this AFTER ``prepare_data``/``setup``; when the checkpoint's preprocessor differs from the
+        one just computed (other data, split or target spacing), the cache is brought in line with it here (the
+        manifest makes this a no-op for cases already preprocessed that way), so training never mixes the two.
+        """
+        if "preprocessor" not in state_dict:
+            return
+        self._restored = dict(state_dict["preprocessor"])
+        restored = CTPreprocessor.from_dict(self._restored)
+        if self.preprocessor is not None and self.all_cases and restored.to_dict() != self.preprocessor.to_dict():
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"KiTS19DataModule: the checkpoint's preprocessing {restored} differs from the recomputed "
+                f"{self.preprocessor}; re-preprocessing {self.cache_dir} with the checkpoint's"
+            )
+            preprocess_dataset(
+                find_kits19_cases(self.data_dir),
+                self.cache_dir,
+                restored,
+                num_workers=self.hparams.preprocess_num_workers,
+            )
+        self.preprocessor = restored

@@ -1,0 +1,221 @@
+"""KiTS19 reader (layout, one clear error per bad input) and KiTS19DataModule (splits, batches, oversampling)."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from segzoo.data.datamodule import KiTS19CaseDataset, KiTS19DataModule, KiTS19PatchDataset, split_cases
+from segzoo.data.io import DataError, save_nifti
+from segzoo.data.kits19 import find_kits19_cases, load_kits19_case, spacing_from_affine
+from segzoo.data.synthetic.kits19 import kits19_affine, write_kits19
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # patches are small: one thread (as in DataLoader workers) avoids oversubscribing a shared CI CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _case(folder, image, label=None, affine=None, label_affine=None):
+    affine = kits19_affine((3.0, 0.8, 0.8)) if affine is None else affine
+    save_nifti(image, affine, folder / "imaging.nii.gz")
+    if label is not None:
+        save_nifti(label, affine if label_affine is None else label_affine, folder / "segmentation.nii.gz")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------------------ reader
+def test_find_cases_layout(tmp_path):
+    write_kits19(tmp_path, cases=3, seed=0, unlabelled=1)
+    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / "other").mkdir()
+    cases = find_kits19_cases(tmp_path)
+    assert [c.case_id for c in cases] == ["case_00000", "case_00001", "case_00002"]
+    assert cases[0].image == tmp_path / "case_00000" / "imaging.nii.gz"
+    assert cases[0].label == tmp_path / "case_00000" / "segmentation.nii.gz"
+    assert cases[2].label is None  # inference-only case
+    image, label, affine = load_kits19_case(cases[0])
+    assert image.dtype == np.float32 and label.dtype == np.uint8 and image.shape == label.shape
+    assert load_kits19_case(cases[2])[1] is None
+
+
+def test_spacing_from_affine():
+    assert spacing_from_affine(kits19_affine((3.0, 0.78, 0.79))) == pytest.approx((3.0, 0.78, 0.79))
+    rot = np.eye(4)
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([0.5, 2.0, 5.0])
+    assert spacing_from_affine(rot) == pytest.approx((0.5, 2.0, 5.0))
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="not found") as e:
+        find_kits19_cases(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(e.value)
+    with pytest.raises(DataError, match="no case_XXXXX"):
+        find_kits19_cases(tmp_path)
+    (tmp_path / "case_00000").mkdir()
+    with pytest.raises(DataError, match="imaging.nii.gz: missing") as e:
+        find_kits19_cases(tmp_path)
+    assert str(tmp_path / "case_00000" / "imaging.nii.gz") in str(e.value)
+
+
+def _bad(tmp_path, kind):
+    img = np.zeros((4, 6, 6), np.int16)
+    lab = np.zeros((4, 6, 6), np.uint8)
+    folder = tmp_path / "case_00000"
+    if kind == "truncated":
+        _case(folder, img, lab)
+        raw = (folder / "imaging.nii.gz").read_bytes()
+        (folder / "imaging.nii.gz").write_bytes(raw[: len(raw) // 2])
+        return folder / "imaging.nii.gz", "corrupt or truncated"
+    if kind == "shape":
+        _case(folder, img, np.zeros((4, 6, 5), np.uint8))
+        return folder / "segmentation.nii.gz", "shape"
+    if kind == "affine":
+        _case(folder, img, lab, label_affine=kits19_affine((2.0, 0.8, 0.8)))
+        return folder / "segmentation.nii.gz", "affine"
+    if kind == "value3":
+        lab[1, 2, 2] = 3
+        _case(folder, img, lab)
+        return folder / "segmentation.nii.gz", r"unexpected label values \[3\]"
+    if kind == "nan":
+        f = img.astype(np.float32)
+        f[0, 0, 0] = np.nan
+        _case(folder, f, lab)
+        return folder / "imaging.nii.gz", "non-finite"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "shape", "affine", "value3", "nan"])
+def test_load_errors_name_the_file(tmp_path, kind):
+    path, message = _bad(tmp_path, kind)
+    (case,) = find_kits19_cases(tmp_path)
+    with pytest.raises(DataError, match=message) as e:
+        load_kits19_case(case)
+    assert str(path) in str(e.value)
+
+
+def test_corrupt_gzip_content(tmp_path):
+    folder = _case(tmp_path / "case_00001", np.zeros((4, 6, 6), np.int16))
+    path = folder / "imaging.nii.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"this is not a nifti header" * 20)
+    with pytest.raises(DataError, match="corrupt") as e:
+        load_kits19_case(find_kits19_cases(tmp_path)[0])
+    assert str(path) in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------------- datamodule
+def test_split_cases():
+    ids = [f"case_{i:05d}" for i in range(10)]
+    train, val = split_cases(ids, 3, split_seed=0)
+    assert len(val) == 3 and len(train) == 7 and not set(train) & set(val) and sorted(train + val) == ids
+    assert split_cases(ids, 3, split_seed=0) == (train, val)  # fixed seed -> fixed split
+    assert split_cases(ids, 0.2)[1].__len__() == 2
+    with pytest.raises(DataError, match="num_val_cases=10"):
+        split_cases(ids, 10)
+    with pytest.raises(DataError, match="fraction"):
+        split_cases(ids, 1.5)
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dm")
+    # data_dir missing: synthetic_cases writes 4 labelled cases there; the demo path
+    dm = KiTS19DataModule(
+        str(root / "kits19"),
+        target_spacing=(3.0, 2.5, 2.5),
+        patch_size=(16, 48, 48),
+        batch_size=3,
+        iterations_per_epoch=2,
+        num_val_cases=1,
+        num_workers=0,
+        synthetic_cases=4,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_prepare_writes_fingerprint_from_train_split(dm):
+    assert dm.cache_dir == dm.data_dir.parent / "kits19_preprocessed"
+    assert (dm.cache_dir / "fingerprint.json").is_file()
+    assert dm.fingerprint["train_cases"] == dm.train_cases
+    assert len(dm.train_cases) == 3 and len(dm.val_cases) == 1 and dm.val_cases[0] not in dm.train_cases
+    assert dm.preprocessor.target_spacing == (3.0, 2.5, 2.5)
+    assert dm.preprocessor.mean == pytest.approx(dm.fingerprint["foreground"]["mean"])
+
+
+def test_train_batches(dm):
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2  # iterations_per_epoch
+    for b in batches:
+        assert b["image"].shape == (3, 1, 16, 48, 48) and b["image"].dtype == torch.float32
+        assert b["label"].shape == (3, 1, 16, 48, 48) and b["label"].dtype == torch.int64
+        assert set(b["label"].unique().tolist()) <= {0, 1, 2}
+        assert torch.isfinite(b["image"]).all()
+        assert len(b["case_id"]) == 3 and set(b["case_id"]) <= set(dm.train_cases)
+
+
+def test_foreground_oversampling_rate(dm):
+    ds = KiTS19PatchDataset(dm.cache_dir, dm.train_cases, (8, 24, 24), length=1, foreground_oversample=0.33)
+    rng = np.random.default_rng(0)
+    n, fg = 600, 0
+    for _ in range(n):
+        _, img, seg, centred = ds.sample(rng)
+        assert img.shape == (1, 8, 24, 24) and seg.shape == (1, 8, 24, 24)
+        if centred:
+            fg += 1
+            assert seg[0, 4, 12, 12] > 0  # the crop is centred on a foreground voxel
+    assert abs(fg / n - 0.33) < 0.06
+    always = KiTS19PatchDataset(dm.cache_dir, dm.train_cases, (8, 24, 24), length=1, foreground_oversample=1.0)
+    assert all(always.sample(rng)[2][0, 4, 12, 12] > 0 for _ in range(50))
+
+
+def test_patch_randomness_follows_torch_seed(dm):
+    ds = dm.train_dataset()
+    torch.manual_seed(1)
+    a = ds[0]
+    torch.manual_seed(2)
+    b = ds[0]
+    fresh = dm.train_dataset()
+    torch.manual_seed(1)
+    c = fresh[0]
+    assert torch.equal(a["image"], c["image"])  # same worker seed -> same patch and augmentation
+    assert not torch.equal(a["image"], b["image"])  # other worker/epoch seed -> other patch
+
+
+def test_val_and_predict_batches_are_whole_cases(dm):
+    (batch,) = list(dm.val_dataloader())
+    props = dm.case_properties(dm.val_cases[0])
+    assert batch["case_id"] == dm.val_cases
+    assert batch["image"].shape == (1, 1, *props["preprocessed_shape"])
+    assert batch["label"].shape == batch["image"].shape and batch["label"].dtype == torch.int64
+    torch.testing.assert_close(batch["spacing"], torch.tensor([[3.0, 2.5, 2.5]]))
+    preds = list(dm.predict_dataloader())
+    assert [p["case_id"][0] for p in preds] == sorted(dm.train_cases + dm.val_cases)
+    assert preds[0]["original_shape"].shape == (1, 3) and preds[0]["affine"].shape == (1, 4, 4)
+    assert isinstance(dm.test_dataloader().dataset, KiTS19CaseDataset)
+
+
+def test_state_dict_round_trip(dm, tmp_path):
+    state = dm.state_dict()
+    assert state["preprocessor"] == dm.preprocessor.to_dict()
+    other = KiTS19DataModule(str(tmp_path / "x"))
+    other.load_state_dict(state)
+    assert other.preprocessor.to_dict() == dm.preprocessor.to_dict()
+
+
+def test_setup_without_prepare_is_a_clear_error(dm, tmp_path):
+    shutil.copytree(dm.data_dir, tmp_path / "data")
+    fresh = KiTS19DataModule(str(tmp_path / "data"), num_val_cases=1)
+    with pytest.raises(DataError, match="fingerprint"):
+        fresh.setup("fit")
