@@ -1,0 +1,283 @@
+"""Whole-case inference benchmark: segzoo's SlidingWindowTTAInferer vs MONAI's sliding window run once per flip.
+
+Both compute the same thing: overlap 0.5, Gaussian blending, softmax probabilities averaged over the 8 mirrorings
+of the 3 spatial axes, with ``segzoo.create_net(NET)`` in eval mode and the same ``sw_batch_size``.
+
+- "segzoo": ``SlidingWindowTTAInferer(roi, sw_batch_size, mirror_axes=(0, 1, 2))``: each window is built once and
+  all 8 flips of a window batch go through the net in one batch; one Gaussian-weighted accumulation.
+- "monai_8pass" (the peer): the naive way, under ``torch.no_grad()``: for every flip, flip the volume, run
+  ``monai.inferers.sliding_window_inference`` (predictor = softmax of the net), flip back; average the 8 results.
+
+Timing: a warm-up forward of the net at both window batch sizes, then ``--repeats`` whole-case calls of each
+method, interleaved (segzoo, peer, segzoo, ...) so that load from other processes hits both alike; the median is
+reported. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each call); on CPU the peak resident
+set size (RSS) of the process during the call minus the RSS before it, sampled every 2 ms by a background thread
+(psutil if installed, else ``/proc/self/statm``), because tracemalloc does not see torch's allocator. So that freed
+tensors really leave the RSS (glibc otherwise keeps them in its heap and later calls measure +0), the script
+re-executes itself once with ``MALLOC_MMAP_THRESHOLD_=65536`` on Linux (large blocks are mmapped and unmapped on free).
+
+Writes ``<out>/inference_<device>[_<tag>].json`` and ``.md``.
+
+Usage: ``python benchmarks/inference_bench.py [--device cpu|cuda] [--repeats 3] [--out benchmarks/results]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from monai.inferers import sliding_window_inference
+
+import segzoo
+from segzoo.inference import SlidingWindowTTAInferer
+from segzoo.inference.sliding_window import flip_combinations
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# CPU: a case small enough that 2 x (1 + repeats) whole-case 8-flip runs of the full-width net stay within minutes
+# on two cores; CUDA: a real KiTS-sized case at the paper's patch size.
+DEFAULTS = {
+    "cpu": {"shape": (24, 48, 48), "roi": (16, 32, 32)},
+    "cuda": {"shape": (200, 512, 512), "roi": (48, 192, 192)},
+}
+
+
+def _rss_bytes() -> int:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakRSS:
+    """Peak RSS increase over the ``with`` block, sampled by a background thread."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+        self.delta = self.peak - self.base
+
+
+def naive_tta(x, net, roi, sw_batch_size, mirror_axes=(0, 1, 2)):
+    """The peer: MONAI's sliding window once per flip of the whole volume, probabilities averaged."""
+    flips = flip_combinations(mirror_axes)
+    acc = None
+    with torch.no_grad():
+        for f in flips:
+            dims = [a + 2 for a in f]
+            xf = x.flip(dims) if dims else x
+            out = sliding_window_inference(
+                xf,
+                roi,
+                sw_batch_size,
+                lambda w: torch.softmax(net(w).float(), dim=1),
+                overlap=0.5,
+                mode="gaussian",
+            )
+            out = out.flip(dims) if dims else out
+            acc = out if acc is None else acc + out
+    return acc / len(flips)
+
+
+def _cpu_name() -> str:
+    """CPU model (platform.processor() is empty on many Linux systems, so /proc/cpuinfo is read first)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _measure(fn, device: str) -> tuple[float, float, int, torch.Tensor]:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        t = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        with _PeakRSS() as m:
+            t, c = time.perf_counter(), time.process_time()
+            out = fn()
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
+        peak = m.delta
+        return dt, cpu, peak, out
+    return dt, float("nan"), peak, out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per method after one warm-up (median)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for inference_<device>.{json,md}")
+    p.add_argument("--net", default="mss_unet3d", help="registered net name (default: the paper's net)")
+    p.add_argument("--shape", type=int, nargs=3, default=None, help="case size (D H W); default per device")
+    p.add_argument("--roi", type=int, nargs=3, default=None, help="window size (D H W); default per device")
+    p.add_argument("--sw-batch-size", type=int, default=2)
+    p.add_argument("--tag", default="", help="suffix of the result files: inference_<device>[_<tag>].{json,md}")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    args = p.parse_args(argv)
+    if argv is None and sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # see the module docstring: makes RSS track live tensors
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = tuple(args.shape or DEFAULTS[args.device]["shape"])
+    roi = tuple(args.roi or DEFAULTS[args.device]["roi"])
+    device = args.device
+
+    torch.manual_seed(0)
+    net = segzoo.create_net(args.net).eval().to(device)
+    x = torch.randn(1, net_in_channels(net), *shape, device=device)
+    inferer = SlidingWindowTTAInferer(roi, sw_batch_size=args.sw_batch_size, overlap=0.5, mode="gaussian")
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    )  # bf16 on GPU as in practice; fp32 on CPU
+
+    def ours():
+        with autocast:
+            return inferer(x, net)
+
+    def peer():
+        with autocast:
+            return naive_tta(x, net, roi, args.sw_batch_size)
+
+    methods = {"segzoo": ours, "monai_8pass": peer}
+    # warm-up: the net at both batch sizes the two methods use (one-time allocator / oneDNN / cuDNN set-up)
+    with autocast, torch.inference_mode():
+        for n in (args.sw_batch_size, args.sw_batch_size * 8):
+            net(torch.randn(n, x.shape[1], *roi, device=device))
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    cpu_times: dict[str, list[float]] = {k: [] for k in methods}
+    mems: dict[str, list[int]] = {k: [] for k in methods}
+    first: dict[str, torch.Tensor] = {}
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
+            dt, cpu, mem, out = _measure(fn, device)
+            first.setdefault(name, out)
+            times[name].append(dt)
+            cpu_times[name].append(cpu)
+            mems[name].append(mem)
+            print(f"{name}: {dt:.2f} s, peak +{mem / 2**20:.0f} MiB", flush=True)
+            del out
+    diff = (first["segzoo"] - first["monai_8pass"]).abs().max().item()
+
+    median = {k: statistics.median(v) for k, v in times.items()}
+    peak = {k: max(v) for k, v in mems.items()}
+    device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "net": args.net,
+        "case_shape": [1, 1, *shape],
+        "roi_size": list(roi),
+        "sw_batch_size": args.sw_batch_size,
+        "overlap": 0.5,
+        "mode": "gaussian",
+        "flips": 8,
+        "autocast": "bf16" if device == "cuda" else "none (fp32)",
+        "repeats": args.repeats,
+        "times_s": times,
+        "median_s": median,
+        "ratio_time_segzoo_over_peer": median["segzoo"] / median["monai_8pass"],
+        # process CPU time (all threads; includes the 2 ms memory sampler), robust when other jobs share the cores
+        "cpu_times_s": cpu_times if device == "cpu" else None,
+        "ratio_cpu_time_segzoo_over_peer": statistics.median(cpu_times["segzoo"])
+        / statistics.median(cpu_times["monai_8pass"])
+        if device == "cpu"
+        else None,
+        "peak_memory_bytes": peak,
+        "peak_memory_method": "torch.cuda.max_memory_allocated - allocated before"
+        if device == "cuda"
+        else "peak process RSS during the call - RSS before (sampled every 2 ms, MALLOC_MMAP_THRESHOLD_=65536)",
+        "ratio_memory_segzoo_over_peer": peak["segzoo"] / max(peak["monai_8pass"], 1),
+        "max_abs_difference": diff,
+        "note": "peer flips the whole volume, segzoo flips each window; identical when the window grid is symmetric",
+    }
+    out = args.out
+    stem = f"inference_{device}" + (f"_{args.tag}" if args.tag else "")
+    _atomic_write(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    mib = 2**20
+    md = [
+        f"# Whole-case inference, 8-flip mirroring TTA ({device})",
+        "",
+        f"{result['date']}, {device_name}, torch {torch.__version__}, {result['threads']} threads. "
+        f"Net `{args.net}` (eval), case {result['case_shape']}, roi {list(roi)}, overlap 0.5, Gaussian, "
+        f"sw_batch_size {args.sw_batch_size}, autocast {result['autocast']}, median of {args.repeats} after warm-up.",
+        "",
+        "| method | median time (s) | peak memory (MiB) |",
+        "|---|---|---|",
+        f"| segzoo SlidingWindowTTAInferer | {median['segzoo']:.2f} | {peak['segzoo'] / mib:.0f} |",
+        f"| MONAI sliding_window_inference x 8 flips | {median['monai_8pass']:.2f} | {peak['monai_8pass'] / mib:.0f} |",
+        f"| **ratio segzoo / peer** | **{result['ratio_time_segzoo_over_peer']:.2f}** "
+        f"| **{result['ratio_memory_segzoo_over_peer']:.2f}** |",
+        "",
+        f"Ratio of median process CPU time (robust to other jobs on the machine): "
+        f"{result['ratio_cpu_time_segzoo_over_peer']:.2f}.\n"
+        if device == "cpu"
+        else "",
+        f"Peak memory: {result['peak_memory_method']}. Max |difference| of the probabilities: {diff:.2e}.",
+        "",
+    ]
+    _atomic_write(out / f"{stem}.md", "\n".join(md))
+    print("\n".join(md))
+    return result
+
+
+def net_in_channels(net: torch.nn.Module) -> int:
+    """Input channels of a segzoo net (from its recorded constructor arguments), default 1."""
+    config = getattr(net, "init_config", None) or {}
+    return int(config.get("init_args", {}).get("in_channels", 1))
+
+
+if __name__ == "__main__":
+    main()
