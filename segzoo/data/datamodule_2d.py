@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 
 from segzoo.data.brats import find_brats_cases, load_brats_case
 from segzoo.data.chaos import CHAOS_CLASS_NAMES, CHAOS_SEQUENCES, find_chaos_cases, load_chaos_case
+from segzoo.data.datamodule import split_cases
 from segzoo.data.io import DataError
 
 BRATS_CLASS_NAMES = ("background", "necrotic_core", "edema", "enhancing_tumor")
@@ -127,14 +128,14 @@ def fit_slices(
 def split_case_ids(case_ids: Sequence[str], train_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Random case-level split: ``round(train_fraction * n)`` cases (at least 1, at most n - 1) to train.
 
-    Both lists come back sorted; the split depends only on the sorted ids, the fraction and the seed.
+    Both lists come back sorted; the split depends only on the sorted ids, the fraction and the seed. The same
+    seeded permutation as the KiTS19 split (:func:`segzoo.data.datamodule.split_cases`).
     """
-    ids = sorted(case_ids)
-    if len(ids) < 2:
-        raise DataError(f"need at least 2 cases for a train/test split, found {len(ids)}: {ids}")
-    n_train = min(max(int(round(train_fraction * len(ids))), 1), len(ids) - 1)
-    perm = np.random.default_rng(seed).permutation(len(ids))
-    return sorted(ids[i] for i in perm[:n_train]), sorted(ids[i] for i in perm[n_train:])
+    n = len(case_ids)
+    if n < 2:
+        raise DataError(f"need at least 2 cases for a train/test split, found {n}: {sorted(case_ids)}")
+    n_train = min(max(int(round(train_fraction * n)), 1), n - 1)
+    return split_cases(case_ids, n - n_train, seed)
 
 
 @dataclass
