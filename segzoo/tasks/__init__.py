@@ -1,6 +1,7 @@
 """segzoo.tasks: thin LightningModules; the net, loss, inferer, metric, optimizer and scheduler are injected."""
 
 from segzoo.tasks.callbacks import RunArtifacts, RunCheckpoint
-from segzoo.tasks.segmentation import SegmentationTask
+from segzoo.tasks.segmentation import NonFiniteLossError, SegmentationTask
+from segzoo.tasks.tracking import OverlayImages
 
-__all__ = ["RunArtifacts", "RunCheckpoint", "SegmentationTask"]
+__all__ = ["NonFiniteLossError", "OverlayImages", "RunArtifacts", "RunCheckpoint", "SegmentationTask"]

@@ -51,7 +51,8 @@ class SegmentationTask(pl.LightningModule):
         metrics_file: file name under ``trainer.default_root_dir`` for per-case and mean results of
             ``validate``/``test`` (like nnU-Net's ``summary.json``); ``None`` disables it.
         batch_augment: optional module applied to the whole training batch after it reached the device
-            (``batch_augment(batch) -> batch``), e.g. GPU augmentation so CPU workers only crop.
+            (``batch_augment(batch) -> batch``, at the start of ``training_step``), e.g. GPU augmentation so CPU
+            workers only crop.
         compile: wrap the net's training forward in ``torch.compile``.
         num_overlays: validation cases per epoch kept as 2D slices (image, label, prediction) in
             ``self.overlays`` for loggers to draw.
@@ -96,16 +97,13 @@ class SegmentationTask(pl.LightningModule):
             # kept out of the module tree so the state dict has no duplicate "_orig_mod" keys
             self.__dict__["_train_forward"] = torch.compile(self.net)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.batch_augment is not None and self.trainer is not None and self.trainer.training:
-            batch = self.batch_augment(batch)
-        return batch
-
     # ---------------------------------------------------------------- training
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.batch_augment is not None:  # the batch is already on the device here
+            batch = self.batch_augment(batch)
         out = (self._train_forward or self.net)(batch["image"])
         loss = self.loss(out, batch["label"])
         if not torch.isfinite(loss):
