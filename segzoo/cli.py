@@ -140,9 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         from jsonargparse import ArgumentError
 
+        from segzoo.data.io import DataError
+        from segzoo.tasks.segmentation import NonFiniteLossError
+
         if isinstance(e, ArgumentError) or type(e).__name__ == "ArgumentError":
             print(f"segzoo {argv[0]}: error: {_one_line(str(e))}", file=sys.stderr)
             return 2
+        if isinstance(e, DataError | NonFiniteLossError):  # segzoo's own errors already name the culprit
+            print(f"segzoo {argv[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2 if isinstance(e, DataError) else 1
         raise
     return 0
 

@@ -1,8 +1,13 @@
 """A tiny in-memory 3D segmentation datamodule for CLI and task tests (importable as ``toydata``)."""
 
+import os
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from segzoo.data.datamodule import KiTS19DataModule
 
 
 class _Blobs(Dataset):
@@ -28,6 +33,27 @@ class _Blobs(Dataset):
         return self.items[i]
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that depends only on ``(seed, epoch)``, so a resumed run sees the batches an uninterrupted one does.
+
+    A plain ``shuffle=True`` DataLoader draws each epoch's order from the global torch RNG, whose state a checkpoint
+    does not hold; Lightning calls ``set_epoch`` on the sampler before every epoch (as for ``DistributedSampler``).
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class ToyDataModule(pl.LightningDataModule):
     """Random blobs: label 1 a box, label 2 a box inside it; the image is the label plus noise."""
 
@@ -43,10 +69,22 @@ class ToyDataModule(pl.LightningDataModule):
         self.val = _Blobs(self.val_cases, self.shape, 1)
 
     def train_dataloader(self):
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True)
+        return DataLoader(self.train, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(self.train)))
 
     def val_dataloader(self):
         return DataLoader(self.val, batch_size=1)
 
     test_dataloader = val_dataloader
     predict_dataloader = val_dataloader
+
+
+class CountingKiTS19DataModule(KiTS19DataModule):
+    """KiTS19DataModule that appends ``<pid> <global rank>`` to ``<cache_dir>/prepare_data.log`` per ``prepare_data``.
+
+    Lets a multi-process test check that the fingerprint and preprocessing cache are built by one process only.
+    """
+
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        with open(Path(self.cache_dir) / "prepare_data.log", "a") as f:
+            f.write(f"{os.getpid()} {self.trainer.global_rank if self.trainer else 0}\n")

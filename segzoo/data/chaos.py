@@ -137,6 +137,45 @@ def _slice_spacing(datasets: list, files: list[Path]) -> float:
     return 1.0
 
 
+def check_series_geometry(datasets: list, files: list[Path]) -> None:
+    """Raise :class:`DataError` when the slices of one series do not form one evenly spaced stack.
+
+    Checks, where the tags are present: every slice has the ``ImageOrientationPatient`` of the first one (mixed
+    orientations: files of two series in one folder), and consecutive ``ImagePositionPatient`` (in file-name order)
+    advance along the slice normal by the same step within 10% (a gap means a missing slice, a reversal or a
+    repeated position a misplaced or duplicated file). Series without these tags are not checked.
+    """
+    try:
+        orientations = [np.asarray([float(v) for v in ds.ImageOrientationPatient]) for ds in datasets]
+        positions = [np.asarray([float(v) for v in ds.ImagePositionPatient]) for ds in datasets]
+    except (AttributeError, TypeError, ValueError):
+        return
+    if any(o.shape != (6,) for o in orientations) or any(p.shape != (3,) for p in positions):
+        return
+    for f, o in zip(files[1:], orientations[1:]):
+        if not np.allclose(o, orientations[0], atol=1e-3):
+            raise DataError(
+                f"{f}: ImageOrientationPatient {o.round(4).tolist()} differs from {files[0].name} "
+                f"{orientations[0].round(4).tolist()}; expected one orientation per series "
+                "(files of several series in one folder?)"
+            )
+    if len(positions) < 3:
+        return
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    steps = np.diff(np.stack(positions) @ normal)
+    step = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - step) > max(0.1 * abs(step), 1e-2))
+    if abs(step) < 1e-3:
+        bad = np.arange(len(steps))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(
+            f"{files[i + 1]}: slice position moves {steps[i]:.3f} mm along the slice normal from {files[i].name}, "
+            f"the series steps {step:.3f} mm; expected evenly spaced slices (ImagePositionPatient) - "
+            "a missing, duplicated or misplaced slice"
+        )
+
+
 def grey_to_label(grey: np.ndarray, path: Path | str = "<array>", strict: bool = True) -> np.ndarray:
     """Map CHAOS ground-truth grey values (H, W) to class indices 0..4 by the official ranges.
 
@@ -192,8 +231,9 @@ def load_chaos_case(case_dir: str | os.PathLike, sequence: str = "T2SPIR", stric
         (slice, row, col) in mm, slices in file-name order.
 
     Raises:
-        DataError: missing DICOM or Ground folder, unreadable DICOM or PNG, slices of different sizes,
-            PNG count or size not matching the series, unknown grey values (``strict``).
+        DataError: missing DICOM or Ground folder, unreadable DICOM or PNG, slices of different sizes, mixed
+            orientations or unevenly spaced slices (:func:`check_series_geometry`), PNG count or size not matching
+            the series, unknown grey values (``strict``).
     """
     case_dir = Path(case_dir)
     dicom_dir, ground_dir = _sequence_dirs(case_dir, sequence)
@@ -215,6 +255,7 @@ def load_chaos_case(case_dir: str | os.PathLike, sequence: str = "T2SPIR", stric
             raise DataError(f"{f}: slice size {pixels.shape} differs from {files[0].name} {slices[0].shape}")
         datasets.append(ds)
         slices.append(pixels)
+    check_series_geometry(datasets, files)
     image = np.stack(slices)
     label = np.stack([_read_png(p, image.shape[1:], strict) for p in pngs])
     try:

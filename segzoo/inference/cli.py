@@ -24,6 +24,13 @@ def cmd_infer(argv: Sequence[str]) -> int:
     p.add_argument("--overlap", type=float, default=0.5)
     p.add_argument("--sw-batch-size", type=int, default=2)
     p.add_argument("--roi-size", type=int, nargs="+", default=None, help="override the checkpoint's window size")
+    p.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="skip cases whose output already exists and is a readable NIfTI (finish an interrupted run); "
+        "without it existing outputs are overwritten",
+    )
     args = p.parse_args(argv)
 
     from tqdm import tqdm
@@ -43,13 +50,30 @@ def cmd_infer(argv: Sequence[str]) -> int:
             roi_size=args.roi_size,
         )
         out_dir = Path(args.output)
-        for path in tqdm(inputs, desc="segzoo infer", unit="case"):
-            predictor.predict_file(path, out_dir / f"{case_name(path)}.nii.gz")
+        todo = [(path, out_dir / f"{case_name(path)}.nii.gz") for path in inputs]
+        if args.resume:
+            todo = [(path, out) for path, out in todo if not _readable_nifti(out)]
+        for path, out in tqdm(todo, desc="segzoo infer", unit="case"):
+            predictor.predict_file(path, out)  # atomic: an interrupted case leaves no output file
     except (DataError, FileNotFoundError) as e:
-        print(f"segzoo infer: error: {e}", file=sys.stderr)
+        print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    print(f"wrote {len(inputs)} prediction(s) to {out_dir}")
+    skipped = len(inputs) - len(todo)
+    print(f"wrote {len(todo)} prediction(s) to {out_dir}" + (f"; {skipped} already there" if skipped else ""))
     return 0
+
+
+def _readable_nifti(path: Path) -> bool:
+    """True when ``path`` exists and its header and data can be read (a finished prediction)."""
+    if not path.is_file():
+        return False
+    from segzoo.data.io import DataError, load_nifti
+
+    try:
+        load_nifti(path)
+    except DataError:
+        return False
+    return True
 
 
 INFERENCE_COMMANDS = {"infer": (cmd_infer, "predict NIfTI files / KiTS case folders with a checkpoint")}

@@ -118,6 +118,12 @@ class Predictor:
         return save_nifti(labels, affine, output_path)
 
 
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """``error`` as one line, shortened to ``limit`` characters (state-dict reports list hundreds of keys)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_predictor(
     source: str | os.PathLike,
     device: str = "cpu",
@@ -134,7 +140,10 @@ def load_predictor(
     dev = torch.device(device)
     preproc_cfg, post_cfg, roi = None, None, None
     if source.is_dir():
-        net = from_pretrained(source)
+        try:
+            net = from_pretrained(source)
+        except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
+            raise DataError(f"{source}: not a loadable save_pretrained directory ({_one_line(e)})") from None
         if (source / "preprocessor.json").is_file():
             preproc_cfg = json.loads((source / "preprocessor.json").read_text())
         if (source / "inference.json").is_file():
@@ -145,11 +154,20 @@ def load_predictor(
             ckpt = torch.load(source, map_location="cpu", weights_only=False)
         except Exception as e:
             raise DataError(f"{source}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-        if "segzoo_net" not in ckpt:
+        if not isinstance(ckpt, dict) or "segzoo_net" not in ckpt:
             raise DataError(f"{source}: not a segzoo checkpoint (no 'segzoo_net' entry); train with `segzoo fit`")
-        net = build_net(ckpt["segzoo_net"])
-        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
+        try:
+            net = build_net(ckpt["segzoo_net"])
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{source}: cannot rebuild the net from its 'segzoo_net' entry ({_one_line(e)})") from None
+        state = {k[len("net.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:  # missing / unexpected keys or shape mismatches: weights of another net
+            raise DataError(
+                f"{source}: the weights do not fit the net {ckpt['segzoo_net'].get('class_path')} recorded in the "
+                f"checkpoint ({_one_line(e)}); expected a checkpoint written by `segzoo fit` for that net"
+            ) from None
         for value in ckpt.values():
             if isinstance(value, dict) and "preprocessor" in value:
                 preproc_cfg = value["preprocessor"]

@@ -1,0 +1,120 @@
+"""Distributed data parallel on CPU (issue 6): ``segzoo fit`` then ``segzoo validate`` with 2 gloo processes.
+
+The job runs as ``python -m segzoo ...`` in a subprocess with a timeout: Lightning's ``ddp`` strategy re-launches the
+command line as rank 1, which inside pytest would start a second pytest. The data is a small synthetic KiTS19 folder
+read by ``toydata.CountingKiTS19DataModule`` (a ``KiTS19DataModule`` that logs each ``prepare_data`` call), so the test
+sees that the fingerprint and the preprocessing cache are built by global rank 0 only, and reused by ``validate``.
+Three validation cases on two ranks: the ``DistributedSampler`` gives each rank two (one case twice); the per-case
+rows are gathered over ranks and each case must appear once in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+
+CONFIG = textwrap.dedent(
+    """
+    seed_everything: 0
+    trainer:
+      accelerator: cpu
+      devices: 2
+      strategy: ddp
+      max_epochs: 1
+      logger: false
+      enable_progress_bar: false
+      enable_model_summary: false
+      num_sanity_val_steps: 0
+      callbacks:
+        - class_path: segzoo.tasks.RunCheckpoint
+          init_args: {save_last: true}
+    model:
+      net:
+        class_path: segzoo.nets.MSSUNet
+        init_args: {kernel_size: [3, 3, 3], strides: [1, 2, 2], base_features: 4, out_channels: 3}
+      loss:
+        class_path: segzoo.losses.DeepSupervisionLoss
+        init_args:
+          loss: {class_path: monai.losses.DiceCELoss, init_args: {to_onehot_y: true, softmax: true}}
+      inferer:
+        class_path: segzoo.inference.sliding_window.SlidingWindowTTAInferer
+        init_args: {roi_size: [16, 32, 32], sw_batch_size: 1, overlap: 0.25, mirror_axes: null}
+      metric:
+        class_path: segzoo.metrics.KiTS19Metric
+    data:
+      class_path: toydata.CountingKiTS19DataModule
+      init_args:
+        data_dir: DATA
+        synthetic_cases: 4
+        num_val_cases: 3
+        target_spacing: [6.0, 8.0, 8.0]
+        patch_size: [16, 32, 32]
+        batch_size: 1
+        iterations_per_epoch: 2
+        augment: false
+        num_workers: 0
+    """
+)
+
+
+def _segzoo(args: list[str], run: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"  # two ranks on a shared CPU: one intra-op thread each
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "segzoo", *args, "--trainer.default_root_dir", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"segzoo {args[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_ddp_fit_then_validate_on_cpu(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    config = tmp_path / "ddp.yaml"
+    config.write_text(CONFIG.replace("DATA", str(data)))
+    cache = tmp_path / "data_preprocessed"
+
+    _segzoo(["fit", "--config", str(config)], run)
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    # the epoch's 2 patches are split over the 2 ranks by the DistributedSampler: 1 synchronised optimizer step
+    assert ckpt["global_step"] == 1
+
+    # rank 0 alone prepared the data; every case is cached and no temporary file is left behind
+    log = (cache / "prepare_data.log").read_text().splitlines()
+    assert len(log) == 1 and log[0].split()[1] == "0", log
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert sorted(manifest["cases"]) == [f"case_{k:05d}" for k in range(4)]
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]
+    cached = {p: p.stat().st_mtime_ns for p in cache.glob("case_*")}
+    fit_summary = json.loads((run / "metrics.json").read_text())
+
+    (run / "metrics.json").unlink()
+    _segzoo(["validate", "--config", str(config), "--ckpt_path", str(last)], run)
+    log = (cache / "prepare_data.log").read_text().splitlines()
+    assert len(log) == 2 and log[1].split()[1] == "0", log  # once more for `validate`, again on rank 0 only
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("case_*")} == cached  # the cache was reused, not rebuilt
+
+    split = json.loads((cache / "split.json").read_text())
+    assert len(split["val"]) == 3
+    for summary in (fit_summary, json.loads((run / "metrics.json").read_text())):
+        ids = [row["case_id"] for row in summary["cases"]]
+        assert sorted(ids) == sorted(split["val"])  # every validation case exactly once, from both ranks
+        assert {"kidney/dice", "tumour/dice", "composite/dice"} <= set(summary["mean"])
