@@ -94,8 +94,8 @@ def test_ddp_fit_then_validate_on_cpu(tmp_path):
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_file()
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    # the epoch's 2 patches are split over the 2 ranks by the DistributedSampler: 1 synchronised optimizer step
-    assert ckpt["global_step"] == 1
+    # an epoch is iterations_per_epoch (2) synchronised optimizer steps on every rank, whatever the world size
+    assert ckpt["global_step"] == 2
 
     # rank 0 alone prepared the data; every case is cached and no temporary file is left behind
     log = (cache / "prepare_data.log").read_text().splitlines()

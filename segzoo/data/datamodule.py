@@ -401,11 +401,14 @@ class KiTS19DataModule(L.LightningDataModule):
 
     def train_dataset(self) -> KiTS19PatchDataset:
         hp = self.hparams
+        # an epoch is `iterations_per_epoch` optimizer steps on every rank (the distributed sampler splits the
+        # dataset between ranks), so the global batch per step is batch_size x world_size, as in the paper's 2 GPUs
+        world = self.trainer.world_size if self.trainer is not None else 1
         return KiTS19PatchDataset(
             self.cache_dir,
             self.train_cases,
             self.patch_size,
-            length=hp.iterations_per_epoch * hp.batch_size,
+            length=hp.iterations_per_epoch * hp.batch_size * world,
             foreground_oversample=hp.foreground_oversample,
             transforms=self.train_transforms(),
         )
