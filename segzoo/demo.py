@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from segzoo.nets.base import atomic_write_text
+from segzoo.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 

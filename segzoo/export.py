@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ import torch
 from torch import nn
 
 from segzoo.data.io import DataError
-from segzoo.nets.base import atomic_write_text, build_net, from_pretrained
+from segzoo.nets.base import build_net, from_pretrained
+from segzoo.utils import atomic_path, atomic_write_text
 
 EXPORT_FORMATS = ("onnx", "torchscript", "pretrained")
 
@@ -102,13 +102,6 @@ def default_shape(net: nn.Module, extras: dict[str, Any] | None = None) -> tuple
     raise DataError("cannot tell the net's input shape; pass --shape B C *spatial (e.g. --shape 1 1 32 128 128)")
 
 
-def _atomic_target(out: Path):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 def _register_rot90_symbolic(opset: int) -> None:
     """ONNX symbolic for ``aten::rot90`` (constant ``k`` and ``dims``) in the TorchScript-based exporter."""
     from torch.onnx import symbolic_helper
@@ -162,39 +155,34 @@ def export_onnx(
     out = Path(out)
     model = SingleOutput(net).eval()
     x = torch.randn(*shape)
-    tmp = _atomic_target(out)
-    try:
-        with torch.no_grad():
-            if exporter == "torchscript":
-                _register_rot90_symbolic(opset)
-                axes = {0: "batch", **{i: f"dim{i - 2}" for i in range(2, len(shape))}}
-                torch.onnx.export(
-                    model,
-                    (x,),
-                    str(tmp),
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=["image"],
-                    output_names=["logits"],
-                    dynamic_axes={"image": axes, "logits": axes} if dynamic else None,
-                )
-            elif exporter == "dynamo":
-                dims = {i: torch.export.Dim.AUTO for i in range(len(shape)) if i != 1} if dynamic else None
-                program = torch.export.export(model, (x,), dynamic_shapes={"x": dims} if dims else None)
-                torch.onnx.export(
-                    program,
-                    (x,),
-                    str(tmp),
-                    opset_version=max(opset, 18),
-                    input_names=["image"],
-                    output_names=["logits"],
-                    external_data=False,
-                )
-            else:
-                raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, torch.no_grad():
+        if exporter == "torchscript":
+            _register_rot90_symbolic(opset)
+            axes = {0: "batch", **{i: f"dim{i - 2}" for i in range(2, len(shape))}}
+            torch.onnx.export(
+                model,
+                (x,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes} if dynamic else None,
+            )
+        elif exporter == "dynamo":
+            dims = {i: torch.export.Dim.AUTO for i in range(len(shape)) if i != 1} if dynamic else None
+            program = torch.export.export(model, (x,), dynamic_shapes={"x": dims} if dims else None)
+            torch.onnx.export(
+                program,
+                (x,),
+                str(tmp),
+                opset_version=max(opset, 18),
+                input_names=["image"],
+                output_names=["logits"],
+                external_data=False,
+            )
+        else:
+            raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     return out
 
 
@@ -204,12 +192,8 @@ def export_torchscript(net: nn.Module, out: str | os.PathLike, shape: Sequence[i
     model = SingleOutput(net).eval()
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.randn(*shape), check_trace=False)
-    tmp = _atomic_target(out)
-    try:
+    with atomic_path(out) as tmp:
         torch.jit.save(traced, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from segzoo.utils import atomic_path
 
 # background transparent; then kidney/organ 1..4 and BraTS label 4 (index 3)
 LABEL_COLOURS = np.array(
@@ -30,17 +31,9 @@ def focus_point(label: np.ndarray | None, shape: Sequence[int]) -> tuple[int, ..
 
 
 def _save_figure(fig, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp.png")
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return Path(out)
 
 
 def overlay_figure(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from segzoo.utils import atomic_path
 
 
 class DataError(ValueError):
@@ -51,19 +52,12 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    try:
-        img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
-        img.set_qform(img.affine, code=1)
-        img.set_sform(img.affine, code=1)
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    with atomic_path(path, suffix=f".tmp{suffix}") as tmp:
+        nib.save(img, str(tmp))
     return path
 
 

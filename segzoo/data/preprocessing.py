@@ -20,7 +20,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from segzoo.data.io import DataError
 from segzoo.data.kits19 import KiTS19Case, load_kits19_case, spacing_from_affine
+from segzoo.utils import atomic_path, atomic_write_text
 
 FINGERPRINT_VERSION = 1
 CACHE_VERSION = 1
@@ -40,34 +40,11 @@ PAPER_TARGET_SPACING = (3.0, 0.78125, 0.78125)
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """``np.save`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+    return Path(path)
 
 
 def _read_json(path: Path, what: str) -> dict:

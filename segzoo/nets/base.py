@@ -11,12 +11,13 @@ import importlib
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from segzoo.utils import atomic_path, atomic_write_text
 
 
 def _jsonable(value: Any) -> Any:
@@ -85,25 +86,10 @@ class SegNet(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         config = {**self.init_config, "registry_name": self.registry_name, "segzoo_format": 1}
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
-            tmp = Path(f.name)
-        try:
+        with atomic_path(directory / "model.safetensors") as tmp:
             save_file(state, str(tmp))
-            os.replace(tmp, directory / "model.safetensors")
-        finally:
-            tmp.unlink(missing_ok=True)
         atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
         return directory
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        f.write(text)
-        tmp = Path(f.name)
-    os.replace(tmp, path)
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:

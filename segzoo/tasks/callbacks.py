@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from segzoo.nets.base import atomic_write_text
+from segzoo.utils import atomic_write_text
 
 
 class RunCheckpoint(ModelCheckpoint):

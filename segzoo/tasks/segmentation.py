@@ -22,7 +22,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 from segzoo.metrics.base import CaseMetric
-from segzoo.nets.base import atomic_write_text
+from segzoo.utils import atomic_write_text
 
 
 class NonFiniteLossError(RuntimeError):
