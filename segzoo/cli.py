@@ -135,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    saved_argv = sys.argv
+    if not from_sys:  # called from Python (demo, notebooks, tests): LightningCLI must not see the caller's argv
+        sys.argv = saved_argv[:1]
     try:
         SegzooCLI(args=None if from_sys else argv)
     except Exception as e:
@@ -150,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"segzoo {argv[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2 if isinstance(e, DataError) else 1
         raise
+    finally:
+        sys.argv = saved_argv
     return 0
 
 

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m segzoo.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="folder for data, run, predictions and pictures")
     p.add_argument("--config", default=str(ROOT / "configs" / "kits19_demo.yaml"))
-    p.add_argument("--heldout-cases", type=int, default=3)
+    p.add_argument("--heldout-cases", type=int, default=4)
     args, extra = p.parse_known_args(argv)  # the rest goes to `segzoo fit`, e.g. --trainer.max_epochs=2
 
     from segzoo.cli import main as segzoo

@@ -10,7 +10,8 @@ command runs on it on a fresh machine. Layout, dtypes and affine convention foll
 
 The anatomy is drawn in millimetres, so "small" (fast) and "large" (real-sized) cases show the same body:
 body ellipse (fat ~ -100 HU around soft tissue ~ 40 HU), two bean-shaped kidneys (cortex ~ 150-200 HU, medulla
-lower), one tumour per labelled case protruding from a kidney (80-140 HU, overlapping liver/kidney intensities,
+lower), one tumour per labelled case protruding from a kidney (70-110 HU, hypo-enhancing against the kidney but in the
+liver's range, a necrotic core in large ones,
 radius 6-25 mm), distractors (liver 60-110 HU, vertebra 400-1000 HU, aorta and vena cava 150-250 HU, bowel gas
 -800 HU), partial-volume gaussian blur and gaussian noise (sigma 15-25 HU) before quantising to int16.
 """
@@ -151,7 +152,7 @@ def synth_kits19_case(rng: np.random.Generator, size: str = "small") -> tuple[np
         kidney = np.zeros(shape, dtype=bool)
         kidney[sl] = m
         kidney[hsl] &= ~hm
-        cortex_hu, medulla_hu = rng.uniform(160, 200), rng.uniform(120, 150)
+        cortex_hu, medulla_hu = rng.uniform(160, 200), rng.uniform(125, 150)
         inner = np.zeros(shape, dtype=bool)
         inner[sl] = r <= 0.65
         hu[kidney] = cortex_hu
@@ -175,8 +176,14 @@ def synth_kits19_case(rng: np.random.Generator, size: str = "small") -> tuple[np
     tumour[sl] = m
     if not (tumour & kidney).any():  # degenerate draw on very thin volumes: force overlap
         tumour |= ndimage.binary_dilation(kidney, iterations=1) & ~kidney
-    t_hu = rng.uniform(80, 140)
+    # hypo-enhancing relative to cortex and medulla (as renal cell carcinoma in the nephrographic phase) but in the
+    # liver's range; larger lesions get a darker necrotic core
+    t_hu = rng.uniform(70, 110)
     hu[tumour] = t_hu + rng.normal(0, 12, size=int(tumour.sum()))  # heterogeneous lesion
+    if radius > 12:
+        core = np.zeros(shape, dtype=bool)
+        core[sl] = m & (r < 0.5)
+        hu[core & tumour] -= rng.uniform(25, 45)
     label[tumour] = 2
 
     # spine (cortical ring around cancellous core), aorta and vena cava in front of it
