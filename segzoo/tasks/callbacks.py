@@ -35,3 +35,38 @@ class RunArtifacts(Callback):
         if fingerprint:
             path = Path(trainer.default_root_dir) / "fingerprint.json"
             atomic_write_text(path, json.dumps(fingerprint, indent=2, default=float))
+
+
+class NiftiPredictionWriter(Callback):
+    """Writes ``segzoo predict`` outputs as ``<output_dir>/<case_id>.nii.gz`` on each input's own grid.
+
+    Needs predict batches with ``case_id``, ``original_shape`` and ``affine`` (``KiTS19DataModule`` provides them) and a
+    datamodule ``preprocessor`` with ``restore(probabilities, original_shape)``; the task's ``postprocess`` is applied
+    after restoring. Labels are ``uint8``; each file is written atomically. ``segzoo infer`` does the same from a
+    checkpoint alone, on arbitrary NIfTI files.
+
+    Args:
+        output_dir: folder for the predictions; default ``<trainer.default_root_dir>/predictions``.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        self.output_dir = output_dir
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        from segzoo.data.io import DataError, save_nifti
+
+        preprocessor = getattr(trainer.datamodule, "preprocessor", None)
+        for key in ("case_id", "original_shape", "affine"):
+            if key not in batch:
+                raise DataError(f"NiftiPredictionWriter: predict batches carry no '{key}'; use a KiTS19DataModule")
+        out_dir = Path(self.output_dir or os.path.join(trainer.default_root_dir, "predictions"))
+        for i, case_id in enumerate(batch["case_id"]):
+            probs = outputs["output"][i]
+            shape = tuple(int(s) for s in batch["original_shape"][i])
+            if preprocessor is not None:
+                labels = preprocessor.restore(probs, shape)
+            else:
+                labels = probs.argmax(0).cpu().numpy()
+            if pl_module.postprocess is not None:
+                labels = pl_module.postprocess(labels)
+            save_nifti(labels.astype("uint8"), batch["affine"][i].cpu().numpy(), out_dir / f"{case_id}.nii.gz")
