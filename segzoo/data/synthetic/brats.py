@@ -22,12 +22,11 @@ Deterministic per ``seed``; each case folder is written under a temporary name a
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from segzoo.utils import atomic_dir
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 
@@ -195,17 +194,10 @@ def write_brats(out_dir: Path, cases: int = 4, seed: int = 0, size: str = "small
         parent = Path(out_dir) / group if group else Path(out_dir)
         parent.mkdir(parents=True, exist_ok=True)
         tissue, label = _phantom(rng, x, y, z, enhancing=k % 4 != 1)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp"))
-        try:
+        final = parent / name
+        with atomic_dir(final) as tmp:
             for modality in BRATS_MODALITIES:
                 save_nifti(_render(tissue, modality, spacing, rng), affine, tmp / f"{name}_{modality}.nii.gz")
             save_nifti(label, affine, tmp / f"{name}_seg.nii.gz")
-            final = parent / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         paths.append(final)
     return paths

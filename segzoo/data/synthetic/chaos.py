@@ -23,13 +23,12 @@ Everything is deterministic given ``seed``; each case folder is written under a 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from segzoo.utils import atomic_dir
 
 # real CHAOS MR training ids, continued with unused numbers when more cases are asked for
 CHAOS_MR_IDS = (1, 2, 3, 5, 8, 10, 13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37, 38, 39)
@@ -331,15 +330,8 @@ def write_chaos(out_dir: Path, cases: int = 4, seed: int = 0, size: str = "small
     paths = []
     for index, case in enumerate(chaos_case_ids(cases)):
         rng = np.random.default_rng([seed, index])
-        tmp = Path(tempfile.mkdtemp(dir=mr, prefix=f".{case}.tmp"))
-        try:
+        final = mr / case
+        with atomic_dir(final) as tmp:
             _write_case(tmp, case, seed, size, rng)
-            final = mr / case
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         paths.append(final)
     return paths
