@@ -35,13 +35,7 @@ SHAPE = (6, 8, 8)
 AFFINE = np.diag([3.0, 0.8, 0.8, 1.0])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions on a shared CPU: intra-op threads only contend; restored afterwards
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net() -> MSSUNet:

@@ -33,9 +33,11 @@ def class_index_target(logits: torch.Tensor, target: torch.Tensor, name: str = "
             raise ValueError(f"{name} must hold integer class indices (a label map), got non-integral values")
         target = rounded
     target = target.long()
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
-        raise ValueError(
-            f"{name} values must be class indices in 0..{classes - 1} (logits have {classes} channels), "
-            f"got values in {int(target.min())}..{int(target.max())}"
-        )
+    if target.numel():
+        lo, hi = torch.stack(torch.aminmax(target)).tolist()  # one pass and one device sync on an accelerator
+        if lo < 0 or hi >= classes:
+            raise ValueError(
+                f"{name} values must be class indices in 0..{classes - 1} (logits have {classes} channels), "
+                f"got values in {lo}..{hi}"
+            )
     return target

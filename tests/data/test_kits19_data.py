@@ -15,13 +15,7 @@ from segzoo.data.kits19 import find_kits19_cases, load_kits19_case, spacing_from
 from segzoo.data.synthetic.kits19 import kits19_affine, write_kits19
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # patches are small: one thread (as in DataLoader workers) avoids oversubscribing a shared CI CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _case(folder, image, label=None, affine=None, label_affine=None):

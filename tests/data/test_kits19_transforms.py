@@ -18,12 +18,7 @@ from segzoo.data.transforms import RandSpatialAugmentd, augmentation_input_size,
 PATCH = (8, 24, 20)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blob(size):

@@ -21,12 +21,7 @@ from segzoo.data.preprocessing import (
 from segzoo.data.synthetic.kits19 import kits19_affine, write_kits19
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _constructed(tmp_path, spacings=((3.0, 0.8, 0.8), (2.5, 1.0, 1.0), (3.5, 0.7, 0.7))):
