@@ -112,7 +112,8 @@ def bench(name: str, size: str, cases: int, patch, target_spacing, n_cached: int
     for label, probs in (("default_probs", {}), ("all_spatial_on", dict(rotate_prob=1, scale_prob=1, elastic_prob=1))):
         aug = build_kits19_transforms(patch, **probs)
         ds = KiTS19PatchDataset(cache, ids, patch, length=10**6, transforms=aug)
-        cached = _rate(lambda ds=ds: ds[0], n_cached)
+        index = iter(range(10**6))  # every call a new item (patches are seeded by index)
+        cached = _rate(lambda ds=ds, index=index: ds[next(index)], n_cached)
         raw_t, aug_raw = _raw_pipeline(pre, augmentation_input_size(aug, patch), aug)
         aug_raw.set_random_state(0)
         raw_t.set_random_state(0)

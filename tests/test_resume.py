@@ -2,7 +2,8 @@
 
 Exactness needs the training batches of epochs 3-4 to be the same in both runs. A ``shuffle=True`` DataLoader draws its
 order from the global torch RNG, which no checkpoint holds, so the toy datamodule shuffles with
-``toydata.EpochShuffleSampler`` (order a function of seed and epoch; Lightning calls ``set_epoch`` every epoch).
+``toydata.EpochShuffleSampler`` (order a function of seed and epoch; Lightning calls ``set_epoch`` every epoch), and
+``KiTS19DataModule`` seeds every patch and its augmentation by (seed, epoch, rank, position).
 """
 
 import textwrap
@@ -43,11 +44,28 @@ CONFIG = textwrap.dedent(
       scheduler:
         class_path: torch.optim.lr_scheduler.StepLR
         init_args: {step_size: 1, gamma: 0.5}
+    """
+)
+TOY_DATA = """
     data:
       class_path: toydata.ToyDataModule
       init_args: {shape: [8, 16, 16], train_cases: 6, batch_size: 2}
-    """
-)
+"""
+KITS_DATA = """
+    data:
+      class_path: segzoo.data.KiTS19DataModule
+      init_args:
+        data_dir: DATA_DIR
+        target_spacing: [3.0, 2.5, 2.5]
+        patch_size: [8, 32, 32]
+        batch_size: 2
+        iterations_per_epoch: 3
+        num_val_cases: 1
+        num_workers: 0
+        synthetic_cases: 3
+        rotate_prob: 0.5
+        elastic_prob: 0.5
+"""
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,9 +78,11 @@ def _fit(config, run, *extra):
 
 
 @pytest.mark.slow
-def test_resume_matches_uninterrupted_run(tmp_path):
-    config = tmp_path / "toy.yaml"
-    config.write_text(CONFIG)
+@pytest.mark.parametrize("data", ["toy", "kits19"])
+def test_resume_matches_uninterrupted_run(tmp_path, data):
+    config = tmp_path / "run.yaml"
+    extra = TOY_DATA if data == "toy" else KITS_DATA.replace("DATA_DIR", str(tmp_path / "kits19"))
+    config.write_text(CONFIG + textwrap.dedent(extra))
     full = _fit(config, tmp_path / "full")
 
     half = _fit(config, tmp_path / "half", "--trainer.max_epochs", "2")
@@ -70,7 +90,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     last = tmp_path / "half" / "checkpoints" / "last.ckpt"
     resumed = _fit(config, tmp_path / "half", "--ckpt_path", str(last))
 
-    # 6 cases / batch 2 = 3 steps per epoch
+    # 3 steps per epoch (toy: 6 cases / batch 2; kits19: iterations_per_epoch)
     assert resumed["global_step"] == full["global_step"] == 4 * 3
     assert resumed["epoch"] == full["epoch"] == 3
 

@@ -1,5 +1,6 @@
 """A tiny in-memory 3D segmentation datamodule for CLI and task tests (importable as ``toydata``)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -82,7 +83,18 @@ class CountingKiTS19DataModule(KiTS19DataModule):
     """KiTS19DataModule that appends ``<pid> <global rank>`` to ``<cache_dir>/prepare_data.log`` per ``prepare_data``.
 
     Lets a multi-process test check that the fingerprint and preprocessing cache are built by one process only.
+    At the first training batch it also writes ``<cache_dir>/train_sampler_rank<R>.json``: the class of the sampler
+    Lightning actually iterates on that rank and its indices, to check ranks draw disjoint patches.
     """
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        trainer = self.trainer
+        if trainer is not None and trainer.training and not getattr(self, "_sampler_logged", False):
+            sampler = trainer.train_dataloader.sampler
+            record = {"sampler": type(sampler).__name__, "epoch": trainer.current_epoch, "indices": list(sampler)}
+            (Path(self.cache_dir) / f"train_sampler_rank{trainer.global_rank}.json").write_text(json.dumps(record))
+            self._sampler_logged = True
+        return batch
 
     def prepare_data(self) -> None:
         super().prepare_data()

@@ -25,7 +25,7 @@ import lightning as L
 import numpy as np
 import torch
 from monai.transforms import Compose
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segzoo.data.io import DataError
 from segzoo.data.kits19 import KiTS19Case, find_kits19_cases
@@ -82,13 +82,14 @@ def split_cases(
 class KiTS19PatchDataset(Dataset):
     """Random training patches read from the cache (``np.load(mmap_mode="r")``), foreground-oversampled.
 
-    ``len`` is the number of patches per epoch; the index is ignored (nnU-Net style): each item draws a case
+    ``len`` is the number of patches per epoch; the index only seeds the draw (nnU-Net style): each item draws a case
     uniformly, then with probability ``foreground_oversample`` centres the crop on a random stored foreground voxel
     of a class present in the case (classes drawn uniformly), otherwise anywhere in the case.
 
-    Randomness: a generator per process, seeded from ``torch.initial_seed()`` (which differs per DataLoader worker
-    and per epoch for non-persistent workers) plus the process id; the transforms are reseeded from it, so workers
-    never repeat each other's augmentations, and persistent workers keep advancing their streams across epochs.
+    Randomness: item ``index`` draws its case, patch position and augmentation from a generator seeded with
+    ``(seed, index)`` alone, so a patch does not depend on the worker, the process or what was drawn before it.
+    :class:`PatchIndexSampler` hands out indices that differ per epoch and rank, so every epoch sees new patches and
+    a run resumed at an epoch boundary draws exactly the patches the uninterrupted run would have drawn.
 
     Args:
         cache_dir: preprocessing cache.
@@ -97,6 +98,7 @@ class KiTS19PatchDataset(Dataset):
         length: items per epoch (``iterations_per_epoch * batch_size``).
         foreground_oversample: fraction of patches centred on foreground.
         transforms: augmentation (see :func:`build_kits19_transforms`) or ``None``.
+        seed: base seed of every item's generator.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class KiTS19PatchDataset(Dataset):
         length: int,
         foreground_oversample: float = 0.33,
         transforms=None,
+        seed: int = 0,
     ) -> None:
         if not case_ids:
             raise DataError("KiTS19PatchDataset: no training cases")
@@ -116,6 +119,7 @@ class KiTS19PatchDataset(Dataset):
         self.length = int(length)
         self.foreground_oversample = float(foreground_oversample)
         self.transforms = transforms
+        self.seed = int(seed)
         self.crop_size = augmentation_input_size(transforms, self.patch_size)  # worst case over all draws
         # a leading spatial transform is drawn BEFORE cropping so only the region the draw needs is read
         self._spatial, self._rest = None, transforms
@@ -131,24 +135,24 @@ class KiTS19PatchDataset(Dataset):
             c: {int(k): np.asarray(v, dtype=np.int64) for k, v in p["class_locations"].items() if len(v)}
             for c, p in self.properties.items()
         }
-        self._rng: np.random.Generator | None = None
-        self._rng_owner: tuple[int, int] | None = None
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._arrays_pid = os.getpid()
 
     def __len__(self) -> int:
         return self.length
 
-    def _generator(self) -> np.random.Generator:
-        owner = (os.getpid(), torch.initial_seed())
-        if self._rng is None or self._rng_owner != owner:
-            self._rng = np.random.default_rng([torch.initial_seed() % 2**63, os.getpid()])
-            self._rng_owner = owner
-            self._arrays = {}  # memmaps are per process
-            if self.transforms is not None:
-                self.transforms.set_random_state(seed=int(self._rng.integers(2**31)))
-        return self._rng
+    def generator(self, index: int) -> np.random.Generator:
+        """The generator of item ``index`` (seeded with ``(seed, index)``); also reseeds the augmentation from it."""
+        if index < 0:
+            raise IndexError(f"KiTS19PatchDataset: index must be >= 0, got {index}")
+        rng = np.random.default_rng([self.seed, int(index)])
+        if self.transforms is not None:
+            self.transforms.set_random_state(seed=int(rng.integers(2**31)))
+        return rng
 
     def _case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays_pid != os.getpid():  # memmaps are per process (DataLoader workers)
+            self._arrays, self._arrays_pid = {}, os.getpid()
         if case_id not in self._arrays:
             paths = cache_paths(self.cache_dir, case_id)
             self._arrays[case_id] = (np.load(paths["image"], mmap_mode="r"), np.load(paths["label"], mmap_mode="r"))
@@ -196,7 +200,7 @@ class KiTS19PatchDataset(Dataset):
         return case_id, img, seg, foreground
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = self._generator()
+        rng = self.generator(index)
         crop_size = None
         if self._spatial is not None:
             self._spatial.randomize()
@@ -212,6 +216,40 @@ class KiTS19PatchDataset(Dataset):
             "label": _plain(data["label"]).long().contiguous(),
             "case_id": case_id,
         }
+
+
+class PatchIndexSampler(DistributedSampler):
+    """Indices for :class:`KiTS19PatchDataset`: ``num_samples`` per rank and epoch, never repeated across epochs.
+
+    Epoch ``e`` on rank ``r`` of ``world`` yields ``e * num_samples * world + r + k * world`` for
+    ``k < num_samples``: ranks draw disjoint items, every epoch draws new ones, and the indices (hence the patches,
+    which are seeded by index) depend only on the epoch, so resuming from an epoch-boundary checkpoint repeats the
+    uninterrupted run exactly. Lightning calls :meth:`set_epoch` every epoch and, since this is a
+    ``DistributedSampler``, does not replace it under DDP.
+
+    Args:
+        num_samples: items per epoch on each rank (``iterations_per_epoch * batch_size``).
+        num_replicas: world size.
+        rank: this process's global rank.
+    """
+
+    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_samples < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"PatchIndexSampler: need num_samples >= 1 and 0 <= rank < num_replicas, got "
+                f"num_samples={num_samples}, num_replicas={num_replicas}, rank={rank}"
+            )
+        # DistributedSampler.__init__ wants a dataset and an initialised process group; only its interface is used
+        self.num_samples, self.num_replicas, self.rank = int(num_samples), int(num_replicas), int(rank)
+        self.total_size = self.num_samples * self.num_replicas
+        self.epoch, self.seed, self.shuffle, self.drop_last = 0, 0, False, False
+
+    def __iter__(self):
+        start = self.epoch * self.total_size + self.rank
+        return iter(range(start, start + self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class KiTS19CaseDataset(Dataset):
@@ -275,6 +313,8 @@ class KiTS19DataModule(L.LightningDataModule):
         synthetic_cases: if > 0 and ``data_dir`` is missing or has no case folders, write that many synthetic cases
             there first (:func:`segzoo.data.synthetic.kits19.write_kits19`, size "small").
         synthetic_seed: seed of the synthetic cases.
+        seed: seed of the training patches and their augmentation; ``None`` = the run's ``seed_everything`` value
+            (``PL_GLOBAL_SEED``), 0 without one. Patches are a function of (seed, epoch, rank, position).
     """
 
     def __init__(
@@ -300,6 +340,7 @@ class KiTS19DataModule(L.LightningDataModule):
         preprocess_num_workers: int = 0,
         synthetic_cases: int = 0,
         synthetic_seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -404,6 +445,7 @@ class KiTS19DataModule(L.LightningDataModule):
         # an epoch is `iterations_per_epoch` optimizer steps on every rank (the distributed sampler splits the
         # dataset between ranks), so the global batch per step is batch_size x world_size, as in the paper's 2 GPUs
         world = self.trainer.world_size if self.trainer is not None else 1
+        seed = hp.seed if hp.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         return KiTS19PatchDataset(
             self.cache_dir,
             self.train_cases,
@@ -411,13 +453,16 @@ class KiTS19DataModule(L.LightningDataModule):
             length=hp.iterations_per_epoch * hp.batch_size * world,
             foreground_oversample=hp.foreground_oversample,
             transforms=self.train_transforms(),
+            seed=seed,
         )
 
-    def _loader(self, dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, workers: int, sampler: DistributedSampler | None = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -425,7 +470,10 @@ class KiTS19DataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.hparams.batch_size, self.hparams.num_workers)
+        hp = self.hparams
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler = PatchIndexSampler(hp.iterations_per_epoch * hp.batch_size, num_replicas=world, rank=rank)
+        return self._loader(self.train_dataset(), hp.batch_size, hp.num_workers, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(KiTS19CaseDataset(self.cache_dir, self.val_cases), 1, self.hparams.val_num_workers)

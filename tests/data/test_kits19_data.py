@@ -174,17 +174,52 @@ def test_foreground_oversampling_rate(dm):
     assert all(always.sample(rng)[2][0, 4, 12, 12] > 0 for _ in range(50))
 
 
-def test_patch_randomness_follows_torch_seed(dm):
+def test_patches_are_a_function_of_seed_and_index(dm):
     ds = dm.train_dataset()
     torch.manual_seed(1)
-    a = ds[0]
-    torch.manual_seed(2)
-    b = ds[0]
-    fresh = dm.train_dataset()
-    torch.manual_seed(1)
-    c = fresh[0]
-    assert torch.equal(a["image"], c["image"])  # same worker seed -> same patch and augmentation
-    assert not torch.equal(a["image"], b["image"])  # other worker/epoch seed -> other patch
+    a = ds[5]
+    torch.manual_seed(2)  # the global torch state plays no part
+    again = dm.train_dataset()[5]
+    assert torch.equal(a["image"], again["image"]) and torch.equal(a["label"], again["label"])
+    assert not torch.equal(a["image"], ds[6]["image"])  # another index: another patch
+    other_seed = KiTS19PatchDataset(
+        dm.cache_dir, dm.train_cases, dm.patch_size, length=1, transforms=dm.train_transforms(), seed=1
+    )
+    assert not torch.equal(a["image"], other_seed[5]["image"])
+
+
+def _case_ids(loader):
+    return [tuple(b["case_id"]) + (float(b["image"].sum()),) for b in loader]
+
+
+def test_sampler_epochs_ranks_and_workers():
+    from segzoo.data.datamodule import PatchIndexSampler
+
+    s = PatchIndexSampler(3, num_replicas=2, rank=1)
+    assert list(s) == [1, 3, 5] and len(s) == 3
+    s.set_epoch(2)
+    assert list(s) == [13, 15, 17]
+    r0 = PatchIndexSampler(3, num_replicas=2, rank=0)
+    r0.set_epoch(2)
+    assert set(r0).isdisjoint(s)
+    with pytest.raises(ValueError, match="rank"):
+        PatchIndexSampler(3, num_replicas=2, rank=2)
+
+
+def test_epochs_differ_and_workers_do_not_matter(dm):
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    epoch0 = _case_ids(loader)
+    loader.sampler.set_epoch(1)
+    epoch1 = _case_ids(loader)
+    assert epoch0 != epoch1
+    dm.hparams.num_workers = 2
+    try:
+        with_workers = dm.train_dataloader()
+        with_workers.sampler.set_epoch(1)
+        assert _case_ids(with_workers) == epoch1  # same patches in worker processes
+    finally:
+        dm.hparams.num_workers = 0
 
 
 def test_val_and_predict_batches_are_whole_cases(dm):
