@@ -31,6 +31,7 @@ from segzoo.data.kits19 import find_kits19_cases
 from segzoo.data.preprocessing import CTPreprocessor, compute_fingerprint, preprocess_dataset
 from segzoo.data.synthetic.kits19 import write_kits19
 from segzoo.data.transforms import augmentation_input_size, build_kits19_transforms
+from segzoo.utils import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -159,7 +160,7 @@ def main() -> None:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data_cpu.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(RESULTS / "data_cpu.json", json.dumps(results, indent=2))
     lines = [
         "# KiTS19 data path, CPU (one torch thread = one DataLoader worker)",
         "",
@@ -187,7 +188,7 @@ def main() -> None:
         "all_spatial_on: rotation, scaling and elastic on every patch (worst case).",
         "Raw: MONAI LoadImaged + clip/z-score + Spacingd + RandCropByPosNegLabeld every iteration, same augmentation.",
     ]
-    (RESULTS / "data_cpu.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / "data_cpu.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

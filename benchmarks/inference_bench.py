@@ -5,12 +5,17 @@ of the 3 spatial axes, with ``segzoo.create_net(NET)`` in eval mode and the same
 
 - "segzoo": ``SlidingWindowTTAInferer(roi, sw_batch_size, mirror_axes=(0, 1, 2))``: each window is built once and
   all 8 flips of a window batch go through the net in one batch; one Gaussian-weighted accumulation.
+- "segzoo_lowmem": the same with ``max_batch = sw_batch_size``: the flips of a window batch go through the net in
+  8 passes of the peer's batch size (the low-memory setting; windows are still cut, weighted and stitched once);
 - "monai_8pass" (the peer): the naive way, under ``torch.no_grad()``: for every flip, flip the volume, run
   ``monai.inferers.sliding_window_inference`` (predictor = softmax of the net), flip back; average the 8 results.
 
 Timing: a warm-up forward of the net at both window batch sizes, then ``--repeats`` whole-case calls of each
 method, interleaved (segzoo, peer, segzoo, ...) so that load from other processes hits both alike; the median is
-reported. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each call); on CPU the peak resident
+reported. On CUDA segzoo runs with ``amp=True`` (bf16 autocast inside the inferer) and the peer under
+``torch.autocast(bf16)``. ``--no-peer --no-lowmem`` measures segzoo alone (the 512x512x600 memory check).
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each call; the table shows the peak above
+what was allocated before the call, the JSON also the absolute peak incl. net and input); on CPU the peak resident
 set size (RSS) of the process during the call minus the RSS before it, sampled every 2 ms by a background thread
 (psutil if installed, else ``/proc/self/statm``), because tracemalloc does not see torch's allocator. So that freed
 tensors really leave the RSS (glibc otherwise keeps them in its heap and later calls measure +0), the script
@@ -31,7 +36,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,6 +46,7 @@ from monai.inferers import sliding_window_inference
 import segzoo
 from segzoo.inference import SlidingWindowTTAInferer
 from segzoo.inference.sliding_window import flip_combinations
+from segzoo.utils import atomic_write_text as atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # CPU: a case small enough that 2 x (1 + repeats) whole-case 8-flip runs of the full-width net stay within minutes
@@ -114,7 +119,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _measure(fn, device: str) -> tuple[float, float, int, torch.Tensor]:
+def _measure(fn, device: str) -> tuple[float, float, int, int, torch.Tensor]:
+    """``(wall s, process CPU s, peak bytes above the start, absolute peak bytes, output)`` of one call."""
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -123,28 +129,13 @@ def _measure(fn, device: str) -> tuple[float, float, int, torch.Tensor]:
         out = fn()
         torch.cuda.synchronize()
         dt = time.perf_counter() - t
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        with _PeakRSS() as m:
-            t, c = time.perf_counter(), time.process_time()
-            out = fn()
-            dt, cpu = time.perf_counter() - t, time.process_time() - c
-        peak = m.delta
-        return dt, cpu, peak, out
-    return dt, float("nan"), peak, out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        total = torch.cuda.max_memory_allocated()
+        return dt, float("nan"), total - before, total, out
+    with _PeakRSS() as m:
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        dt, cpu = time.perf_counter() - t, time.process_time() - c
+    return dt, cpu, m.delta, m.peak, out
 
 
 def main(argv=None) -> dict:
@@ -158,6 +149,9 @@ def main(argv=None) -> dict:
     p.add_argument("--sw-batch-size", type=int, default=2)
     p.add_argument("--tag", default="", help="suffix of the result files: inference_<device>[_<tag>].{json,md}")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--max-batch", type=int, default=None, help="segzoo's max_batch (default: all flips at once)")
+    p.add_argument("--no-peer", dest="peer", action="store_false", help="skip the naive MONAI 8-pass peer")
+    p.add_argument("--no-lowmem", dest="lowmem", action="store_false", help="skip the segzoo_lowmem variant")
     args = p.parse_args(argv)
     if argv is None and sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # see the module docstring: makes RSS track live tensors
@@ -175,41 +169,51 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     net = segzoo.create_net(args.net).eval().to(device)
     x = torch.randn(1, net_in_channels(net), *shape, device=device)
-    inferer = SlidingWindowTTAInferer(roi, sw_batch_size=args.sw_batch_size, overlap=0.5, mode="gaussian")
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
-    )  # bf16 on GPU as in practice; fp32 on CPU
-
-    def ours():
-        with autocast:
-            return inferer(x, net)
+    amp = device == "cuda"  # bf16 on GPU as in practice; fp32 on CPU
+    common = dict(sw_batch_size=args.sw_batch_size, overlap=0.5, mode="gaussian", amp=amp)
+    inferer = SlidingWindowTTAInferer(roi, max_batch=args.max_batch, **common)
+    lowmem = SlidingWindowTTAInferer(roi, max_batch=args.sw_batch_size, **common)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
     def peer():
         with autocast:
             return naive_tta(x, net, roi, args.sw_batch_size)
 
-    methods = {"segzoo": ours, "monai_8pass": peer}
-    # warm-up: the net at both batch sizes the two methods use (one-time allocator / oneDNN / cuDNN set-up)
+    methods = {"segzoo": lambda: inferer(x, net)}
+    if args.lowmem:
+        methods["segzoo_lowmem"] = lambda: lowmem(x, net)
+    if args.peer:
+        methods["monai_8pass"] = peer
+    # warm-up: the net at the batch sizes the methods use (one-time allocator / oneDNN / cuDNN set-up)
     with autocast, torch.inference_mode():
-        for n in (args.sw_batch_size, args.sw_batch_size * 8):
+        for n in sorted({args.sw_batch_size, min(args.max_batch or 8 * args.sw_batch_size, 8 * args.sw_batch_size)}):
             net(torch.randn(n, x.shape[1], *roi, device=device))
     times: dict[str, list[float]] = {k: [] for k in methods}
     cpu_times: dict[str, list[float]] = {k: [] for k in methods}
     mems: dict[str, list[int]] = {k: [] for k in methods}
+    totals: dict[str, list[int]] = {k: [] for k in methods}
     first: dict[str, torch.Tensor] = {}
     for _ in range(args.repeats):
         for name, fn in methods.items():
-            dt, cpu, mem, out = _measure(fn, device)
-            first.setdefault(name, out)
+            dt, cpu, mem, total, out = _measure(fn, device)
+            if name not in first:
+                first[name] = out.cpu()  # off the accelerator: kept outputs must not count in later peaks
             times[name].append(dt)
             cpu_times[name].append(cpu)
             mems[name].append(mem)
-            print(f"{name}: {dt:.2f} s, peak +{mem / 2**20:.0f} MiB", flush=True)
+            totals[name].append(total)
+            print(f"{name}: {dt:.2f} s, peak +{mem / 2**20:.0f} MiB (absolute {total / 2**20:.0f} MiB)", flush=True)
             del out
-    diff = (first["segzoo"] - first["monai_8pass"]).abs().max().item()
+    diffs = {k: (first["segzoo"] - first[k]).abs().max().item() for k in first if k != "segzoo"}
+    diff = diffs.get("monai_8pass")
 
     median = {k: statistics.median(v) for k, v in times.items()}
     peak = {k: max(v) for k, v in mems.items()}
+    peer_name = "monai_8pass" if args.peer else None
+
+    def ratio(values: dict, name: str) -> float | None:
+        return values[name] / max(values[peer_name], 1e-12) if peer_name and name in values else None
+
     device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -228,49 +232,74 @@ def main(argv=None) -> dict:
         "repeats": args.repeats,
         "times_s": times,
         "median_s": median,
-        "ratio_time_segzoo_over_peer": median["segzoo"] / median["monai_8pass"],
+        "ratio_time_segzoo_over_peer": ratio(median, "segzoo"),
+        "ratio_time_lowmem_over_peer": ratio(median, "segzoo_lowmem"),
         # process CPU time (all threads; includes the 2 ms memory sampler), robust when other jobs share the cores
         "cpu_times_s": cpu_times if device == "cpu" else None,
-        "ratio_cpu_time_segzoo_over_peer": statistics.median(cpu_times["segzoo"])
-        / statistics.median(cpu_times["monai_8pass"])
+        "ratio_cpu_time_segzoo_over_peer": ratio({k: statistics.median(v) for k, v in cpu_times.items()}, "segzoo")
         if device == "cpu"
         else None,
         "peak_memory_bytes": peak,
+        "peak_memory_absolute_bytes": {k: max(v) for k, v in totals.items()},
         "peak_memory_method": "torch.cuda.max_memory_allocated - allocated before"
         if device == "cuda"
         else "peak process RSS during the call - RSS before (sampled every 2 ms, MALLOC_MMAP_THRESHOLD_=65536)",
-        "ratio_memory_segzoo_over_peer": peak["segzoo"] / max(peak["monai_8pass"], 1),
+        "ratio_memory_segzoo_over_peer": ratio(peak, "segzoo"),
+        "ratio_memory_lowmem_over_peer": ratio(peak, "segzoo_lowmem"),
         "max_abs_difference": diff,
+        "max_abs_difference_to_segzoo": diffs,
+        "max_batch": args.max_batch,
         "note": "peer flips the whole volume, segzoo flips each window; identical when the window grid is symmetric",
     }
     out = args.out
     stem = f"inference_{device}" + (f"_{args.tag}" if args.tag else "")
-    _atomic_write(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
-    mib = 2**20
-    md = [
-        f"# Whole-case inference, 8-flip mirroring TTA ({device})",
-        "",
-        f"{result['date']}, {device_name}, torch {torch.__version__}, {result['threads']} threads. "
-        f"Net `{args.net}` (eval), case {result['case_shape']}, roi {list(roi)}, overlap 0.5, Gaussian, "
-        f"sw_batch_size {args.sw_batch_size}, autocast {result['autocast']}, median of {args.repeats} after warm-up.",
-        "",
-        "| method | median time (s) | peak memory (MiB) |",
-        "|---|---|---|",
-        f"| segzoo SlidingWindowTTAInferer | {median['segzoo']:.2f} | {peak['segzoo'] / mib:.0f} |",
-        f"| MONAI sliding_window_inference x 8 flips | {median['monai_8pass']:.2f} | {peak['monai_8pass'] / mib:.0f} |",
-        f"| **ratio segzoo / peer** | **{result['ratio_time_segzoo_over_peer']:.2f}** "
-        f"| **{result['ratio_memory_segzoo_over_peer']:.2f}** |",
-        "",
-        f"Ratio of median process CPU time (robust to other jobs on the machine): "
-        f"{result['ratio_cpu_time_segzoo_over_peer']:.2f}.\n"
-        if device == "cpu"
-        else "",
-        f"Peak memory: {result['peak_memory_method']}. Max |difference| of the probabilities: {diff:.2e}.",
-        "",
-    ]
-    _atomic_write(out / f"{stem}.md", "\n".join(md))
-    print("\n".join(md))
+    atomic_write(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(out / f"{stem}.md", markdown(result))
+    print(markdown(result))
     return result
+
+
+LABELS = {
+    "segzoo": "segzoo SlidingWindowTTAInferer",
+    "segzoo_lowmem": "segzoo, `max_batch` = sw_batch_size (low memory)",
+    "monai_8pass": "MONAI sliding_window_inference x 8 flips",
+}
+
+
+def markdown(result: dict) -> str:
+    """The result table of :func:`main`'s ``result``."""
+    mib, median, peak = 2**20, result["median_s"], result["peak_memory_bytes"]
+    has_peer = "monai_8pass" in median
+    head = "| method | median time (s) | peak memory (MiB) |" + (" time / peer | memory / peer |" if has_peer else "")
+    md = [
+        f"# Whole-case inference, 8-flip mirroring TTA ({result['device']})",
+        "",
+        f"{result['date']}, {result['device_name']}, torch {result['torch']}, {result['threads']} threads. "
+        f"Net `{result['net']}` (eval), case {result['case_shape']}, roi {result['roi_size']}, overlap 0.5, Gaussian, "
+        f"sw_batch_size {result['sw_batch_size']}, max_batch {result.get('max_batch')}, autocast "
+        f"{result['autocast']}, median of {result['repeats']} after warm-up.",
+        "",
+        head,
+        "|---|---|---|" + ("---|---|" if has_peer else ""),
+    ]
+    for name, t in median.items():
+        row = f"| {LABELS[name]} | {t:.2f} | {peak[name] / mib:.0f} |"
+        if has_peer:
+            row += f" {t / median['monai_8pass']:.2f} | {peak[name] / max(peak['monai_8pass'], 1):.2f} |"
+        md.append(row)
+    md.append("")
+    if result.get("ratio_cpu_time_segzoo_over_peer") is not None:
+        md.append(
+            "Ratio of median process CPU time segzoo / peer (robust to other jobs on the machine): "
+            f"{result['ratio_cpu_time_segzoo_over_peer']:.2f}.\n"
+        )
+    absolute = ", ".join(f"{k} {v / mib:.0f} MiB" for k, v in result["peak_memory_absolute_bytes"].items())
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in result["max_abs_difference_to_segzoo"].items())
+    md.append(
+        f"Peak memory: {result['peak_memory_method']} (absolute peak: {absolute})."
+        + (f" Max |difference| of the probabilities to segzoo's: {diffs}." if diffs else "")
+    )
+    return "\n".join(md) + "\n"
 
 
 def net_in_channels(net: torch.nn.Module) -> int:

@@ -5,6 +5,7 @@ Runs, each in its own process (so one's memory does not pollute another's peak R
 - ``train_step.py``: MSSUNet vs MONAI DynUNet vs nnU-Net PlainConvUNet train step (+ channels_last_3d, compile);
 - ``nets2d.py``: DR-Net, U-Net + PFM and the 2D baselines, train step;
 - ``inference_bench.py`` (if present): whole-case 8-flip TTA sliding window, segzoo vs MONAI run once per flip;
+  on CUDA also ``inference_mem``: a 1x1x600x512x512 case, segzoo alone with ``max_batch`` 4, for the 8 GB target;
 - ``data_bench.py`` (if present): KiTS19 patches/s per worker, preprocessed cache vs raw NIfTI through MONAI.
 
 Each writes ``<results>/<name>_<device>.json`` and ``.md``; this script then writes ``docs/benchmarks.md``: a fixed
@@ -31,7 +32,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
-BENCHES = ("train_step", "nets2d", "inference", "data")
+BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "data")
+# the accelerator-memory check: a 600-slice 512x512 CT, one window per batch, at most 4 windows x flips per pass
+MEM_CASE = ["--shape", "600", "512", "512", "--sw-batch-size", "1", "--max-batch", "4", "--no-peer", "--no-lowmem"]
 
 # the runner lets scripts that only write to their module-level RESULTS folder write elsewhere
 _RUNNER = (
@@ -67,6 +70,13 @@ def bench_command(name: str, device: str, quick: bool, out: Path) -> list[str] |
                 "32",
             ]
         return [py, str(HERE / "inference_bench.py"), *args]
+    if name == "inference_mem":
+        if device != "cuda" or not (HERE / "inference_bench.py").exists():
+            return None
+        args = ["--device", device, "--out", str(out), "--tag", "mem600", "--repeats", "1", *MEM_CASE]
+        if quick:
+            args += ["--net", "mss_unet3d_small", "--shape", "64", "256", "256"]  # later flags win in argparse
+        return [py, str(HERE / "inference_bench.py"), *args]
     if name == "data":
         if not (HERE / "data_bench.py").exists():
             return None
@@ -78,6 +88,8 @@ def bench_command(name: str, device: str, quick: bool, out: Path) -> list[str] |
 
 def result_stem(name: str, device: str) -> str:
     # the data path is measured on CPU workers whatever trains
+    if name == "inference_mem":
+        return f"inference_{device}_mem600"
     return "data_cpu" if name == "data" else f"{name}_{device}"
 
 
@@ -87,7 +99,7 @@ def run_all(names: list[str], device: str, quick: bool, out: Path, env: dict | N
     for name in names:
         cmd = bench_command(name, device, quick, out)
         if cmd is None:
-            print(f"[bench] {name}: skipped (script not present)", flush=True)
+            print(f"[bench] {name}: skipped (script not present or not for {device})", flush=True)
             status[name] = {"rc": None, "seconds": 0.0, "skipped": True}
             continue
         print(f"[bench] {name}: {' '.join(cmd[:4])} ...", flush=True)
@@ -120,7 +132,10 @@ How to read the rows:
   Adam temporaries dominate the memory column and the three nets, with equal parameter counts, show similar numbers.
 - **2D nets**: the same train step for DR-Net, the U-Net + PFM ablation and the 2D baselines.
 - **Inference**: a whole case predicted by sliding window (overlap 0.5, Gaussian blending) with 8-flip mirroring
-  TTA; segzoo's `SlidingWindowTTAInferer` against MONAI's `sliding_window_inference` run naively once per flip.
+  TTA; segzoo's `SlidingWindowTTAInferer` (all flips of a window batch in one forward pass, and the low-memory
+  setting `max_batch = sw_batch_size`: the flips in passes of the peer's batch size) against MONAI's
+  `sliding_window_inference` run naively once per flip. On a GPU also a 600x512x512 case alone (`max_batch` 4) for
+  the 8 GB target, with the absolute peak of allocated accelerator memory (net, input, output and activations).
 - **Data path**: training patches per second per DataLoader worker (one thread) with the full augmentation chain;
   segzoo's preprocessed cache against raw NIfTI through MONAI transforms each iteration.
 
@@ -135,6 +150,9 @@ that produced the CPU tables is shared: absolute times are noisy, the ratios are
 | `benchmark: true` | Lightning `Trainer` | cuDNN picks the fastest convolution algorithms for the fixed patch size | - (cuDNN only) |
 | `compile: true` | `SegmentationTask` | `torch.compile` of the training forward | compiled MSSUNet equals eager (slow test) |
 | `batch_augment: segzoo.data.gpu_augment.BatchAugment` | `SegmentationTask` | rotation + scaling + elastic in one `grid_sample` per batch, vectorised gamma, flips, on the device after transfer; set `augment: false` on `KiTS19DataModule` so CPU workers only crop | identity at probability 0, exact flips/90-degree rotations, equal to MONAI `Affine`/`AdjustContrast` |
+| `amp: true` (`segzoo infer --amp`, default on CUDA) | `SlidingWindowTTAInferer` | bf16 autocast inside the inferer; logits cast to float32 once per forward pass, blending in float32 | `tests/inference/test_sliding_window.py` (convolutions run in bf16, probabilities within 2e-2 of fp32); `segzoo infer --amp` labels |
+| `max_batch: N` (`--max-batch`) | `SlidingWindowTTAInferer` | at most N windows x flips per forward pass: bounds activation memory, same result | equal to all flips at once for N = 1..100 (and the pass sizes are checked) |
+| `device: auto` (`--memory-budget-gb`; what `segzoo infer` uses) | `SlidingWindowTTAInferer` | whole-case output, count map and input on the accelerator when they fit in the budget (default half the free memory; the case is moved once), else output on the CPU and windows streamed | the plan for 600x512x512 (2.9 GiB) at 8 / 4 GiB free and with a budget; equal output on CPU |
 | channels_last_3d | - (no switch) | measured in the train-step table (`mss_unet_cl3d`); not kept as a switch: slower than the default layout on CPU; the GPU table measures it too | - |
 
 **GPU recipe** (data path that does not starve the GPU): in the data section `augment: false`, in the model section
@@ -179,9 +197,10 @@ def targets_table(results: Path) -> str:
             _fmt(v, ">= 3x", v is not None and v >= 3),
         )
     )
+    none = "not measured here (no GPU available)"
     ts_gpu = _load(results / "train_step_cuda.json")
     v = ts_gpu["ratios"].get("mss_unet/plainconvunet time") if ts_gpu else None
-    gpu = _fmt(v, "<= 0.85x", v is not None and v <= 0.85) if ts_gpu else "not measured here (no GPU available)"
+    gpu = _fmt(v, "<= 0.85x", v is not None and v <= 0.85) if ts_gpu else none
     rows.append(("GPU", "MSSUNet train step / PlainConvUNet, 2x1x48x192x192 bf16", gpu))
     inf_gpu = _load(results / "inference_cuda.json")
     if inf_gpu:
@@ -189,13 +208,36 @@ def targets_table(results: Path) -> str:
         shape = "x".join(str(s) for s in inf_gpu["case_shape"][2:])
         gpu = f"{secs:.1f} s for {shape} on {inf_gpu['device_name']} ({'met' if secs <= 10 else 'not met'})"
     else:
-        gpu = "not measured here (no GPU available)"
+        gpu = none
     rows.append(("GPU", "512x512x200 CT, 8-flip TTA, <= 10 s on an H100", gpu))
-    rows.append(("GPU", "data path keeps up with the train step on 8 workers", "not measured here (no GPU available)"))
-    rows.append(("GPU", "512x512x600 CT inference within 8 GB", "not measured here (no GPU available)"))
+    rows.append(("GPU", "data path keeps up with the train step on 8 workers", _keeps_up(ts_gpu, data) or none))
+    mem = _load(results / "inference_cuda_mem600.json")
+    if mem:
+        peak = mem["peak_memory_absolute_bytes"]["segzoo"] / 2**30
+        shape = "x".join(str(s) for s in mem["case_shape"][2:])
+        gpu = (
+            f"{peak:.2f} GiB peak allocated for {shape} (max_batch {mem.get('max_batch')}) on {mem['device_name']} "
+            f"({'met' if peak <= 8 else 'not met'})"
+        )
+    else:
+        gpu = none
+    rows.append(("GPU", "512x512x600 CT inference within 8 GB", gpu))
     lines = ["## Targets", "", "| device | target | reached |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
+
+
+def _keeps_up(train_step: dict | None, data: dict | None, workers: int = 8) -> str | None:
+    """Patches/s the GPU train step consumes vs what ``workers`` CPU workers produce (paper-size cases and patch)."""
+    if not train_step or not data or "paper_large" not in data:
+        return None
+    step = train_step["rows"].get("mss_unet", {}).get("median_s")
+    if not step:
+        return None
+    need = train_step["input"][0] / step  # batch size / step time
+    have = workers * data["paper_large"]["default_probs"]["cached_patches_per_s"]
+    verdict = "met" if have >= need else "not met"
+    return f"{have:.1f} patches/s from {workers} workers vs {need:.1f} consumed ({have / need:.2f}x, {verdict})"
 
 
 def _demote(md: str) -> str:
@@ -212,14 +254,13 @@ def _demote(md: str) -> str:
 def write_docs(results: Path, docs: Path) -> Path:
     """Regenerate the benchmarks page from every ``<name>_<device>.md`` in ``results``."""
     sys.path.insert(0, str(HERE))
-    from train_step import atomic_write
+    from segzoo.utils import atomic_write_text as atomic_write
 
     parts = [INTRO, targets_table(results), "## Results", ""]
     for name in BENCHES:
-        stem = "data" if name == "data" else name
         for device in ("cpu", "cuda"):
-            md = results / f"{stem}_{device}.md"
-            if md.exists():
+            md = results / f"{result_stem(name, device)}.md"
+            if md.exists() and (name != "data" or device == "cpu"):
                 parts += [_demote(md.read_text()), ""]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     where = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results

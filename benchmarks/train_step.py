@@ -43,7 +43,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +51,8 @@ from pathlib import Path
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
+
+from segzoo.utils import atomic_write_text as atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KERNELS = ((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3))
@@ -138,20 +139,6 @@ def machine_meta(device: torch.device) -> dict:
         "platform": platform.platform(),
         "load_average_at_start": load,
     }
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def mib(n: float) -> str:

@@ -144,6 +144,17 @@ def test_infer_accepts_pretrained_directory(small_3d, tmp_path):
     assert pred.shape == image.shape
     assert (pred == expected).mean() > 0.999
 
+    # the fast / low-memory switches: TTA with the flips split over passes, then bf16 autocast on top
+    assert main([*args, "--no-postprocess"]) == 0
+    tta, _ = load_nifti(tmp_path / "out" / "case_a.nii.gz")
+    assert main([*args, "--no-postprocess", "--max-batch", "3", "--memory-budget-gb", "1"]) == 0
+    assert np.array_equal(load_nifti(tmp_path / "out" / "case_a.nii.gz")[0], tta)
+    assert main([*args, "--no-postprocess", "--amp"]) == 0
+    assert (load_nifti(tmp_path / "out" / "case_a.nii.gz")[0] == tta).mean() > 0.99
+    with pytest.raises(SystemExit) as e:  # argparse: one line naming the flag, exit status 2
+        main([*args, "--max-batch", "0"])
+    assert e.value.code == 2
+
 
 def test_bad_checkpoint_is_one_line_error(tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")

@@ -25,6 +25,26 @@ def cmd_infer(argv: Sequence[str]) -> int:
     p.add_argument("--sw-batch-size", type=int, default=2)
     p.add_argument("--roi-size", type=int, nargs="+", default=None, help="override the checkpoint's window size")
     p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 mixed precision for the net (default: on for CUDA, off on a CPU)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="most windows x mirror flips per forward pass (default: sw-batch-size x 8 with TTA); lower it if the "
+        "accelerator runs out of memory",
+    )
+    p.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        default=None,
+        help="keep the whole-case output on the accelerator only when it needs at most this much memory, else stream "
+        "it to the CPU (default: half the free accelerator memory)",
+    )
+    p.add_argument(
         "--continue",
         dest="resume",
         action="store_true",
@@ -32,6 +52,13 @@ def cmd_infer(argv: Sequence[str]) -> int:
         "without it existing outputs are overwritten",
     )
     args = p.parse_args(argv)
+    for name in ("max_batch", "sw_batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.memory_budget_gb is not None and not args.memory_budget_gb > 0:
+        p.error(f"--memory-budget-gb must be > 0, got {args.memory_budget_gb}")
+    if not 0 <= args.overlap < 1:
+        p.error(f"--overlap must be in [0, 1), got {args.overlap}")
 
     from tqdm import tqdm
 
@@ -48,6 +75,9 @@ def cmd_infer(argv: Sequence[str]) -> int:
             sw_batch_size=args.sw_batch_size,
             postprocess=args.postprocess,
             roi_size=args.roi_size,
+            amp=args.amp,
+            max_batch=args.max_batch,
+            memory_budget_gb=args.memory_budget_gb,
         )
         out_dir = Path(args.output)
         todo = [(path, out_dir / f"{case_name(path)}.nii.gz") for path in inputs]

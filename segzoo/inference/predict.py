@@ -97,7 +97,7 @@ class Predictor:
             x = np.asarray(self.preprocessor.preprocess(image, spacing), dtype=np.float32)
         else:
             x = np.asarray(image, dtype=np.float32)[None]
-        xt = torch.from_numpy(x)[None].to(self.device)
+        xt = torch.from_numpy(x)[None]  # the inferer moves it to the net's device (once, when the output fits there)
         with torch.inference_mode():
             out = self.inferer(xt, self.net)[0]
         if self.preprocessor is not None:
@@ -132,8 +132,16 @@ def load_predictor(
     sw_batch_size: int = 2,
     postprocess: bool = True,
     roi_size: Sequence[int] | None = None,
+    amp: bool | None = None,
+    max_batch: int | None = None,
+    memory_budget_gb: float | None = None,
 ) -> Predictor:
-    """Build a :class:`Predictor` from a Lightning checkpoint or a ``save_pretrained`` directory."""
+    """Build a :class:`Predictor` from a Lightning checkpoint or a ``save_pretrained`` directory.
+
+    The net runs on ``device``; the stitched output stays there when it fits (``memory_budget_gb``, default half
+    the free accelerator memory) and is streamed to the CPU otherwise. ``amp``: bf16 autocast (``None`` = on for
+    CUDA, off on a CPU). ``max_batch``: most windows x flips per forward pass (bounds activation memory).
+    """
     from segzoo.inference.sliding_window import SlidingWindowTTAInferer
 
     source = Path(source)
@@ -189,6 +197,11 @@ def load_predictor(
         sw_batch_size=sw_batch_size,
         overlap=overlap,
         mirror_axes=tuple(range(spatial)) if tta else None,
+        sw_device=str(dev),
+        device="auto",
+        amp=dev.type == "cuda" if amp is None else amp,
+        max_batch=max_batch,
+        memory_budget_gb=memory_budget_gb,
     )
     post = build_callable(post_cfg) if (postprocess and post_cfg) else None
     return Predictor(net=net.to(dev).eval(), inferer=inferer, preprocessor=preprocessor, postprocess=post, device=dev)

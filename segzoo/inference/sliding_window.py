@@ -26,6 +26,7 @@ from monai.inferers import Inferer, sliding_window_inference
 OUTPUTS = ("probabilities", "logits", "labels")
 MODES = ("gaussian", "constant")
 PADDING_MODES = ("constant", "reflect", "replicate", "circular")
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def flip_combinations(mirror_axes: Sequence[int] | None) -> list[tuple[int, ...]]:
@@ -58,6 +59,18 @@ class SlidingWindowTTAInferer(Inferer):
         output: ``"probabilities"`` (default): softmax per window and flip, then averaged; ``"logits"``: the raw
             logits averaged the same way (nnU-Net v2 averages logits); ``"labels"``: argmax of the averaged
             probabilities, shape ``(B, 1, *spatial)``, ``torch.long``.
+        max_batch: most inputs (windows x flips) per forward pass; the flips of a window batch are split into
+            chunks of at most this many (``None``: all ``sw_batch_size * 2**len(mirror_axes)`` at once). Bounds the
+            net's activation memory independently of the number of flips; the result is the same.
+        amp: run the net under ``torch.autocast`` on the window device with ``amp_dtype`` (mixed precision); the
+            net's output is cast to float32 once per forward pass and blending/accumulation stay float32.
+        amp_dtype: ``"bfloat16"`` (default) or ``"float16"``.
+        memory_budget_gb: with ``device="auto"``: the stitched output (``K`` float32 channels), MONAI's weight-count
+            map and the input stay on the window device when together they need at most this many GiB, else the
+            output goes to the CPU and windows are streamed to the window device. ``None``: half of the window
+            device's free memory (CUDA), no limit on a CPU.
+
+    ``device="auto"`` chooses the output device per case with ``memory_budget_gb`` (see :meth:`output_device`).
 
     Call:
         ``inferer(inputs, network)`` with ``inputs`` ``(B, C, *spatial)`` returns ``(B, K, *spatial)`` float32 (or
@@ -79,6 +92,10 @@ class SlidingWindowTTAInferer(Inferer):
         device: str | None = None,
         progress: bool = False,
         output: str = "probabilities",
+        max_batch: int | None = None,
+        amp: bool = False,
+        amp_dtype: str = "bfloat16",
+        memory_budget_gb: float | None = None,
     ) -> None:
         super().__init__()
         roi = tuple(int(r) for r in roi_size)
@@ -96,6 +113,12 @@ class SlidingWindowTTAInferer(Inferer):
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {tuple(AMP_DTYPES)}, got {amp_dtype!r}")
+        if memory_budget_gb is not None and not memory_budget_gb > 0:
+            raise ValueError(f"memory_budget_gb must be > 0 or None, got {memory_budget_gb}")
         axes = tuple(int(a) for a in (mirror_axes or ()))
         if len(set(axes)) != len(axes) or any(a < 0 or a >= len(roi) for a in axes):
             raise ValueError(
@@ -114,6 +137,10 @@ class SlidingWindowTTAInferer(Inferer):
         self.device = device
         self.progress = progress
         self.output = output
+        self.max_batch = None if max_batch is None else int(max_batch)
+        self.amp = bool(amp)
+        self.amp_dtype = amp_dtype
+        self.memory_budget_gb = None if memory_budget_gb is None else float(memory_budget_gb)
         self._importance_maps: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
     def importance_map(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -125,23 +152,60 @@ class SlidingWindowTTAInferer(Inferer):
             )
         return self._importance_maps[key]
 
+    def output_device(
+        self,
+        inputs: torch.Tensor,
+        num_classes: int,
+        sw_device: torch.device,
+        free_bytes: int | None = None,
+    ) -> torch.device:
+        """Where the stitched output of ``inputs`` goes when ``device="auto"``.
+
+        The window device when the output (``num_classes`` float32 channels), MONAI's count map (one float32
+        channel) and the input (float32) fit in ``memory_budget_gb`` (default: half of ``free_bytes``, which is read
+        from ``torch.cuda.mem_get_info`` on CUDA), else the CPU. A CPU window device keeps everything on the CPU.
+        """
+        if sw_device.type == "cpu":
+            return sw_device
+        voxels = inputs[0, 0].numel() * inputs.shape[0]
+        need = 4 * voxels * (num_classes + 1 + inputs.shape[1])
+        if self.memory_budget_gb is not None:
+            budget = self.memory_budget_gb * 2**30
+        else:
+            if free_bytes is None:
+                free_bytes = torch.cuda.mem_get_info(sw_device)[0] if sw_device.type == "cuda" else 0
+            budget = free_bytes / 2
+        return sw_device if need <= budget else torch.device("cpu")
+
     def _predictor(self, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[torch.Tensor], Any]:
         """Window predictor: sum over flips of (flip back . activation . net . flip); the caller divides once."""
         dims = [tuple(a + 2 for a in f) for f in self.flips]
         softmax = self.output != "logits"
 
-        def predict(windows: torch.Tensor) -> torch.Tensor:
-            n = windows.shape[0]
-            batch = torch.cat([windows.flip(d) if d else windows for d in dims]) if len(dims) > 1 else windows
-            out = network(batch, *args, **kwargs)
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(batch.device.type, dtype=AMP_DTYPES[self.amp_dtype], enabled=self.amp):
+                out = network(batch, *args, **kwargs)
             if isinstance(out, list | tuple):
                 out = out[0]
-            out = out.float()
-            if softmax:
-                out = torch.softmax(out, dim=1)
-            acc = out[:n].clone() if len(dims) > 1 else out
-            for i, d in enumerate(dims[1:], start=1):
-                acc += out[i * n : (i + 1) * n].flip(d)
+            out = out.float()  # once per forward pass; blending and accumulation run in float32
+            return torch.softmax(out, dim=1) if softmax else out
+
+        def predict(windows: torch.Tensor) -> torch.Tensor:
+            n = windows.shape[0]
+            # flips per forward pass: all of them, or as many as max_batch inputs allow (at least one)
+            per_pass = len(dims) if self.max_batch is None else max(1, self.max_batch // n)
+            acc = None
+            for start in range(0, len(dims), per_pass):
+                chunk = dims[start : start + per_pass]
+                out = forward(
+                    torch.cat([_flip(windows, d) for d in chunk]) if len(chunk) > 1 else _flip(windows, chunk[0])
+                )
+                for i, d in enumerate(chunk):
+                    part = _flip(out[i * n : (i + 1) * n], d)
+                    if acc is None:  # a slice of `out` is copied so the rest of `out` can be freed
+                        acc = part.clone() if not d and len(dims) > 1 else part
+                    else:
+                        acc += part
             return acc
 
         return predict
@@ -168,6 +232,11 @@ class SlidingWindowTTAInferer(Inferer):
         with torch.inference_mode():
             x = inputs if inputs.dtype == torch.float32 else inputs.float()
             sw_device = torch.device(self.sw_device) if self.sw_device is not None else x.device
+            device = self.device
+            if device == "auto":
+                device = self.output_device(x, _num_classes(network), sw_device)
+                if device == sw_device and x.device != sw_device:
+                    x = x.to(sw_device)  # the whole case moves once instead of window by window
             out = sliding_window_inference(
                 x,
                 roi_size=self.roi_size,
@@ -178,7 +247,7 @@ class SlidingWindowTTAInferer(Inferer):
                 sigma_scale=self.sigma_scale,
                 padding_mode=self.padding_mode,
                 sw_device=sw_device,
-                device=self.device,
+                device=device,
                 progress=self.progress,
                 roi_weight_map=self.importance_map(sw_device),
             )
@@ -187,3 +256,16 @@ class SlidingWindowTTAInferer(Inferer):
             if self.output == "labels":
                 return out.argmax(dim=1, keepdim=True)
             return out
+
+
+def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return x.flip(dims) if dims else x
+
+
+def _num_classes(network: Any, default: int = 4) -> int:
+    """Output channels of ``network`` for memory planning: ``out_channels`` of a segzoo net's recorded arguments or
+    the net's ``out_channels`` attribute (MONAI nets); ``default`` when neither is there."""
+    config = getattr(network, "init_config", None)
+    value = config.get("init_args", {}).get("out_channels") if isinstance(config, dict) else None
+    value = value if value is not None else getattr(network, "out_channels", None)
+    return int(value) if isinstance(value, int) and value > 0 else default

@@ -22,4 +22,12 @@ def test_inference_bench_tiny(tmp_path):
     assert saved["median_s"] == result["median_s"] and saved["flips"] == 8
     assert saved["ratio_cpu_time_segzoo_over_peer"] > 0
     assert saved["max_abs_difference"] < 1e-5  # symmetric window grid: both methods compute the same thing
-    assert "ratio segzoo / peer" in (tmp_path / "inference_cpu_tiny.md").read_text()
+    assert saved["max_abs_difference_to_segzoo"]["segzoo_lowmem"] < 1e-6  # max_batch changes nothing but memory
+    md = (tmp_path / "inference_cpu_tiny.md").read_text()
+    assert "time / peer" in md and "low memory" in md
+
+    # segzoo alone, flips split over passes (the accelerator memory check's setting)
+    alone = bench.main([*argv, "--repeats", "1", "--out", str(tmp_path), "--tag", "alone", "--no-peer", "--no-lowmem"])
+    assert list(alone["median_s"]) == ["segzoo"] and alone["ratio_time_segzoo_over_peer"] is None
+    assert alone["peak_memory_absolute_bytes"]["segzoo"] > 0
+    assert "segzoo SlidingWindowTTAInferer" in (tmp_path / "inference_cpu_alone.md").read_text()

@@ -158,6 +158,9 @@ def test_importance_map_cached_and_gaussian():
         (dict(output="mask"), "output"),
         (dict(sw_batch_size=0), "sw_batch_size"),
         (dict(padding_mode="zeros"), "padding_mode"),
+        (dict(max_batch=0), "max_batch"),
+        (dict(amp_dtype="float8"), "amp_dtype"),
+        (dict(memory_budget_gb=0), "memory_budget_gb"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -170,3 +173,66 @@ def test_bad_input_shape():
         SlidingWindowTTAInferer(ROI)(torch.zeros(1, 12, 12, 12), small_net())
     with pytest.raises(ValueError, match="roi_size"):
         SlidingWindowTTAInferer((8, 0, 8))
+
+
+# ------------------------------------------------------------------------------------------- fast / low-memory paths
+class CountingNet(nn.Module):
+    """Wraps a net and records the batch size of every forward pass."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.batches = net, []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return self.net(x)
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 6, 16, 100])
+def test_max_batch_splits_flips_and_gives_the_same_result(max_batch):
+    net = CountingNet(small_net(4))
+    x = torch.randn(1, 1, 11, 14, 13)
+    full = SlidingWindowTTAInferer(ROI, sw_batch_size=2, mirror_axes=(0, 1, 2))(x, net)
+    assert max(net.batches) == 16  # 2 windows x 8 flips per pass
+    net.batches.clear()
+    chunked = SlidingWindowTTAInferer(ROI, sw_batch_size=2, mirror_axes=(0, 1, 2), max_batch=max_batch)(x, net)
+    assert max(net.batches) <= max(max_batch, 2)  # at least the windows of one flip go together
+    if max_batch < 16:
+        assert len(net.batches) > 4  # really split
+    torch.testing.assert_close(chunked, full, atol=1e-6, rtol=1e-5)
+
+
+def test_amp_bf16_close_to_float32_and_output_float32():
+    net = small_net(5)
+    x = torch.randn(1, 1, 12, 12, 12)
+    ref = SlidingWindowTTAInferer(ROI, mirror_axes=(0, 1))(x, net)
+    dtypes = []
+    handle = net[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    out = SlidingWindowTTAInferer(ROI, mirror_axes=(0, 1), amp=True)(x, net)
+    handle.remove()
+    assert set(dtypes) == {torch.bfloat16}  # the convolutions really ran in bf16
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=0)
+    assert (out - ref).abs().max() > 0  # and it is not the float32 path
+
+
+def test_output_device_plan():
+    inferer = SlidingWindowTTAInferer(ROI, device="auto")
+    cuda = torch.device("cuda")
+    x = torch.zeros(1, 1, 600, 512, 512, device="meta")  # no memory is allocated for a meta tensor
+    # 3 classes + count map + input, float32: 5 x 4 B x 157 M voxels = 2.9 GiB
+    assert inferer.output_device(x, 3, cuda, free_bytes=8 * 2**30) == cuda  # fits in half of 8 GiB free
+    assert inferer.output_device(x, 3, cuda, free_bytes=4 * 2**30) == torch.device("cpu")  # streamed
+    assert inferer.output_device(x, 3, torch.device("cpu"), free_bytes=0) == torch.device("cpu")
+    budget = SlidingWindowTTAInferer(ROI, device="auto", memory_budget_gb=3.0)
+    assert budget.output_device(x, 3, cuda, free_bytes=0) == cuda  # an explicit budget wins over free memory
+    assert budget.output_device(x, 4, cuda, free_bytes=0) == torch.device("cpu")
+
+
+def test_device_auto_on_cpu_equals_default():
+    net = small_net(6)
+    x = torch.randn(1, 1, 11, 14, 13)
+    ref = SlidingWindowTTAInferer(ROI, mirror_axes=(0,))(x, net)
+    out = SlidingWindowTTAInferer(ROI, mirror_axes=(0,), device="auto")(x, net)
+    assert out.device == x.device
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)

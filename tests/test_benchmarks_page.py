@@ -1,0 +1,68 @@
+"""benchmarks/run.py: the command lines per device and the docs page, GPU rows included (from made-up CUDA results).
+
+The GPU rows are only produced on a machine with a GPU; this test feeds the page generator CUDA result files built
+from the committed CPU ones, so the code that reads them runs in CI too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run_module():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_commands_per_device(tmp_path):
+    run = _run_module()
+    assert run.bench_command("inference_mem", "cpu", False, tmp_path) is None  # an accelerator-memory check only
+    cmd = run.bench_command("inference_mem", "cuda", False, tmp_path)
+    assert cmd[1].endswith("inference_bench.py") and "--no-peer" in cmd and "600" in cmd
+    assert run.result_stem("inference_mem", "cuda") == "inference_cuda_mem600"
+    assert run.result_stem("data", "cuda") == "data_cpu"  # the data path runs on CPU workers
+    for name in run.BENCHES:
+        cpu = run.bench_command(name, "cpu", True, tmp_path)
+        assert cpu is None or "--device" not in cpu or cpu[cpu.index("--device") + 1] == "cpu"
+
+
+def test_page_with_gpu_results(tmp_path):
+    run = _run_module()
+    results = tmp_path / "results"
+    shutil.copytree(BENCH / "results", results)
+    train = json.loads((results / "train_step_cpu.json").read_text())
+    train.update(device="cuda", device_name="NVIDIA H100 80GB HBM3", input=[2, 1, 48, 192, 192])
+    train["ratios"]["mss_unet/plainconvunet time"] = 0.8
+    train["rows"]["mss_unet"]["median_s"] = 0.25  # 8 patches/s consumed
+    (results / "train_step_cuda.json").write_text(json.dumps(train))
+    inference = json.loads((results / "inference_cpu.json").read_text())
+    inference.update(device="cuda", device_name="NVIDIA H100 80GB HBM3", case_shape=[1, 1, 200, 512, 512])
+    inference["median_s"]["segzoo"] = 7.5
+    (results / "inference_cuda.json").write_text(json.dumps(inference))
+    mem = dict(inference, case_shape=[1, 1, 600, 512, 512], max_batch=4)
+    mem["peak_memory_absolute_bytes"] = {"segzoo": 6 * 2**30}
+    (results / "inference_cuda_mem600.json").write_text(json.dumps(mem))
+    (results / "inference_cuda_mem600.md").write_text("# Whole-case inference (cuda, 600 slices)\n\n| a |\n|---|\n")
+
+    page = run.write_docs(results, tmp_path / "benchmarks.md").read_text()
+    rows = {line.split(" | ")[1]: line for line in page.splitlines() if line.startswith("| GPU |")}
+    assert "0.80x (met" in rows["MSSUNet train step / PlainConvUNet, 2x1x48x192x192 bf16"]
+    assert "7.5 s for 200x512x512 on NVIDIA H100" in rows["512x512x200 CT, 8-flip TTA, <= 10 s on an H100"]
+    keeps_up = rows["data path keeps up with the train step on 8 workers"]
+    have = (
+        8 * json.loads((results / "data_cpu.json").read_text())["paper_large"]["default_probs"]["cached_patches_per_s"]
+    )
+    assert f"{have:.1f} patches/s from 8 workers vs 8.0 consumed ({have / 8:.2f}x" in keeps_up
+    assert "6.00 GiB peak allocated for 600x512x512 (max_batch 4)" in rows["512x512x600 CT inference within 8 GB"]
+    assert "(met)" in rows["512x512x600 CT inference within 8 GB"]
+    assert "### Whole-case inference (cuda, 600 slices)" in page  # every result table is on the page
+    assert "not measured" not in "".join(rows.values())
