@@ -256,3 +256,16 @@ def test_changed_source_file_invalidates_its_cache_entry(tmp_path):
     assert p0["image"].stat().st_mtime_ns != before
     assert {p: p.stat().st_mtime_ns for p in p1.values()} == untouched
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+# ------------------------------------------------------------------------------------------- atomic writes: modes
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    from segzoo.utils import _UMASK, atomic_dir, atomic_write_text
+
+    path = atomic_write_text(tmp_path / "a" / "out.json", "{}")
+    assert path.read_text() == "{}"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK  # not mkstemp's private 0o600
+    with atomic_dir(tmp_path / "case") as folder:
+        (folder / "x.txt").write_text("x")
+    assert (tmp_path / "case").stat().st_mode & 0o777 == 0o777 & ~_UMASK  # not mkdtemp's 0o700
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+
+# set while a caller has already checked the value range of the target it passes on (deep supervision: the
+# full-resolution label is checked once; its nearest-downsampled copies hold a subset of its values)
+_RANGE_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("segzoo_target_range_checked", default=False)
+
+
+@contextmanager
+def target_range_checked() -> Iterator[None]:
+    """Within this block :func:`class_index_target` skips the value-range check (one device sync) of targets."""
+    token = _RANGE_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _RANGE_CHECKED.reset(token)
 
 
 def class_index_target(logits: torch.Tensor, target: torch.Tensor, name: str = "target") -> torch.Tensor:
@@ -27,6 +45,8 @@ def class_index_target(logits: torch.Tensor, target: torch.Tensor, name: str = "
             f"{name} must have shape (B, 1, *spatial) or (B, *spatial) = {(batch, 1, *spatial)} or "
             f"{(batch, *spatial)} to match logits {tuple(logits.shape)}, got {tuple(target.shape)}"
         )
+    if _RANGE_CHECKED.get():
+        return target if target.dtype == torch.long else target.long()
     if target.is_floating_point():
         rounded = target.round()
         if not torch.equal(rounded, target):

@@ -11,11 +11,14 @@ MONAI's idea (target downsampled with ``"nearest-exact"``) and fixes those point
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from segzoo.losses._target import class_index_target, target_range_checked
 
 
 def downsample_labels(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -109,12 +112,18 @@ class DeepSupervisionLoss(nn.Module):
                 f"target must have shape (B, 1, *spatial) or (B, *spatial) for {n_spatial}D outputs, "
                 f"got {tuple(target.shape)}"
             )
+        # a segzoo loss checks the label's values (one device sync): do it once on the full-resolution label, as the
+        # downsampled copies hold a subset of its values; other losses get the labels unchecked, as they would
+        checks = getattr(self.loss, "checks_target", False)
+        if checks:
+            class_index_target(outputs[0], target)
         total = outputs[0].new_zeros((), dtype=torch.float32)
-        for weight, out in zip(self.get_weights(len(outputs)), outputs):
-            if weight == 0:
-                continue
-            level_target = downsample_labels(channel_target, out.shape[2:])
-            if target.ndim == n_spatial + 1:
-                level_target = level_target[:, 0]
-            total = total + weight * self.loss(out, level_target)
+        with target_range_checked() if checks else contextlib.nullcontext():
+            for weight, out in zip(self.get_weights(len(outputs)), outputs):
+                if weight == 0:
+                    continue
+                level_target = downsample_labels(channel_target, out.shape[2:])
+                if target.ndim == n_spatial + 1:
+                    level_target = level_target[:, 0]
+                total = total + weight * self.loss(out, level_target)
         return total

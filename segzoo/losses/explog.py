@@ -78,6 +78,8 @@ class ExpLogLoss(nn.Module):
         Returns a scalar.
     """
 
+    checks_target = True  # raises on labels outside 0..K-1 (DeepSupervisionLoss then checks once per call)
+
     def __init__(
         self,
         w_dice: float = 0.8,
@@ -163,6 +165,8 @@ class CELoss(nn.Module):
         logits ``(B, K, *spatial)``; target ``(B, 1, *spatial)`` or ``(B, *spatial)`` class indices ``0..K-1``.
         Returns a scalar.
     """
+
+    checks_target = True  # raises on labels outside 0..K-1 (DeepSupervisionLoss then checks once per call)
 
     def __init__(self, class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()

@@ -225,3 +225,23 @@ def test_deep_supervision_loss_injectable_from_yaml_config():
     ds = parser.instantiate_classes(cfg).ds
     assert isinstance(ds.loss, ExpLogLoss) and ds.loss.class_weights.tolist() == [1.0, 2.0, 4.0]
     assert ds.get_weights(2) == pytest.approx([0.5, 0.5])
+
+
+def test_deep_supervision_checks_segzoo_loss_labels_once_and_still_raises(monkeypatch):
+    import segzoo.losses._target as target_module
+
+    calls = []
+    real = target_module.torch.aminmax
+    monkeypatch.setattr(target_module.torch, "aminmax", lambda t: calls.append(1) or real(t))
+    ds = DeepSupervisionLoss(ExpLogLoss())
+    outs = [torch.randn(2, 3, 8, 16, 16), torch.randn(2, 3, 8, 8, 8), torch.randn(2, 3, 4, 4, 4)]
+    target = torch.randint(0, 3, (2, 1, 8, 16, 16))
+    loss = ds(outs, target)
+    assert len(calls) == 1  # one value-range pass (one device sync on a GPU) for three outputs
+    expected = sum(w * ExpLogLoss()(o, downsample_labels(target, o.shape[2:])) for w, o in zip(ds.get_weights(3), outs))
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match=r"0\.\.2.*got values in 0\.\.3"):
+        ds(outs, target.clamp(max=2) + (target == 2).long())  # a label 3 with 3 classes
+    calls.clear()
+    ExpLogLoss()(outs[0], target)  # outside deep supervision the check is back on
+    assert len(calls) == 1
