@@ -5,8 +5,8 @@ it is compared with: U-Net, CE-Net, DenseASPP, MS-Dual (``segzoo.nets.baselines`
 
 Each registered net (``segzoo.create_net(name)`` with its defaults) runs one training step: zero_grad, forward,
 MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` against random labels, backward, Adam step. CUDA: 8x1x256x256
-under bf16 autocast with ``cudnn.benchmark``; CPU: float32 at a smaller input (default 2x1x128x128; the table says
-which). Timing and memory as ``train_step.py``: a warm-up step per net, then ``--repeats`` interleaved rounds,
+under bf16 autocast with ``cudnn.benchmark``; CPU: float32 at the same 8x1x256x256 (2 rounds by default: a round of
+the six nets takes minutes on two cores). Timing and memory as ``train_step.py``: a warm-up step per net, then ``--repeats`` interleaved rounds,
 medians; memory = peak above what was allocated before the step (CUDA allocator, or sampled RSS on CPU).
 
 Writes ``<out>/nets2d_<device>.json`` and ``.md``. Usage:
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import RESULTS, atomic_write, ensure_malloc_env, machine_meta, measure  # noqa: E402
 
 NETS = ("drnet", "unet_pfm", "unet2d", "cenet", "denseaspp", "msdual")
-DEFAULTS = {"cpu": {"batch": 2, "size": 128, "repeats": 3}, "cuda": {"batch": 8, "size": 256, "repeats": 10}}
+DEFAULTS = {"cpu": {"batch": 8, "size": 256, "repeats": 2}, "cuda": {"batch": 8, "size": 256, "repeats": 10}}
 
 
 class Runner2D:
