@@ -142,25 +142,118 @@ How to read the rows:
 Ratios are segzoo / peer from the same run (lower is better for time and memory, higher for patches/s). The machine
 that produced the CPU tables is shared: absolute times are noisy, the ratios are what to compare.
 
-## Fast paths (configuration switches)
+"""
 
-| switch | where | effect | checked by |
-|---|---|---|---|
-| `precision: bf16-mixed` | Lightning `Trainer` | bf16 autocast on GPU (keep fp32 on CPU) | `tests/test_fast_paths.py` (bf16 output close to fp32) |
-| `benchmark: true` | Lightning `Trainer` | cuDNN picks the fastest convolution algorithms for the fixed patch size | - (cuDNN only) |
-| `compile: true` | `SegmentationTask` | `torch.compile` of the training forward | compiled MSSUNet equals eager (slow test) |
-| `batch_augment: segzoo.data.gpu_augment.BatchAugment` | `SegmentationTask` | rotation + scaling + elastic in one `grid_sample` per batch, vectorised gamma, flips, on the device after transfer; set `augment: false` on `KiTS19DataModule` so CPU workers only crop | identity at probability 0, exact flips/90-degree rotations, equal to MONAI `Affine`/`AdjustContrast` |
-| `amp: true` (`segzoo infer --amp`, default on CUDA) | `SlidingWindowTTAInferer` | bf16 autocast inside the inferer; logits cast to float32 once per forward pass, blending in float32 | `tests/inference/test_sliding_window.py` (convolutions run in bf16, probabilities within 2e-2 of fp32); `segzoo infer --amp` labels |
-| `max_batch: N` (`--max-batch`) | `SlidingWindowTTAInferer` | at most N windows x flips per forward pass: bounds activation memory, same result | equal to all flips at once for N = 1..100 (and the pass sizes are checked) |
-| `device: auto` (`--memory-budget-gb`; what `segzoo infer` uses) | `SlidingWindowTTAInferer` | whole-case output, count map and input on the accelerator when they fit in the budget (default half the free memory; the case is moved once), else output on the CPU and windows streamed | the plan for 600x512x512 (2.9 GiB) at 8 / 4 GiB free and with a budget; equal output on CPU |
-| channels_last_3d | - (no switch) | measured in the train-step table (`mss_unet_cl3d`); not kept as a switch: slower than the default layout on CPU; the GPU table measures it too | - |
 
-**GPU recipe** (data path that does not starve the GPU): in the data section `augment: false`, in the model section
+RECIPE = """**GPU recipe** (data path that does not starve the GPU): in the data section `augment: false`, in the model section
 `batch_augment: {class_path: segzoo.data.gpu_augment.BatchAugment}`, in the trainer `precision: bf16-mixed` and
 `benchmark: true`. A difference from the CPU chain: the CPU chain crops a margin around the patch before rotating, so no
 padding is ever sampled; `BatchAugment` receives patch-sized crops, so rotated/zoomed-out corners take `padding_mode`
 (default `"border"`, the edge voxel repeated; `"zeros"` pads with the z-scored mean and background).
 """
+
+# (switch, where, effect, checked by, [(device, results file, how to read the measured effect)])
+FAST_PATHS = [
+    (
+        "`precision: bf16-mixed`",
+        "Lightning `Trainer`",
+        "bf16 autocast on GPU (keep fp32 on CPU)",
+        "`tests/test_fast_paths.py` (bf16 output close to fp32)",
+        [("cuda", "train_step", "mss_unet_fp32/mss_unet time", "fp32 / bf16 step time")],
+    ),
+    (
+        "`benchmark: true`",
+        "Lightning `Trainer`",
+        "cuDNN picks the fastest convolution algorithms for the fixed patch size",
+        "- (cuDNN only; on in every GPU row)",
+        [],
+    ),
+    (
+        "`compile: true`",
+        "`SegmentationTask`",
+        "`torch.compile` of the training forward",
+        "compiled MSSUNet equals eager (slow test)",
+        [(d, "train_step", "mss_unet_compile/mss_unet time", "compiled / eager step time") for d in ("cpu", "cuda")],
+    ),
+    (
+        "`channels_last: true`",
+        "`SegmentationTask`",
+        "convolution weights and training batches in `channels_last(_3d)` memory format",
+        "same loss and gradients as the default layout (3D and 2D net)",
+        [
+            (d, "train_step", "mss_unet_cl3d/mss_unet time", "channels-last / default step time")
+            for d in ("cpu", "cuda")
+        ],
+    ),
+    (
+        "`batch_augment: segzoo.data.gpu_augment.BatchAugment`",
+        "`SegmentationTask`",
+        "rotation + scaling + elastic in one `grid_sample` per batch, vectorised gamma, flips, on the device after "
+        "transfer; set `augment: false` on `KiTS19DataModule` so CPU workers only crop",
+        "identity at probability 0, exact flips/90-degree rotations, equal to MONAI `Affine`/`AdjustContrast`",
+        [
+            (d, "train_step", "augment:batch_augment/cpu_chain time", "on-device / CPU-chain time per batch")
+            for d in ("cpu", "cuda")
+        ],
+    ),
+    (
+        "`amp: true` (`segzoo infer --amp`, default on CUDA)",
+        "`SlidingWindowTTAInferer`",
+        "bf16 autocast inside the inferer; logits cast to float32 once per forward pass, blending in float32",
+        "`tests/inference/test_sliding_window.py` (convolutions run in bf16, probabilities within 2e-2 of fp32)",
+        [],
+    ),
+    (
+        "`max_batch: N` (`--max-batch`)",
+        "`SlidingWindowTTAInferer`",
+        "at most N windows x flips per forward pass: bounds activation memory, same result",
+        "equal to all flips at once for N = 1..100 (pass sizes checked)",
+        [(d, "inference", "lowmem", "low-memory / default: time, memory") for d in ("cpu", "cuda")],
+    ),
+    (
+        "`device: auto` (`--memory-budget-gb`; what `segzoo infer` uses)",
+        "`SlidingWindowTTAInferer`",
+        "whole-case output, count map and input on the accelerator when they fit in the budget (default half the free "
+        "memory; the case is moved once), else the output on the CPU and windows streamed",
+        "the plan for 600x512x512 (2.9 GiB) at 8 / 4 GiB free and with a budget; equal output on CPU",
+        [],
+    ),
+]
+
+
+def _measured(results: Path, device: str, bench: str, key: str, label: str) -> str | None:
+    data = _load(results / f"{bench}_{device}.json")
+    if not data:
+        return None
+    if bench == "train_step":
+        if key.startswith("augment:"):
+            value = (data.get("augment") or {}).get(key[len("augment:") :])
+        else:
+            value = data.get("ratios", {}).get(key)
+        return None if value is None else f"{device}: {label} {value:.2f}x"
+    median, peak = data.get("median_s", {}), data.get("peak_memory_bytes", {})
+    if "segzoo_lowmem" not in median:
+        return None
+    t = median["segzoo_lowmem"] / median["segzoo"]
+    m = peak["segzoo_lowmem"] / max(peak["segzoo"], 1)
+    return f"{device}: {label} {t:.2f}x, {m:.2f}x"
+
+
+def fast_paths_table(results: Path) -> str:
+    """The configuration switches with the effect measured in ``results`` (``not measured`` where none is)."""
+    lines = [
+        "## Fast paths (configuration switches)",
+        "",
+        "| switch | where | effect | measured effect | checked by |",
+        "|---|---|---|---|---|",
+    ]
+    for switch, where, effect, check, sources in FAST_PATHS:
+        found = [m for m in (_measured(results, *src) for src in sources) if m]
+        gpu_only = sources and all(src[0] == "cuda" for src in sources)
+        measured = "; ".join(found) if found else ("not measured (GPU only)" if gpu_only else "not measured")
+        measured = measured if sources else "-"
+        lines.append(f"| {switch} | {where} | {effect} | {measured} | {check} |")
+    return "\n".join(lines) + "\n\n" + RECIPE
 
 
 def _load(path: Path) -> dict | None:
@@ -256,7 +349,7 @@ def write_docs(results: Path, docs: Path) -> Path:
     sys.path.insert(0, str(HERE))
     from segzoo.utils import atomic_write_text as atomic_write
 
-    parts = [INTRO, targets_table(results), "## Results", ""]
+    parts = [INTRO, fast_paths_table(results), targets_table(results), "## Results", ""]
     for name in BENCHES:
         for device in ("cpu", "cuda"):
             md = results / f"{result_stem(name, device)}.md"

@@ -16,6 +16,7 @@ weights 1/2**i normalised (8/15, 4/15, 2/15, 1/15):
 - ``plainconvunet``: ``dynamic_network_architectures`` ``PlainConvUNet(deep_supervision=True)``; native-scale outputs,
   the same loss as ``mss_unet`` (nnU-Net downsamples the label the same way).
 - ``mss_unet_cl3d``: ``mss_unet`` with net and input in ``torch.channels_last_3d`` (fast-path candidate).
+- ``mss_unet_fp32`` (CUDA only): ``mss_unet`` without bf16 autocast, the effect of ``precision: bf16-mixed``;
 - ``mss_unet_compile`` (``--compile``; default on CUDA): ``mss_unet`` wrapped in ``torch.compile`` (the task's
   ``compile: true``); compilation happens in the warm-up, which is not timed.
 
@@ -52,6 +53,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
+from segzoo.tasks.segmentation import to_channels_last
 from segzoo.utils import atomic_write_text as atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -168,7 +170,7 @@ class StackedDSLoss(nn.Module):
 def build_variant(name: str) -> tuple[nn.Module, nn.Module]:
     """``(net, loss)`` of one compared variant (see the module docstring)."""
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
-    base = name.split("_cl3d")[0].split("_compile")[0]
+    base = name.split("_cl3d")[0].split("_compile")[0].split("_fp32")[0]
     if base == "mss_unet":
         from segzoo.losses import DeepSupervisionLoss
         from segzoo.nets import MSSUNet
@@ -230,12 +232,12 @@ class Runner:
         self.net = net.to(device).train()
         self.x = torch.randn(batch, 1, *patch, device=device)
         self.y = torch.randint(0, NUM_CLASSES, (batch, 1, *patch), device=device)
-        if "_cl3d" in name:
-            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        if "_cl3d" in name:  # what SegmentationTask(channels_last=True) does
+            to_channels_last(self.net)
             self.x = self.x.contiguous(memory_format=torch.channels_last_3d)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=3e-4)
         self.forward = torch.compile(self.net) if "_compile" in name else self.net
-        self.device, self.amp = device, amp
+        self.device, self.amp = device, amp and "_fp32" not in name
 
     def step(self) -> float:
         self.opt.zero_grad(set_to_none=True)
@@ -328,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
         names.append("mss_unet_cl3d")
     if args.compile or (device.type == "cuda" and not args.quick):
         names.append("mss_unet_compile")
+    if device.type == "cuda":
+        names.append("mss_unet_fp32")  # the effect of bf16 autocast (precision: bf16-mixed)
 
     meta = machine_meta(device)
     runners = {n: Runner(n, device, batch, patch, amp) for n in names}
@@ -347,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mss_unet/plainconvunet memory": rows["mss_unet"]["peak_mib"] / max(rows["plainconvunet"]["peak_mib"], 1e-9),
     }
     augment = augment_rows(device, batch, patch, repeats)
-    for fast in ("mss_unet_cl3d", "mss_unet_compile"):
+    for fast in ("mss_unet_cl3d", "mss_unet_compile", "mss_unet_fp32"):
         if fast in rows:
             ratios[f"{fast}/mss_unet time"] = rows[fast]["median_s"] / rows["mss_unet"]["median_s"]
     result = {

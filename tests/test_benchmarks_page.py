@@ -43,6 +43,7 @@ def test_page_with_gpu_results(tmp_path):
     train.update(device="cuda", device_name="NVIDIA H100 80GB HBM3", input=[2, 1, 48, 192, 192])
     train["ratios"]["mss_unet/plainconvunet time"] = 0.8
     train["rows"]["mss_unet"]["median_s"] = 0.25  # 8 patches/s consumed
+    train["ratios"]["mss_unet_fp32/mss_unet time"] = 2.1
     (results / "train_step_cuda.json").write_text(json.dumps(train))
     inference = json.loads((results / "inference_cpu.json").read_text())
     inference.update(device="cuda", device_name="NVIDIA H100 80GB HBM3", case_shape=[1, 1, 200, 512, 512])
@@ -66,3 +67,6 @@ def test_page_with_gpu_results(tmp_path):
     assert "(met)" in rows["512x512x600 CT inference within 8 GB"]
     assert "### Whole-case inference (cuda, 600 slices)" in page  # every result table is on the page
     assert "not measured" not in "".join(rows.values())
+    switches = {line.split(" | ")[0][2:]: line for line in page.splitlines() if line.startswith("| `")}
+    assert "cuda: fp32 / bf16 step time 2.10x" in switches["`precision: bf16-mixed`"]
+    assert "cpu: channels-last / default step time" in switches["`channels_last: true`"]

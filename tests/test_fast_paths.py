@@ -207,3 +207,31 @@ def test_bf16_autocast_mss_unet_close_to_fp32():
     assert err < 0.05, f"bf16 relative error {err:.3f}"
     agree = (out.float().argmax(1) == ref.argmax(1)).float().mean()
     assert agree > 0.9
+
+
+# ---------------------------------------------------------------------------- channels-last memory format
+@pytest.mark.parametrize("name,shape", [("mss_unet3d_small", (2, 1, 8, 32, 32)), ("drnet", (2, 1, 32, 32))])
+def test_channels_last_task_step_equals_default(name, shape):
+    from segzoo.losses import DeepSupervisionLoss, ExpLogLoss
+    from segzoo.tasks.segmentation import SegmentationTask
+
+    torch.manual_seed(0)
+    net = segzoo.create_net(name)
+    batch = {"image": torch.randn(*shape), "label": torch.randint(0, 2, (shape[0], 1, *shape[2:]))}
+    losses, grads = [], []
+    for channels_last in (False, True):
+        copy = segzoo.create_net(name)
+        copy.load_state_dict(net.state_dict())
+        task = SegmentationTask(net=copy, loss=DeepSupervisionLoss(ExpLogLoss()), channels_last=channels_last)
+        task.setup("fit")
+        weights = [p for p in copy.parameters() if p.ndim == len(shape)]
+        fmt = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
+        assert all(p.is_contiguous(memory_format=fmt) for p in weights) == channels_last
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # self.log without a trainer
+            loss = task.training_step(dict(batch), 0)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in copy.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)

@@ -29,6 +29,22 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message names the step and the batch's cases."""
 
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Put every 4D / 5D parameter of ``module`` (convolution weights) in channels-last memory format, in place.
+
+    ``nn.Module.to(memory_format=...)`` takes one format for all parameters, which fails on a net holding both 4D
+    and 5D weights; here each gets its own (``channels_last`` / ``channels_last_3d``).
+    """
+    for param in module.parameters():
+        fmt = _CHANNELS_LAST.get(param.ndim)
+        if fmt is not None and not param.is_contiguous(memory_format=fmt):
+            param.data = param.data.contiguous(memory_format=fmt)
+    return module
+
+
 def _adam(params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=3e-4)
 
@@ -54,6 +70,9 @@ class SegmentationTask(pl.LightningModule):
             (``batch_augment(batch) -> batch``, at the start of ``training_step``), e.g. GPU augmentation so CPU
             workers only crop.
         compile: wrap the net's training forward in ``torch.compile``.
+        channels_last: keep the net's convolution weights and the training batches in channels-last memory format
+            (``channels_last_3d`` for 3D nets), which tensor-core convolution kernels prefer; the numbers are the
+            same (see ``docs/benchmarks.md`` for the measured effect).
         num_overlays: validation cases per epoch kept as 2D slices (image, label, prediction) in
             ``self.overlays`` for loggers to draw.
     """
@@ -72,6 +91,7 @@ class SegmentationTask(pl.LightningModule):
         metrics_file: str | None = "metrics.json",
         batch_augment: nn.Module | None = None,
         compile: bool = False,
+        channels_last: bool = False,
         num_overlays: int = 2,
     ) -> None:
         super().__init__()
@@ -88,11 +108,14 @@ class SegmentationTask(pl.LightningModule):
         self.last_summary: dict[str, Any] | None = None
         self.batch_augment = batch_augment
         self.compile = compile
+        self.channels_last = channels_last
         self.num_overlays = num_overlays
         self.overlays: list[dict[str, Any]] = []
         self._train_forward = None
 
     def setup(self, stage: str) -> None:
+        if self.channels_last:
+            to_channels_last(self.net)
         if self.compile and self._train_forward is None:
             # kept out of the module tree so the state dict has no duplicate "_orig_mod" keys
             self.__dict__["_train_forward"] = torch.compile(self.net)
@@ -104,7 +127,10 @@ class SegmentationTask(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self.batch_augment is not None:  # the batch is already on the device here
             batch = self.batch_augment(batch)
-        out = (self._train_forward or self.net)(batch["image"])
+        image = batch["image"]
+        if self.channels_last:
+            image = image.contiguous(memory_format=_CHANNELS_LAST[image.ndim])
+        out = (self._train_forward or self.net)(image)
         loss = self.loss(out, batch["label"])
         if not torch.isfinite(loss):
             cases = batch.get("case_id", "?")
