@@ -16,10 +16,13 @@ reported. On CUDA segzoo runs with ``amp=True`` (bf16 autocast inside the infere
 ``torch.autocast(bf16)``. ``--no-peer --no-lowmem`` measures segzoo alone (the 512x512x600 memory check).
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each call; the table shows the peak above
 what was allocated before the call, the JSON also the absolute peak incl. net and input); on CPU the peak resident
-set size (RSS) of the process during the call minus the RSS before it, sampled every 2 ms by a background thread
-(psutil if installed, else ``/proc/self/statm``), because tracemalloc does not see torch's allocator. So that freed
-tensors really leave the RSS (glibc otherwise keeps them in its heap and later calls measure +0), the script
-re-executes itself once with ``MALLOC_MMAP_THRESHOLD_=65536`` on Linux (large blocks are mmapped and unmapped on free).
+set size (RSS) during the call minus the RSS before it, sampled every 2 ms, in a separate memory pass: a child
+process run with ``MALLOC_MMAP_THRESHOLD_=65536`` (so freed tensors leave the RSS) calls each method once after a
+warm-up (``train_step.peaks_from_child``). The timed calls run in this process with the normal allocator, because
+that setting slows allocation-heavy code down (2x for both methods here).
+
+On a CPU with bf16 support in oneDNN (AVX512-BF16 or AMX) the table also has ``segzoo_amp``: segzoo with
+``amp=True`` (bf16 autocast), what ``segzoo infer --amp`` does; its probabilities differ from float32 by ~1e-2.
 
 Writes ``<out>/inference_<device>[_<tag>].json`` and ``.md``.
 
@@ -32,11 +35,9 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -48,6 +49,9 @@ from segzoo.inference import SlidingWindowTTAInferer
 from segzoo.inference.sliding_window import flip_combinations
 from segzoo.utils import atomic_write_text as atomic_write
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import peaks_from_child, write_peaks  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # CPU: a case small enough that 2 x (1 + repeats) whole-case 8-flip runs of the full-width net stay within minutes
 # on two cores; CUDA: a real KiTS-sized case at the paper's patch size.
@@ -55,38 +59,6 @@ DEFAULTS = {
     "cpu": {"shape": (24, 48, 48), "roi": (16, 32, 32)},
     "cuda": {"shape": (200, 512, 512), "roi": (48, 192, 192)},
 }
-
-
-def _rss_bytes() -> int:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _PeakRSS:
-    """Peak RSS increase over the ``with`` block, sampled by a background thread."""
-
-    def __enter__(self):
-        self.base = self.peak = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-        self.delta = self.peak - self.base
 
 
 def naive_tta(x, net, roi, sw_batch_size, mirror_axes=(0, 1, 2)):
@@ -119,8 +91,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _measure(fn, device: str) -> tuple[float, float, int, int, torch.Tensor]:
-    """``(wall s, process CPU s, peak bytes above the start, absolute peak bytes, output)`` of one call."""
+def _measure(fn, device: str) -> tuple[float, float, int | None, int | None, torch.Tensor]:
+    """``(wall s, process CPU s, peak bytes above the start, absolute peak bytes, output)`` of one call.
+
+    The memory entries are ``None`` on a CPU: they come from the separate memory pass.
+    """
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -131,11 +106,9 @@ def _measure(fn, device: str) -> tuple[float, float, int, int, torch.Tensor]:
         dt = time.perf_counter() - t
         total = torch.cuda.max_memory_allocated()
         return dt, float("nan"), total - before, total, out
-    with _PeakRSS() as m:
-        t, c = time.perf_counter(), time.process_time()
-        out = fn()
-        dt, cpu = time.perf_counter() - t, time.process_time() - c
-    return dt, cpu, m.delta, m.peak, out
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - t, time.process_time() - c, None, None, out
 
 
 def main(argv=None) -> dict:
@@ -152,10 +125,9 @@ def main(argv=None) -> dict:
     p.add_argument("--max-batch", type=int, default=None, help="segzoo's max_batch (default: all flips at once)")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip the naive MONAI 8-pass peer")
     p.add_argument("--no-lowmem", dest="lowmem", action="store_false", help="skip the segzoo_lowmem variant")
+    p.add_argument("--no-amp", dest="cpu_amp", action="store_false", help="CPU: skip the segzoo_amp (bf16) row")
+    p.add_argument("--memory-pass", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the memory child
     args = p.parse_args(argv)
-    if argv is None and sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # see the module docstring: makes RSS track live tensors
-        os.execv(sys.executable, [sys.executable, *sys.argv])
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -182,8 +154,14 @@ def main(argv=None) -> dict:
     methods = {"segzoo": lambda: inferer(x, net)}
     if args.lowmem:
         methods["segzoo_lowmem"] = lambda: lowmem(x, net)
+    if device == "cpu" and args.cpu_amp and _cpu_bf16():
+        bf16 = SlidingWindowTTAInferer(roi, max_batch=args.max_batch, **{**common, "amp": True})
+        methods["segzoo_amp"] = lambda: bf16(x, net)
     if args.peer:
         methods["monai_8pass"] = peer
+    if args.memory_pass is not None:
+        write_peaks(args.memory_pass, methods)
+        return {}
     # warm-up: the net at the batch sizes the methods use (one-time allocator / oneDNN / cuDNN set-up)
     with autocast, torch.inference_mode():
         for n in sorted({args.sw_batch_size, min(args.max_batch or 8 * args.sw_batch_size, 8 * args.sw_batch_size)}):
@@ -202,8 +180,12 @@ def main(argv=None) -> dict:
             cpu_times[name].append(cpu)
             mems[name].append(mem)
             totals[name].append(total)
-            print(f"{name}: {dt:.2f} s, peak +{mem / 2**20:.0f} MiB (absolute {total / 2**20:.0f} MiB)", flush=True)
+            print(f"{name}: {dt:.2f} s", flush=True)
             del out
+    if device == "cpu":
+        peaks = peaks_from_child(__file__, list(sys.argv[1:] if argv is None else argv))
+        mems = {k: [peaks[k]] for k in methods}
+        totals = {}
     diffs = {k: (first["segzoo"] - first[k]).abs().max().item() for k in first if k != "segzoo"}
     diff = diffs.get("monai_8pass")
 
@@ -243,7 +225,8 @@ def main(argv=None) -> dict:
         "peak_memory_absolute_bytes": {k: max(v) for k, v in totals.items()},
         "peak_memory_method": "torch.cuda.max_memory_allocated - allocated before"
         if device == "cuda"
-        else "peak process RSS during the call - RSS before (sampled every 2 ms, MALLOC_MMAP_THRESHOLD_=65536)",
+        else "peak process RSS during the call - RSS before (sampled every 2 ms, separate pass with "
+        "MALLOC_MMAP_THRESHOLD_=65536)",
         "ratio_memory_segzoo_over_peer": ratio(peak, "segzoo"),
         "ratio_memory_lowmem_over_peer": ratio(peak, "segzoo_lowmem"),
         "max_abs_difference": diff,
@@ -262,6 +245,7 @@ def main(argv=None) -> dict:
 LABELS = {
     "segzoo": "segzoo SlidingWindowTTAInferer",
     "segzoo_lowmem": "segzoo, `max_batch` = sw_batch_size (low memory)",
+    "segzoo_amp": "segzoo, `amp=True` (bf16 autocast on the CPU)",
     "monai_8pass": "MONAI sliding_window_inference x 8 flips",
 }
 
@@ -296,10 +280,19 @@ def markdown(result: dict) -> str:
     absolute = ", ".join(f"{k} {v / mib:.0f} MiB" for k, v in result["peak_memory_absolute_bytes"].items())
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in result["max_abs_difference_to_segzoo"].items())
     md.append(
-        f"Peak memory: {result['peak_memory_method']} (absolute peak: {absolute})."
+        f"Peak memory: {result['peak_memory_method']}"
+        + (f" (absolute peak: {absolute})." if absolute else ".")
         + (f" Max |difference| of the probabilities to segzoo's: {diffs}." if diffs else "")
     )
     return "\n".join(md) + "\n"
+
+
+def _cpu_bf16() -> bool:
+    """Whether oneDNN has fast bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def net_in_channels(net: torch.nn.Module) -> int:

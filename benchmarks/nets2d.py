@@ -25,7 +25,7 @@ import torch
 from monai.losses import DiceCELoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import RESULTS, atomic_write, ensure_malloc_env, machine_meta, measure  # noqa: E402
+from train_step import RESULTS, atomic_write, machine_meta, measure, peaks_from_child, write_peaks  # noqa: E402
 
 NETS = ("drnet", "unet_pfm", "unet2d", "cenet", "denseaspp", "msdual")
 DEFAULTS = {"cpu": {"batch": 8, "size": 256, "repeats": 2}, "cuda": {"batch": 8, "size": 256, "repeats": 10}}
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--nets", nargs="+", default=list(NETS))
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1x1x64x64")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--memory-pass", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the memory child
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cfg = DEFAULTS[device.type]
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     meta = machine_meta(device)
     runners = {n: Runner2D(n, device, batch, size, amp) for n in args.nets}
+    if args.memory_pass is not None:
+        write_peaks(args.memory_pass, {n: r.step for n, r in runners.items()})
+        return {}
     for r in runners.values():
         r.step()
     samples = {n: ([], []) for n in runners}
@@ -93,6 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
             dt, peak = measure(r.step, device)
             samples[n][0].append(dt)
             samples[n][1].append(peak)
+    if device.type == "cpu":  # memory from a separate pass (see train_step.peaks_from_child)
+        peaks = peaks_from_child(__file__, list(sys.argv[1:] if argv is None else argv))
+        samples = {n: (t, [peaks[n]]) for n, (t, _) in samples.items()}
     rows = {
         n: {
             "params": runners[n].params,
@@ -144,5 +151,4 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    ensure_malloc_env()
     main()

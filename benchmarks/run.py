@@ -13,8 +13,8 @@ introduction, the targets with the values reached, and every result table found 
 measured so far, each table with its device and date).
 
 Usage: ``python benchmarks/run.py [--device cpu|cuda] [--quick] [--only train_step nets2d ...] [--docs-only]``.
-``--quick`` is a smoke run (tiny sizes, one repeat) writing to a temporary folder (or ``--out``), never over the
-real results or docs unless ``--out``/``--docs`` say so.
+``--quick`` is a smoke run (tiny sizes, one repeat) writing its results and page to a temporary folder (or ``--out``),
+never over the real page unless ``--docs`` says so.
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     out = args.out or (Path(tempfile.mkdtemp(prefix="segzoo_bench_quick_")) if args.quick else RESULTS)
-    docs = args.docs or (out / "benchmarks.md" if args.quick and args.out is None else DOCS)
+    docs = args.docs or (out / "benchmarks.md" if args.quick else DOCS)  # a smoke run never rewrites the real page
     failed = []
     if not args.docs_only:
         status = run_all(args.only, args.device, args.quick, out)

@@ -27,8 +27,9 @@ Timing: one warm-up step per variant, then ``--repeats`` rounds in which every v
 (A, B, C, A, B, C, ...) so that load from other processes hits all alike; medians are reported, and ratios
 segzoo / peer come from the same run. Peak memory: on CUDA ``max_memory_allocated`` during the step minus the memory
 allocated before it (parameters and Adam state excluded); on CPU the peak resident set size during the step minus the
-RSS before it, sampled every 2 ms by a thread. So that freed tensors leave the RSS, the script re-executes itself with
-``MALLOC_MMAP_THRESHOLD_=65536`` on Linux.
+RSS before it, sampled every 2 ms by a thread, in a separate memory pass: a child process run with
+``MALLOC_MMAP_THRESHOLD_=65536`` (so freed tensors leave the RSS) steps each variant once after a warm-up. The timed
+steps run in the parent with the normal allocator (that setting slows allocation-heavy code down, up to 2x here).
 
 Writes ``<out>/train_step_<device>.json`` and ``.md``. Usage:
 ``python benchmarks/train_step.py [--device cpu|cuda] [--repeats N] [--quick] [--compile] [--out DIR]``.
@@ -43,7 +44,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -70,11 +73,33 @@ DEFAULTS = {
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
-def ensure_malloc_env() -> None:
-    """Re-execute the script once with large blocks mmapped, so freed tensors really leave the RSS (Linux)."""
-    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def peaks_from_child(script: str | Path, argv: list[str]) -> dict[str, int]:
+    """Peak CPU memory per variant, measured by ``script argv --memory-pass FILE`` in a child process.
+
+    The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns freed tensors to the OS and the
+    resident set size tracks live memory; that setting makes every large allocation fault its pages in again (it
+    doubled some timings here), so the timed runs happen in this process, with the normal allocator.
+    """
+    with tempfile.TemporaryDirectory(prefix="segzoo_bench_mem_") as tmp:
+        out = Path(tmp) / "peaks.json"
+        env = {**os.environ, **MEMORY_ENV}
+        subprocess.run([sys.executable, str(script), *argv, "--memory-pass", str(out)], env=env, check=True)
+        return {k: int(v) for k, v in json.loads(out.read_text()).items()}
+
+
+def write_peaks(path: Path, fns: dict[str, Callable[[], object]]) -> None:
+    """Memory pass (in the child): a warm-up call of each function, then one measured call each; peaks to ``path``."""
+    for fn in fns.values():
+        fn()
+    peaks = {}
+    for name, fn in fns.items():
+        with PeakRSS() as m:
+            fn()
+        peaks[name] = m.delta
+    atomic_write(path, json.dumps(peaks))
 
 
 def rss_bytes() -> int:
@@ -104,8 +129,11 @@ class PeakRSS:
         self.delta = self.peak - self.base
 
 
-def measure(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
-    """Wall time (s) of ``fn()`` and its peak memory above what was allocated before it (bytes)."""
+def measure(fn: Callable[[], object], device: torch.device) -> tuple[float, int | None]:
+    """Wall time (s) of ``fn()`` and, on CUDA, its peak memory above what was allocated before it (bytes).
+
+    On a CPU the memory is ``None`` here: it comes from a separate pass (:func:`peaks_from_child`).
+    """
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -114,11 +142,9 @@ def measure(fn: Callable[[], object], device: torch.device) -> tuple[float, int]
         fn()
         torch.cuda.synchronize()
         return time.perf_counter() - t, torch.cuda.max_memory_allocated() - before
-    with PeakRSS() as m:
-        t = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t
-    return dt, m.delta
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t, None
 
 
 def device_name(device: torch.device) -> str:
@@ -316,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="add the torch.compile variant (default on CUDA)")
     p.add_argument("--no-cl3d", action="store_true", help="skip the channels_last_3d variant")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--memory-pass", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the memory child
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cfg = DEFAULTS[device.type]
@@ -335,7 +362,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     meta = machine_meta(device)
     runners = {n: Runner(n, device, batch, patch, amp) for n in names}
+    if args.memory_pass is not None:
+        write_peaks(args.memory_pass, {n: r.step for n, r in runners.items()})
+        return {}
     samples = run_interleaved(runners, repeats, device)
+    if device.type == "cpu":
+        peaks = peaks_from_child(__file__, list(sys.argv[1:] if argv is None else argv))
+        for n in names:
+            samples[n]["peak_bytes"] = [peaks[n]]
     rows = {}
     for n in names:
         rows[n] = {
@@ -403,5 +437,4 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    ensure_malloc_env()
     main()

@@ -9,8 +9,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -70,3 +73,22 @@ def test_page_with_gpu_results(tmp_path):
     switches = {line.split(" | ")[0][2:]: line for line in page.splitlines() if line.startswith("| `")}
     assert "cuda: fp32 / bf16 step time 2.10x" in switches["`precision: bf16-mixed`"]
     assert "cpu: channels-last / default step time" in switches["`channels_last: true`"]
+
+
+@pytest.mark.slow
+def test_quick_run_writes_results_and_page(tmp_path):
+    """`run.py --quick`: the train-step and 2D scripts run (timed pass + memory child) and the page is written."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--only", "train_step", "nets2d", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    train = json.loads((tmp_path / "train_step_cpu.json").read_text())
+    assert {"mss_unet", "dynunet", "plainconvunet"} <= set(train["rows"])
+    assert all(row["peak_mib"] >= 0 and row["median_s"] > 0 for row in train["rows"].values())
+    nets = json.loads((tmp_path / "nets2d_cpu.json").read_text())
+    assert set(nets["rows"]) == {"drnet", "unet_pfm", "unet2d", "cenet", "denseaspp", "msdual"}
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "### Train step (cpu" in page and "### 2D nets, train step (cpu" in page
