@@ -25,7 +25,15 @@ import torch
 from monai.losses import DiceCELoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import RESULTS, atomic_write, machine_meta, measure, peaks_from_child, write_peaks  # noqa: E402
+from train_step import (  # noqa: E402
+    RESULTS,
+    atomic_write,
+    machine_meta,
+    measure,
+    peaks_from_child,
+    tune_allocator,
+    write_peaks,
+)
 
 NETS = ("drnet", "unet_pfm", "unet2d", "cenet", "denseaspp", "msdual")
 DEFAULTS = {"cpu": {"batch": 8, "size": 256, "repeats": 2}, "cuda": {"batch": 8, "size": 256, "repeats": 10}}
@@ -137,7 +145,8 @@ def markdown(result: dict) -> str:
         f"{result['date']}, torch {result['torch']}, input {shape}{note}, {result['precision']}, Adam, Dice+CE; "
         f"median of {result['repeats']} interleaved steps after a warm-up"
         + (" (quick smoke run)" if result["quick"] else "")
-        + ".",
+        + "."
+        + (f" CPU allocator: {result['cpu_allocator']}." if result.get("cpu_allocator") else ""),
         "",
         "| net | params | step time (s) | peak memory (MiB) | time / unet2d |",
         "|---|---|---|---|---|",
@@ -151,4 +160,5 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
+    tune_allocator()
     main()

@@ -118,6 +118,10 @@ def _print_help() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if from_sys:  # the `segzoo` process: large freed blocks are kept for reuse (see segzoo.utils.tune_cpu_allocator)
+        from segzoo.utils import tune_cpu_allocator
+
+        tune_cpu_allocator()
     if not argv or argv[0] in ("-h", "--help"):
         _print_help()
         return 0

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from segzoo.utils import atomic_write_text
+from segzoo.utils import atomic_write_text, tune_cpu_allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(ROOT / "configs" / "kits19_demo.yaml"))
     p.add_argument("--heldout-cases", type=int, default=4)
     args, extra = p.parse_known_args(argv)  # the rest goes to `segzoo fit`, e.g. --trainer.max_epochs=2
+    if argv is None:  # run as a program: the same allocator setting as the `segzoo` command
+        tune_cpu_allocator()
 
     from segzoo.cli import main as segzoo
     from segzoo.data.synthetic import write_synthetic

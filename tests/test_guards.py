@@ -269,3 +269,20 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
         (folder / "x.txt").write_text("x")
     assert (tmp_path / "case").stat().st_mode & 0o777 == 0o777 & ~_UMASK  # not mkdtemp's 0o700
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+# ---------------------------------------------------------------------------------------------- CPU allocator
+@pytest.mark.parametrize(
+    "env, applied",
+    [({}, True), ({"SEGZOO_CPU_ALLOCATOR": "default"}, False), ({"MALLOC_MMAP_THRESHOLD_": "65536"}, False)],
+)
+def test_tune_cpu_allocator_respects_the_users_choice(env, applied):
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "SEGZOO_CPU")) and k != "LD_PRELOAD"}
+    code = "from segzoo.utils import tune_cpu_allocator; print(tune_cpu_allocator())"
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(applied)
