@@ -31,7 +31,7 @@ from segzoo.data.kits19 import find_kits19_cases
 from segzoo.data.preprocessing import CTPreprocessor, compute_fingerprint, preprocess_dataset
 from segzoo.data.synthetic.kits19 import write_kits19
 from segzoo.data.transforms import augmentation_input_size, build_kits19_transforms
-from segzoo.utils import atomic_write_text, tune_cpu_allocator
+from segzoo.utils import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -139,7 +139,6 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary folder, removed)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one DataLoader worker = one thread
-    tune_cpu_allocator()  # as in `segzoo fit` (workers inherit it); both paths share it
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="segzoo_data_bench_"))
     q = args.quick
     try:

@@ -50,7 +50,7 @@ from segzoo.inference.sliding_window import flip_combinations
 from segzoo.utils import atomic_write_text as atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import allocator_note, peaks_from_child, tune_allocator, write_peaks  # noqa: E402
+from train_step import peaks_from_child, write_peaks  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # CPU: a case small enough that 2 x (1 + repeats) whole-case 8-flip runs of the full-width net stay within minutes
@@ -203,7 +203,6 @@ def main(argv=None) -> dict:
         "device_name": device_name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu_allocator": allocator_note() if device == "cpu" else None,
         "net": args.net,
         "case_shape": [1, 1, *shape],
         "roi_size": list(roi),
@@ -262,8 +261,7 @@ def markdown(result: dict) -> str:
         f"{result['date']}, {result['device_name']}, torch {result['torch']}, {result['threads']} threads. "
         f"Net `{result['net']}` (eval), case {result['case_shape']}, roi {result['roi_size']}, overlap 0.5, Gaussian, "
         f"sw_batch_size {result['sw_batch_size']}, max_batch {result.get('max_batch')}, autocast "
-        f"{result['autocast']}, median of {result['repeats']} after warm-up."
-        + (f" CPU allocator: {result['cpu_allocator']}." if result.get("cpu_allocator") else ""),
+        f"{result['autocast']}, median of {result['repeats']} after warm-up.",
         "",
         head,
         "|---|---|---|" + ("---|---|" if has_peer else ""),
@@ -304,5 +302,4 @@ def net_in_channels(net: torch.nn.Module) -> int:
 
 
 if __name__ == "__main__":
-    tune_allocator()
     main()

@@ -31,7 +31,6 @@ from train_step import (  # noqa: E402
     machine_meta,
     measure,
     peaks_from_child,
-    tune_allocator,
     write_peaks,
 )
 
@@ -145,8 +144,7 @@ def markdown(result: dict) -> str:
         f"{result['date']}, torch {result['torch']}, input {shape}{note}, {result['precision']}, Adam, Dice+CE; "
         f"median of {result['repeats']} interleaved steps after a warm-up"
         + (" (quick smoke run)" if result["quick"] else "")
-        + "."
-        + (f" CPU allocator: {result['cpu_allocator']}." if result.get("cpu_allocator") else ""),
+        + ".",
         "",
         "| net | params | step time (s) | peak memory (MiB) | time / unet2d |",
         "|---|---|---|---|---|",
@@ -160,5 +158,4 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    tune_allocator()
     main()

@@ -128,8 +128,10 @@ How to read the rows:
   `plainconvunet` = nnU-Net's `PlainConvUNet(deep_supervision=True)` with the same loss as `mss_unet`;
   `mss_unet_cl3d` = `mss_unet` in `channels_last_3d`; `mss_unet_compile` = `mss_unet` under `torch.compile`.
   Time = median over interleaved repeats after a warm-up; memory = peak above what was allocated before the step
-  (on CPU: peak resident set size, sampled). On a CPU the patch is small (see the table), so parameter gradients and
-  Adam temporaries dominate the memory column and the three nets, with equal parameter counts, show similar numbers.
+  (on CPU: peak resident set size, sampled, in a separate pass in a child process whose allocator returns freed
+  blocks to the OS; the timed runs use glibc's default allocator). On a CPU the patch is small (see the table), so
+  parameter gradients and Adam temporaries dominate the memory column and the three nets, with equal parameter
+  counts, show similar numbers.
 - **2D nets**: the same train step for DR-Net, the U-Net + PFM ablation and the 2D baselines.
 - **Inference**: a whole case predicted by sliding window (overlap 0.5, Gaussian blending) with 8-flip mirroring
   TTA; segzoo's `SlidingWindowTTAInferer` (all flips of a window batch in one forward pass, and the low-memory
@@ -140,7 +142,9 @@ How to read the rows:
   segzoo's preprocessed cache against raw NIfTI through MONAI transforms each iteration.
 
 Ratios are segzoo / peer from the same run (lower is better for time and memory, higher for patches/s). The machine
-that produced the CPU tables is shared: absolute times are noisy, the ratios are what to compare.
+that produced the CPU tables is shared: absolute times are noisy, the ratios are what to compare. CPU tables made
+before 2026-11-29 were measured with `MALLOC_MMAP_THRESHOLD_=65536` set for the whole run, which doubled some times,
+and on a loaded machine; they are superseded by the tables below.
 
 """
 

@@ -74,21 +74,6 @@ DEFAULTS = {
 
 # ---------------------------------------------------------------------------------------------- shared helpers
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
-# set by the scripts' `__main__`: timed runs use the allocator setting of the `segzoo` command (segzoo.utils)
-ALLOCATOR = {"tuned": False}
-
-
-def allocator_note() -> str:
-    if ALLOCATOR["tuned"]:
-        return "glibc keeps large freed blocks (segzoo.utils.tune_cpu_allocator, as the segzoo command)"
-    return "glibc default"
-
-
-def tune_allocator() -> None:
-    """In a benchmark run as a program: the ``segzoo`` command's CPU allocator setting (fair: peers share it)."""
-    from segzoo.utils import tune_cpu_allocator
-
-    ALLOCATOR["tuned"] = tune_cpu_allocator()
 
 
 def peaks_from_child(script: str | Path, argv: list[str]) -> dict[str, int]:
@@ -181,7 +166,6 @@ def machine_meta(device: torch.device) -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "load_average_at_start": load,
-        "cpu_allocator": allocator_note() if device.type == "cpu" else None,
     }
 
 
@@ -431,8 +415,7 @@ def markdown(result: dict) -> str:
         f"{result['date']}, torch {result['torch']}, input {shape}, {result['precision']}, Adam, Dice+CE on 4 "
         f"deep-supervision outputs; median of {result['repeats']} interleaved steps after a warm-up"
         + (" (quick smoke run)" if result["quick"] else "")
-        + "."
-        + (f" CPU allocator: {result['cpu_allocator']}." if result.get("cpu_allocator") else ""),
+        + ".",
         "",
         "| variant | params | step time (s) | peak memory (MiB) |",
         "|---|---|---|---|",
@@ -454,5 +437,4 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    tune_allocator()
     main()

@@ -7,6 +7,7 @@ Lightning subcommands are a :class:`SegzooCLI`, the only place where net, task a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -118,7 +119,7 @@ def _print_help() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if from_sys:  # the `segzoo` process: large freed blocks are kept for reuse (see segzoo.utils.tune_cpu_allocator)
+    if from_sys and os.environ.get("SEGZOO_CPU_ALLOCATOR", "").lower() == "reuse":  # opt-in, see tune_cpu_allocator
         from segzoo.utils import tune_cpu_allocator
 
         tune_cpu_allocator()

@@ -76,21 +76,21 @@ _ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUN
 
 
 def tune_cpu_allocator(mmap_threshold: int = 2**30, trim_threshold: int = 2**30) -> bool:
-    """Let glibc keep large freed blocks for reuse instead of returning them to the OS at every ``free``.
+    """Let glibc keep large freed blocks for reuse instead of returning them to the OS at every ``free`` (opt-in).
 
     By default glibc serves allocations above a dynamic threshold (at most 32 MiB) with fresh ``mmap`` calls, so every
-    activation tensor above it is page-faulted in and zeroed again on every forward and backward pass. For 3D
-    segmentation nets that is a large share of CPU time: measured here, a ``mss_unet3d`` train step at 2x1x16x64x64
-    took 0.59 s by default and 0.47 s with this setting, an inference forward of 16 windows 0.41 s and 0.27 s, for a
-    7% higher peak resident memory. The ``segzoo`` command calls this at start; a library user may call it too.
+    activation tensor above it is page-faulted in and zeroed again on every forward and backward pass. Measured on 2
+    cores: a ``mss_unet3d`` train step at 2x1x16x64x64 0.59 s -> 0.47 s, an inference forward of 16 windows 0.41 s ->
+    0.27 s; 2D nets at 8x1x256x256 25-50% faster. The price is memory: freed blocks stay in the process, so the peak
+    resident memory grew by 7% for one 3D net and by 40% for three large 2D nets trained one after another (one
+    such run ran out of 24 GiB). Hence opt-in: ``SEGZOO_CPU_ALLOCATOR=reuse`` makes the ``segzoo`` command call this,
+    ``make demo`` (small, known memory) calls it unless ``SEGZOO_CPU_ALLOCATOR=default``.
 
-    Does nothing (returns ``False``) off Linux/glibc, when ``SEGZOO_CPU_ALLOCATOR=default`` is set, or when the user
-    already chose an allocator setting (``MALLOC_*`` / ``GLIBC_TUNABLES`` variables, or ``LD_PRELOAD`` of e.g.
-    jemalloc or tcmalloc, which PyTorch recommends for CPU work). Returns ``True`` when both settings were applied.
+    Does nothing (returns ``False``) off Linux/glibc or when the user already chose an allocator setting
+    (``MALLOC_*`` / ``GLIBC_TUNABLES`` variables, or ``LD_PRELOAD`` of e.g. jemalloc or tcmalloc, which PyTorch
+    recommends for CPU work). Returns ``True`` when both settings were applied.
     """
-    if not sys.platform.startswith("linux") or os.environ.get("SEGZOO_CPU_ALLOCATOR", "").lower() == "default":
-        return False
-    if any(os.environ.get(name) for name in _ALLOCATOR_ENV):
+    if not sys.platform.startswith("linux") or any(os.environ.get(name) for name in _ALLOCATOR_ENV):
         return False
     import ctypes
 
