@@ -5,15 +5,18 @@ of the 3 spatial axes, with ``segzoo.create_net(NET)`` in eval mode and the same
 
 - "segzoo": ``SlidingWindowTTAInferer(roi, sw_batch_size, mirror_axes=(0, 1, 2))``: each window is built once and
   all 8 flips of a window batch go through the net in one batch; one Gaussian-weighted accumulation.
-- "segzoo_lowmem": the same with ``max_batch = sw_batch_size``: the flips of a window batch go through the net in
-  8 passes of the peer's batch size (the low-memory setting; windows are still cut, weighted and stitched once);
+  with its default ``max_batch="auto"``: all flips at once on CUDA, one flip per pass (``sw_batch_size`` inputs) on
+  a CPU;
+- the other batching, to show what the default buys: on CUDA "segzoo_lowmem" (``max_batch = sw_batch_size``: the
+  flips go through the net in 8 passes of the peer's batch size; windows are still cut, weighted and stitched once),
+  on a CPU "segzoo_allflips" (``max_batch=None``: all 16 inputs in one pass);
 - "monai_8pass" (the peer): the naive way, under ``torch.no_grad()``: for every flip, flip the volume, run
   ``monai.inferers.sliding_window_inference`` (predictor = softmax of the net), flip back; average the 8 results.
 
 Timing: a warm-up forward of the net at both window batch sizes, then ``--repeats`` whole-case calls of each
 method, interleaved (segzoo, peer, segzoo, ...) so that load from other processes hits both alike; the median is
 reported. On CUDA segzoo runs with ``amp=True`` (bf16 autocast inside the inferer) and the peer under
-``torch.autocast(bf16)``. ``--no-peer --no-lowmem`` measures segzoo alone (the 512x512x600 memory check).
+``torch.autocast(bf16)``. ``--no-peer --no-variants`` measures segzoo alone (the 512x512x600 memory check).
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each call; the table shows the peak above
 what was allocated before the call, the JSON also the absolute peak incl. net and input); on CPU the peak resident
 set size (RSS) during the call minus the RSS before it, sampled every 2 ms, in a separate memory pass: a child
@@ -122,10 +125,11 @@ def main(argv=None) -> dict:
     p.add_argument("--sw-batch-size", type=int, default=2)
     p.add_argument("--tag", default="", help="suffix of the result files: inference_<device>[_<tag>].{json,md}")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
-    p.add_argument("--max-batch", type=int, default=None, help="segzoo's max_batch (default: all flips at once)")
+    p.add_argument("--max-batch", type=int, default=None, help="segzoo's max_batch (default: 'auto')")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip the naive MONAI 8-pass peer")
-    p.add_argument("--no-lowmem", dest="lowmem", action="store_false", help="skip the segzoo_lowmem variant")
-    p.add_argument("--no-amp", dest="cpu_amp", action="store_false", help="CPU: skip the segzoo_amp (bf16) row")
+    p.add_argument(
+        "--no-variants", dest="variants", action="store_false", help="skip the other batching and the CPU bf16 row"
+    )
     p.add_argument("--memory-pass", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the memory child
     args = p.parse_args(argv)
     if args.repeats < 1:
@@ -143,8 +147,9 @@ def main(argv=None) -> dict:
     x = torch.randn(1, net_in_channels(net), *shape, device=device)
     amp = device == "cuda"  # bf16 on GPU as in practice; fp32 on CPU
     common = dict(sw_batch_size=args.sw_batch_size, overlap=0.5, mode="gaussian", amp=amp)
-    inferer = SlidingWindowTTAInferer(roi, max_batch=args.max_batch, **common)
-    lowmem = SlidingWindowTTAInferer(roi, max_batch=args.sw_batch_size, **common)
+    inferer = SlidingWindowTTAInferer(roi, max_batch=args.max_batch or "auto", **common)
+    other_name, other_batch = ("segzoo_lowmem", args.sw_batch_size) if device == "cuda" else ("segzoo_allflips", None)
+    other = SlidingWindowTTAInferer(roi, max_batch=other_batch, **common)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
     def peer():
@@ -152,10 +157,10 @@ def main(argv=None) -> dict:
             return naive_tta(x, net, roi, args.sw_batch_size)
 
     methods = {"segzoo": lambda: inferer(x, net)}
-    if args.lowmem:
-        methods["segzoo_lowmem"] = lambda: lowmem(x, net)
-    if device == "cpu" and args.cpu_amp and _cpu_bf16():
-        bf16 = SlidingWindowTTAInferer(roi, max_batch=args.max_batch, **{**common, "amp": True})
+    if args.variants:
+        methods[other_name] = lambda: other(x, net)
+    if device == "cpu" and args.variants and _cpu_bf16():
+        bf16 = SlidingWindowTTAInferer(roi, max_batch=args.max_batch or "auto", **{**common, "amp": True})
         methods["segzoo_amp"] = lambda: bf16(x, net)
     if args.peer:
         methods["monai_8pass"] = peer
@@ -215,7 +220,6 @@ def main(argv=None) -> dict:
         "times_s": times,
         "median_s": median,
         "ratio_time_segzoo_over_peer": ratio(median, "segzoo"),
-        "ratio_time_lowmem_over_peer": ratio(median, "segzoo_lowmem"),
         # process CPU time (all threads; includes the 2 ms memory sampler), robust when other jobs share the cores
         "cpu_times_s": cpu_times if device == "cpu" else None,
         "ratio_cpu_time_segzoo_over_peer": ratio({k: statistics.median(v) for k, v in cpu_times.items()}, "segzoo")
@@ -228,10 +232,9 @@ def main(argv=None) -> dict:
         else "peak process RSS during the call - RSS before (sampled every 2 ms, separate pass with "
         "MALLOC_MMAP_THRESHOLD_=65536)",
         "ratio_memory_segzoo_over_peer": ratio(peak, "segzoo"),
-        "ratio_memory_lowmem_over_peer": ratio(peak, "segzoo_lowmem"),
         "max_abs_difference": diff,
         "max_abs_difference_to_segzoo": diffs,
-        "max_batch": args.max_batch,
+        "max_batch": args.max_batch or "auto",
         "note": "peer flips the whole volume, segzoo flips each window; identical when the window grid is symmetric",
     }
     out = args.out
@@ -244,7 +247,8 @@ def main(argv=None) -> dict:
 
 LABELS = {
     "segzoo": "segzoo SlidingWindowTTAInferer",
-    "segzoo_lowmem": "segzoo, `max_batch` = sw_batch_size (low memory)",
+    "segzoo_lowmem": "segzoo, `max_batch` = sw_batch_size (one flip per pass, low memory)",
+    "segzoo_allflips": "segzoo, `max_batch=None` (all flips in one pass)",
     "segzoo_amp": "segzoo, `amp=True` (bf16 autocast on the CPU)",
     "monai_8pass": "MONAI sliding_window_inference x 8 flips",
 }

@@ -34,8 +34,8 @@ def cmd_infer(argv: Sequence[str]) -> int:
         "--max-batch",
         type=int,
         default=None,
-        help="most windows x mirror flips per forward pass (default: sw-batch-size x 8 with TTA); lower it if the "
-        "accelerator runs out of memory",
+        help="most windows x mirror flips per forward pass (default: all flips of a window batch at once on an "
+        "accelerator, one flip per pass on a CPU); lower it if the accelerator runs out of memory",
     )
     p.add_argument(
         "--memory-budget-gb",
@@ -76,7 +76,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
             postprocess=args.postprocess,
             roi_size=args.roi_size,
             amp=args.amp,
-            max_batch=args.max_batch,
+            max_batch="auto" if args.max_batch is None else args.max_batch,
             memory_budget_gb=args.memory_budget_gb,
         )
         out_dir = Path(args.output)

@@ -133,14 +133,15 @@ def load_predictor(
     postprocess: bool = True,
     roi_size: Sequence[int] | None = None,
     amp: bool | None = None,
-    max_batch: int | None = None,
+    max_batch: int | str | None = "auto",
     memory_budget_gb: float | None = None,
 ) -> Predictor:
     """Build a :class:`Predictor` from a Lightning checkpoint or a ``save_pretrained`` directory.
 
     The net runs on ``device``; the stitched output stays there when it fits (``memory_budget_gb``, default half
     the free accelerator memory) and is streamed to the CPU otherwise. ``amp``: bf16 autocast (``None`` = on for
-    CUDA, off on a CPU). ``max_batch``: most windows x flips per forward pass (bounds activation memory).
+    CUDA, off on a CPU). ``max_batch``: most windows x flips per forward pass (bounds activation memory; ``"auto"``:
+    all flips at once on an accelerator, one per pass on a CPU).
     """
     from segzoo.inference.sliding_window import SlidingWindowTTAInferer
 

@@ -60,8 +60,11 @@ class SlidingWindowTTAInferer(Inferer):
             logits averaged the same way (nnU-Net v2 averages logits); ``"labels"``: argmax of the averaged
             probabilities, shape ``(B, 1, *spatial)``, ``torch.long``.
         max_batch: most inputs (windows x flips) per forward pass; the flips of a window batch are split into
-            chunks of at most this many (``None``: all ``sw_batch_size * 2**len(mirror_axes)`` at once). Bounds the
-            net's activation memory independently of the number of flips; the result is the same.
+            chunks of at most this many (at least one flip per pass). ``None``: all ``sw_batch_size *
+            2**len(mirror_axes)`` at once. ``"auto"`` (default): all at once on an accelerator (occupancy), one flip
+            per pass on a CPU, where large forward batches were slower (measured: 1.0-1.65x the time of one flip per
+            pass, from cache misses and glibc mapping every large activation afresh). Bounds the net's activation
+            memory independently of the number of flips; the result is the same.
         amp: run the net under ``torch.autocast`` on the window device with ``amp_dtype`` (mixed precision); the
             net's output is cast to float32 once per forward pass and blending/accumulation stay float32.
         amp_dtype: ``"bfloat16"`` (default) or ``"float16"``.
@@ -92,7 +95,7 @@ class SlidingWindowTTAInferer(Inferer):
         device: str | None = None,
         progress: bool = False,
         output: str = "probabilities",
-        max_batch: int | None = None,
+        max_batch: int | str | None = "auto",
         amp: bool = False,
         amp_dtype: str = "bfloat16",
         memory_budget_gb: float | None = None,
@@ -113,8 +116,8 @@ class SlidingWindowTTAInferer(Inferer):
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+        if max_batch is not None and max_batch != "auto" and (isinstance(max_batch, str) or max_batch < 1):
+            raise ValueError(f"max_batch must be >= 1, None or 'auto', got {max_batch!r}")
         if amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {tuple(AMP_DTYPES)}, got {amp_dtype!r}")
         if memory_budget_gb is not None and not memory_budget_gb > 0:
@@ -137,7 +140,7 @@ class SlidingWindowTTAInferer(Inferer):
         self.device = device
         self.progress = progress
         self.output = output
-        self.max_batch = None if max_batch is None else int(max_batch)
+        self.max_batch = max_batch if max_batch in (None, "auto") else int(max_batch)
         self.amp = bool(amp)
         self.amp_dtype = amp_dtype
         self.memory_budget_gb = None if memory_budget_gb is None else float(memory_budget_gb)
@@ -193,7 +196,10 @@ class SlidingWindowTTAInferer(Inferer):
         def predict(windows: torch.Tensor) -> torch.Tensor:
             n = windows.shape[0]
             # flips per forward pass: all of them, or as many as max_batch inputs allow (at least one)
-            per_pass = len(dims) if self.max_batch is None else max(1, self.max_batch // n)
+            max_batch = self.max_batch
+            if max_batch == "auto":
+                max_batch = n if windows.device.type == "cpu" else None
+            per_pass = len(dims) if max_batch is None else max(1, max_batch // n)
             acc = None
             for start in range(0, len(dims), per_pass):
                 chunk = dims[start : start + per_pass]

@@ -22,16 +22,16 @@ def test_inference_bench_tiny(tmp_path):
     assert saved["median_s"] == result["median_s"] and saved["flips"] == 8
     assert saved["ratio_cpu_time_segzoo_over_peer"] > 0
     assert saved["max_abs_difference"] < 1e-5  # symmetric window grid: both methods compute the same thing
-    assert saved["max_abs_difference_to_segzoo"]["segzoo_lowmem"] < 1e-6  # max_batch changes nothing but memory
+    assert saved["max_abs_difference_to_segzoo"]["segzoo_allflips"] < 1e-6  # batching changes nothing but speed
     assert set(saved["peak_memory_bytes"]) == set(saved["median_s"])  # the memory pass measured every method
     if "segzoo_amp" in saved["median_s"]:  # a CPU with bf16 kernels: bf16 autocast, close to float32
         assert 0 < saved["max_abs_difference_to_segzoo"]["segzoo_amp"] < 0.1
     md = (tmp_path / "inference_cpu_tiny.md").read_text()
-    assert "time / peer" in md and "low memory" in md
+    assert "time / peer" in md and "all flips in one pass" in md
 
     # segzoo alone, flips split over passes (the accelerator memory check's setting)
     alone = bench.main(
-        [*argv, "--repeats", "1", "--out", str(tmp_path), "--tag", "alone", "--no-peer", "--no-lowmem", "--no-amp"]
+        [*argv, "--repeats", "1", "--out", str(tmp_path), "--tag", "alone", "--no-peer", "--no-variants"]
     )
     assert list(alone["median_s"]) == ["segzoo"] and alone["ratio_time_segzoo_over_peer"] is None
     assert alone["peak_memory_bytes"]["segzoo"] >= 0 and alone["peak_memory_absolute_bytes"] == {}  # CPU: no absolute

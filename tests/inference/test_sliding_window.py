@@ -159,6 +159,7 @@ def test_importance_map_cached_and_gaussian():
         (dict(sw_batch_size=0), "sw_batch_size"),
         (dict(padding_mode="zeros"), "padding_mode"),
         (dict(max_batch=0), "max_batch"),
+        (dict(max_batch="all"), "max_batch"),
         (dict(amp_dtype="float8"), "amp_dtype"),
         (dict(memory_budget_gb=0), "memory_budget_gb"),
     ],
@@ -192,7 +193,7 @@ class CountingNet(nn.Module):
 def test_max_batch_splits_flips_and_gives_the_same_result(max_batch):
     net = CountingNet(small_net(4))
     x = torch.randn(1, 1, 11, 14, 13)
-    full = SlidingWindowTTAInferer(ROI, sw_batch_size=2, mirror_axes=(0, 1, 2))(x, net)
+    full = SlidingWindowTTAInferer(ROI, sw_batch_size=2, mirror_axes=(0, 1, 2), max_batch=None)(x, net)
     assert max(net.batches) == 16  # 2 windows x 8 flips per pass
     net.batches.clear()
     chunked = SlidingWindowTTAInferer(ROI, sw_batch_size=2, mirror_axes=(0, 1, 2), max_batch=max_batch)(x, net)
@@ -236,3 +237,12 @@ def test_device_auto_on_cpu_equals_default():
     out = SlidingWindowTTAInferer(ROI, mirror_axes=(0,), device="auto")(x, net)
     assert out.device == x.device
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+def test_max_batch_auto_is_one_flip_per_pass_on_cpu():
+    net = CountingNet(small_net(7))
+    x = torch.randn(1, 1, 11, 14, 13)
+    out = SlidingWindowTTAInferer(ROI, sw_batch_size=2, mirror_axes=(0, 1, 2))(x, net)  # default "auto"
+    assert max(net.batches) == 2  # CPU windows: the sw_batch_size windows of one flip per pass
+    ref = SlidingWindowTTAInferer(ROI, sw_batch_size=2, mirror_axes=(0, 1, 2), max_batch=None)(x, small_net(7))
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
