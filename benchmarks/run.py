@@ -205,7 +205,7 @@ FAST_PATHS = [
         "`SlidingWindowTTAInferer`",
         "bf16 autocast inside the inferer; logits cast to float32 once per forward pass, blending in float32",
         "`tests/inference/test_sliding_window.py` (convolutions run in bf16, probabilities within 2e-2 of fp32)",
-        [],
+        [("cpu", "inference", "amp", "bf16 / float32 whole-case time")],
     ),
     (
         "`max_batch: N` (`--max-batch`)",
@@ -237,6 +237,8 @@ def _measured(results: Path, device: str, bench: str, key: str, label: str) -> s
             value = data.get("ratios", {}).get(key)
         return None if value is None else f"{device}: {label} {value:.2f}x"
     median, peak = data.get("median_s", {}), data.get("peak_memory_bytes", {})
+    if key == "amp":
+        return f"{device}: {label} {median['segzoo_amp'] / median['segzoo']:.2f}x" if "segzoo_amp" in median else None
     # one flip per pass vs all flips at once: the default is one of the two, the other is the variant row
     one, every = ("segzoo_lowmem", "segzoo") if "segzoo_lowmem" in median else ("segzoo", "segzoo_allflips")
     if one not in median or every not in median:
