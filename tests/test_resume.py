@@ -31,7 +31,7 @@ CONFIG = textwrap.dedent(
     model:
       net:
         class_path: segzoo.nets.MSSUNet
-        init_args: {kernel_size: [3, 3, 3], strides: [1, 2, 2], base_features: 4, out_channels: 3}
+        init_args: {kernel_size: [3, 3, 3], strides: [1, 2, 2], base_features: 4, out_channels: 3, spatial_dims: 3}
       loss:
         class_path: segzoo.losses.DeepSupervisionLoss
         init_args:
@@ -77,12 +77,29 @@ def _fit(config, run, *extra):
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
+CHAOS_DATA = """
+    data:
+      class_path: segzoo.data.datamodule_2d.CHAOSDataModule
+      init_args:
+        data_dir: DATA_DIR
+        image_size: [32, 32]
+        batch_size: 4
+        train_fraction: 0.67
+        synthetic_cases: 3
+        augment: true
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("data", ["toy", "kits19"])
+@pytest.mark.parametrize("data", ["toy", "kits19", "chaos"])
 def test_resume_matches_uninterrupted_run(tmp_path, data):
     config = tmp_path / "run.yaml"
-    extra = TOY_DATA if data == "toy" else KITS_DATA.replace("DATA_DIR", str(tmp_path / "kits19"))
-    config.write_text(CONFIG + textwrap.dedent(extra))
+    extra = {"toy": TOY_DATA, "kits19": KITS_DATA, "chaos": CHAOS_DATA}[data].replace("DATA_DIR", str(tmp_path / data))
+    text = CONFIG + textwrap.dedent(extra)
+    if data == "chaos":  # 2D slices, 5 classes; 3 steps per epoch out of a shuffled epoch of slices
+        text = text.replace("out_channels: 3, spatial_dims: 3", "out_channels: 5, spatial_dims: 2")
+        text = text.replace("  limit_val_batches: 0\n", "  limit_val_batches: 0\n  limit_train_batches: 3\n")
+    config.write_text(text)
     full = _fit(config, tmp_path / "full")
 
     half = _fit(config, tmp_path / "half", "--trainer.max_epochs", "2")
@@ -90,7 +107,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, data):
     last = tmp_path / "half" / "checkpoints" / "last.ckpt"
     resumed = _fit(config, tmp_path / "half", "--ckpt_path", str(last))
 
-    # 3 steps per epoch (toy: 6 cases / batch 2; kits19: iterations_per_epoch)
+    # 3 steps per epoch (toy: 6 cases / batch 2; kits19: iterations_per_epoch; chaos: limit_train_batches)
     assert resumed["global_step"] == full["global_step"] == 4 * 3
     assert resumed["epoch"] == full["epoch"] == 3
 

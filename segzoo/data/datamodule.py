@@ -252,6 +252,50 @@ class PatchIndexSampler(DistributedSampler):
         return self.num_samples
 
 
+class EpochShuffleSampler(DistributedSampler):
+    """A per-epoch shuffle of ``size`` items for one rank, with the epoch folded into the indices it yields.
+
+    Epoch ``e``'s order is a permutation seeded with ``(seed, e)`` alone (padded by wrapping around to a multiple of
+    the world size, as ``DistributedSampler`` does), split between ranks by stride; the yielded index is
+    ``e * size + item``, so a dataset that seeds its augmentation with the index (``item = index % size``) draws
+    new augmentations every epoch, and a run resumed from an epoch-boundary checkpoint sees exactly the batches of
+    the uninterrupted run (a ``shuffle=True`` DataLoader draws its order from the global torch RNG, which no
+    checkpoint holds). Lightning calls :meth:`set_epoch` every epoch and keeps this sampler under DDP.
+
+    Args:
+        size: number of items in the dataset.
+        num_replicas: world size.
+        rank: this process's global rank.
+        seed: shuffle seed.
+        shuffle: permute every epoch (else the items in order).
+    """
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True) -> None:
+        if size < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"EpochShuffleSampler: need size >= 1 and 0 <= rank < num_replicas, got size={size}, "
+                f"num_replicas={num_replicas}, rank={rank}"
+            )
+        self.size, self.num_replicas, self.rank = int(size), int(num_replicas), int(rank)
+        self.num_samples = -(-self.size // self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+        self.epoch, self.seed, self.shuffle, self.drop_last = 0, int(seed), bool(shuffle), False
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle else None
+        order = np.resize(np.arange(self.size) if order is None else order, self.total_size)  # wrap-around padding
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        return iter((self.epoch * self.size + mine).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def run_seed() -> int:
+    """The run's ``seed_everything`` value (``PL_GLOBAL_SEED``), 0 without one."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
 class KiTS19CaseDataset(Dataset):
     """Whole preprocessed cases (validation, test, predict).
 
@@ -445,7 +489,7 @@ class KiTS19DataModule(L.LightningDataModule):
         # an epoch is `iterations_per_epoch` optimizer steps on every rank (the distributed sampler splits the
         # dataset between ranks), so the global batch per step is batch_size x world_size, as in the paper's 2 GPUs
         world = self.trainer.world_size if self.trainer is not None else 1
-        seed = hp.seed if hp.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = hp.seed if hp.seed is not None else run_seed()
         return KiTS19PatchDataset(
             self.cache_dir,
             self.train_cases,

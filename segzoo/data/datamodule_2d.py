@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from segzoo.data.brats import find_brats_cases, load_brats_case
 from segzoo.data.chaos import CHAOS_CLASS_NAMES, CHAOS_SEQUENCES, find_chaos_cases, load_chaos_case
-from segzoo.data.datamodule import split_cases
+from segzoo.data.datamodule import EpochShuffleSampler, run_seed, split_cases
 from segzoo.data.io import DataError
 
 BRATS_CLASS_NAMES = ("background", "necrotic_core", "edema", "enhancing_tumor")
@@ -149,21 +149,28 @@ class SliceCase:
 
 
 class SliceDataset(Dataset):
-    """Every slice of the given cases as one 2D item; ``transform`` (MONAI dict transform) only here."""
+    """Every slice of the given cases as one 2D item; ``transform`` (MONAI dict transform) only here.
 
-    def __init__(self, cases: Sequence[SliceCase], transform: Any = None) -> None:
+    Index ``i`` is slice ``i % len(self)``; its augmentation is seeded with ``(seed, i)``, so with
+    :class:`segzoo.data.datamodule.EpochShuffleSampler` (which folds the epoch into ``i``) every epoch draws new
+    augmentations, the same in any worker and after a resume.
+    """
+
+    def __init__(self, cases: Sequence[SliceCase], transform: Any = None, seed: int = 0) -> None:
         self.cases = list(cases)
         self.index = [(c, s) for c, case in enumerate(self.cases) for s in range(case.image.shape[1])]
         self.transform = transform
+        self.seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        c, s = self.index[i]
+        c, s = self.index[i % len(self.index)]
         case = self.cases[c]
         item = {"image": case.image[:, s], "label": case.label[s][None].long()}
         if self.transform is not None:
+            self.transform.set_random_state(seed=int(np.random.default_rng([self.seed, int(i)]).integers(2**31)))
             item = self.transform(item)
             image, label = item["image"], item["label"]
             image = image.as_tensor() if hasattr(image, "as_tensor") else image
@@ -336,13 +343,18 @@ class _SliceDataModule(L.LightningDataModule):
                 RandGaussianNoised(keys="image", prob=0.2, std=0.05),
             ]
         )
-        return transform.set_random_state(seed=self.split_seed)
+        return transform
+
+    def _seed(self) -> list[int]:
+        """Seed of the shuffle and the augmentation: (split_seed, the run's seed_everything value)."""
+        return [self.split_seed, run_seed()]
 
     def train_dataset(self) -> SliceDataset:
         """2D slices of the training cases."""
         if not self.train_case_ids:
             self.setup("fit")
-        return SliceDataset(self._prepared(self.train_case_ids), self._train_transform())
+        seed = int(np.random.default_rng(self._seed()).integers(2**31))
+        return SliceDataset(self._prepared(self.train_case_ids), self._train_transform(), seed=seed)
 
     def eval_dataset(self) -> CaseDataset:
         """One 3D slice stack per held-out case."""
@@ -353,10 +365,15 @@ class _SliceDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool):
         from monai.data import DataLoader
 
+        sampler = None
+        if shuffle:  # an order that depends on (seed, epoch) only: resumable, disjoint between DDP ranks
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+            seed = int(np.random.default_rng(self._seed()).integers(2**31))
+            sampler = EpochShuffleSampler(len(dataset), num_replicas=world, rank=rank, seed=seed)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -386,7 +403,8 @@ class CHAOSDataModule(_SliceDataModule):
         resize_mode: ``"resize"`` (bilinear / nearest for labels) or ``"pad"`` (centred zero padding).
         batch_size: 2D slices per training batch (validation and test: one case per batch).
         train_fraction: fraction of cases for training; 0.6 is the paper's 3:2 split.
-        split_seed: seed of the case-level split (and of the augmentation).
+        split_seed: seed of the case-level split; with the run's ``seed_everything`` value also of the shuffle and
+            the augmentation, which depend only on those seeds, the epoch and the position (resumable).
         num_workers: DataLoader workers.
         normalize: ``"zscore"`` (per case over all voxels; default, our choice) or ``"none"`` (the paper).
         augment: random rotation (+-15 deg), scaling (+-10 %), intensity scale and noise; no flips.
@@ -457,7 +475,8 @@ class BraTSDataModule(_SliceDataModule):
         resize_mode: ``"pad"`` (default, the paper zero-pads 240x240 to 256x256) or ``"resize"``.
         batch_size: 2D slices per training batch (validation and test: one case per batch).
         train_fraction: fraction of cases for training; 0.6 is the paper's 3:2 split.
-        split_seed: seed of the case-level split (and of the augmentation).
+        split_seed: seed of the case-level split; with the run's ``seed_everything`` value also of the shuffle and
+            the augmentation, which depend only on those seeds, the epoch and the position (resumable).
         num_workers: DataLoader workers.
         normalize: ``"zscore"`` (per case and modality over the brain voxels; default, our choice) or
             ``"none"`` (the paper).
