@@ -3,7 +3,7 @@
 # lent accelerator with a PyTorch image. Two steps:
 #
 #   benchmarks/offline_gpu.sh download [PYTHON_VERSION]   # here, with PyPI access: wheels into .whl/ (git-ignored)
-#   benchmarks/offline_gpu.sh run [OUT_DIR]               # there, in a copy of the repo holding .whl/
+#   benchmarks/offline_gpu.sh run [OUT_DIR [RUN_ARGS...]]  # there, in a copy of the repo holding .whl/
 #
 # `download` fetches segzoo's pure-Python runtime packages that a PyTorch image usually lacks (MONAI, nibabel,
 # pydicom, jsonargparse and its helpers, nnU-Net's dynamic-network-architectures for the peer) for the target
@@ -12,6 +12,8 @@
 # data path) with results and the regenerated page in OUT_DIR (default: $OUT if set, else a temporary folder) and
 # packs them into OUT_DIR/results.tgz; copy its files into benchmarks/results/ and run
 # `.venv/bin/python benchmarks/run.py --docs-only` to put the GPU rows on docs/benchmarks.md.
+# RUN_ARGS replace the default `--device cuda --only ...` (e.g. a dry run here: `PYTHON=.venv/bin/python
+# benchmarks/offline_gpu.sh run /tmp/x --device cpu --quick --only train_step`); PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
@@ -35,20 +37,25 @@ download)
   ;;
 run)
   out="${2:-${OUT:-$(mktemp -d)}}"
+  shift $(($# < 2 ? $# : 2))
+  args=("$@")
+  [ ${#args[@]} -gt 0 ] || args=(--device cuda --only train_step inference inference_mem nets2d data)
+  py="${PYTHON:-python3}"
   mkdir -p "$out"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/segzoo-site \
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/segzoo-site \
     "$WHEELS"/*.whl
   export PYTHONPATH="/tmp/segzoo-site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-  python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+  if [[ " ${args[*]} " == *" --device cuda "* ]]; then
+    "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+  fi
   status=0
-  python3 benchmarks/run.py --device cuda --out "$out/results" --docs "$out/results/benchmarks.md" \
-    --only train_step inference inference_mem nets2d data || status=$?
+  "$py" benchmarks/run.py --out "$out/results" --docs "$out/results/benchmarks.md" "${args[@]}" || status=$?
   tar czf "$out/results.tgz" -C "$out/results" .
   echo "results in $out/results.tgz (exit $status)"
   exit "$status"
   ;;
 *)
-  sed -n '2,14p' "$0"
+  sed -n '2,17p' "$0"
   exit 2
   ;;
 esac
