@@ -343,7 +343,11 @@ def _keeps_up(train_step: dict | None, data: dict | None, workers: int = 8) -> s
     need = train_step["input"][0] / step  # batch size / step time
     have = workers * data["paper_large"]["default_probs"]["cached_patches_per_s"]
     verdict = "met" if have >= need else "not met"
-    return f"{have:.1f} patches/s from {workers} workers vs {need:.1f} consumed ({have / need:.2f}x, {verdict})"
+    text = f"{have:.1f} patches/s from {workers} workers vs {need:.1f} consumed ({have / need:.2f}x, {verdict})"
+    crop = data["paper_large"].get("crop_only_patches_per_s")
+    if crop:
+        text += f"; workers only cropping (GPU recipe): {workers * crop:.1f} patches/s"
+    return text
 
 
 def _demote(md: str) -> str:
