@@ -281,14 +281,28 @@ class CTPreprocessor:
 
         Returns:
             uint8 label map of shape ``original_shape``: argmax after linear resampling of each class channel.
+
+        The channels are resampled one at a time with a running maximum, so the original grid holds two score maps
+        (and the labels) at any moment rather than ``K``: a 512x512x600 CT with 3 classes needs 1.3 GiB instead of
+        2.5 GiB on the device. Ties go to the lower class, as with ``argmax``.
         """
         p = torch.as_tensor(probabilities)
         if p.ndim != len(original_shape) + 1:
             raise ValueError(
                 f"probabilities: expected (K, *spatial) with {len(original_shape)} spatial axes, got {tuple(p.shape)}"
             )
-        p = _resample_linear(p.float() if p.dtype == torch.float16 and p.device.type == "cpu" else p, original_shape)
-        return p.argmax(0).to(torch.uint8).cpu().numpy()
+        if p.dtype == torch.float16 and p.device.type == "cpu":
+            p = p.float()
+        best = _resample_linear(p[0:1], original_shape)[0]
+        if tuple(p.shape[1:]) == tuple(original_shape):
+            best = best.clone()  # no resampling: a view of the input, which must not be overwritten
+        labels = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
+        for k in range(1, p.shape[0]):
+            score = _resample_linear(p[k : k + 1], original_shape)[0]
+            labels[score > best] = k
+            torch.maximum(best, score, out=best)
+            del score
+        return labels.cpu().numpy()
 
 
 def _resample_nearest(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:

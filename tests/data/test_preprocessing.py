@@ -163,3 +163,19 @@ def test_cache_write_reuse_and_invalidation(tmp_path):
     p0["label"].unlink()  # a missing file is re-made even when the manifest says cached
     preprocess_dataset(cases, cache, changed, progress=False)
     assert p0["label"].is_file()
+
+
+@pytest.mark.parametrize("classes, shape", [(3, (9, 20, 17)), (5, (4, 6, 20)), (3, (7, 11, 13)), (1, (9, 20, 17))])
+def test_restore_equals_argmax_of_resampled_channels_and_leaves_input(classes, shape):
+    from segzoo.data.preprocessing import _resample_linear
+
+    pre = CTPreprocessor(clip_low=-100, clip_high=300, mean=50, std=30, target_spacing=(3, 1, 1))
+    torch.manual_seed(classes)
+    probs = torch.rand(classes, 7, 11, 13)
+    probs[:, 0] = 0.5  # a slab of exact ties: the lower class wins, as with argmax
+    kept = probs.clone()
+    out = pre.restore(probs, shape)
+    expected = _resample_linear(probs, shape).argmax(0).to(torch.uint8).numpy()
+    assert out.dtype == np.uint8 and out.shape == shape
+    np.testing.assert_array_equal(out, expected)
+    assert torch.equal(probs, kept)  # the running maximum never writes into the caller's scores
