@@ -136,10 +136,12 @@ How to read the rows:
 - **Inference**: a whole case predicted by sliding window (overlap 0.5, Gaussian blending) with 8-flip mirroring
   TTA; segzoo's `SlidingWindowTTAInferer` with its default batching (all flips of a window batch in one forward
   pass on a GPU, one flip per pass on a CPU) and the other batching, against MONAI's `sliding_window_inference` run
-  naively once per flip; on a CPU with bf16 kernels also segzoo with `amp=True`. On a GPU also a 600x512x512 case alone (`max_batch` 4) for
-  the 8 GB target, with the absolute peak of allocated accelerator memory (net, input, output and activations).
+  naively once per flip; on a CPU with bf16 kernels also segzoo with `amp=True`. On a GPU also a 600x512x512 case
+  alone (`max_batch` 4) for the 8 GB target, with the absolute peak of allocated accelerator memory (net, input,
+  output and activations).
 - **Data path**: training patches per second per DataLoader worker (one thread) with the full augmentation chain;
-  segzoo's preprocessed cache against raw NIfTI through MONAI transforms each iteration.
+  segzoo's preprocessed cache against raw NIfTI through MONAI transforms each iteration; and the crop-only rate of
+  the GPU recipe (augmentation on the device).
 
 Ratios are segzoo / peer from the same run (lower is better for time and memory, higher for patches/s). The machine
 that produced the CPU tables is shared: absolute times are noisy, the ratios are what to compare. CPU tables made
