@@ -82,8 +82,8 @@ def tune_cpu_allocator(mmap_threshold: int = 2**30, trim_threshold: int = 2**30)
     activation tensor above it is page-faulted in and zeroed again on every forward and backward pass. Measured on 2
     cores: a ``mss_unet3d`` train step at 2x1x16x64x64 0.59 s -> 0.47 s, an inference forward of 16 windows 0.41 s ->
     0.27 s; 2D nets at 8x1x256x256 25-50% faster. The price is memory: freed blocks stay in the process, so the peak
-    resident memory grew by 7% for one 3D net and by 40% for three large 2D nets trained one after another (one
-    such run ran out of 24 GiB). Hence opt-in: ``SEGZOO_CPU_ALLOCATOR=reuse`` makes the ``segzoo`` command call this,
+    resident memory grew by 7% for one 3D net and by 40% for three large 2D nets trained one after another (the
+    2D benchmark run with it was killed by the kernel on a 24 GiB machine). Hence opt-in: ``SEGZOO_CPU_ALLOCATOR=reuse`` makes the ``segzoo`` command call this,
     ``make demo`` (small, known memory) calls it unless ``SEGZOO_CPU_ALLOCATOR=default``.
 
     Does nothing (returns ``False``) off Linux/glibc or when the user already chose an allocator setting

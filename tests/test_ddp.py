@@ -105,7 +105,7 @@ def test_ddp_fit_then_validate_on_cpu(tmp_path):
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]
     # Lightning kept segzoo's sampler (no DistributedSampler swapped in): the ranks drew disjoint patch indices
     samplers = [json.loads((cache / f"train_sampler_rank{r}.json").read_text()) for r in (0, 1)]
-    assert [s["sampler"] for s in samplers] == ["PatchIndexSampler"] * 2
+    assert [s["sampler"] for s in samplers] == ["EpochShuffleSampler"] * 2
     assert samplers[0]["indices"] == [0, 2] and samplers[1]["indices"] == [1, 3]
     cached = {p: p.stat().st_mtime_ns for p in cache.glob("case_*")}
     fit_summary = json.loads((run / "metrics.json").read_text())

@@ -88,7 +88,7 @@ class KiTS19PatchDataset(Dataset):
 
     Randomness: item ``index`` draws its case, patch position and augmentation from a generator seeded with
     ``(seed, index)`` alone, so a patch does not depend on the worker, the process or what was drawn before it.
-    :class:`PatchIndexSampler` hands out indices that differ per epoch and rank, so every epoch sees new patches and
+    :class:`EpochShuffleSampler` (``shuffle=False``) hands out indices that differ per epoch and rank, so every epoch sees new patches and
     a run resumed at an epoch boundary draws exactly the patches the uninterrupted run would have drawn.
 
     Args:
@@ -216,40 +216,6 @@ class KiTS19PatchDataset(Dataset):
             "label": _plain(data["label"]).long().contiguous(),
             "case_id": case_id,
         }
-
-
-class PatchIndexSampler(DistributedSampler):
-    """Indices for :class:`KiTS19PatchDataset`: ``num_samples`` per rank and epoch, never repeated across epochs.
-
-    Epoch ``e`` on rank ``r`` of ``world`` yields ``e * num_samples * world + r + k * world`` for
-    ``k < num_samples``: ranks draw disjoint items, every epoch draws new ones, and the indices (hence the patches,
-    which are seeded by index) depend only on the epoch, so resuming from an epoch-boundary checkpoint repeats the
-    uninterrupted run exactly. Lightning calls :meth:`set_epoch` every epoch and, since this is a
-    ``DistributedSampler``, does not replace it under DDP.
-
-    Args:
-        num_samples: items per epoch on each rank (``iterations_per_epoch * batch_size``).
-        num_replicas: world size.
-        rank: this process's global rank.
-    """
-
-    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0) -> None:
-        if num_samples < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"PatchIndexSampler: need num_samples >= 1 and 0 <= rank < num_replicas, got "
-                f"num_samples={num_samples}, num_replicas={num_replicas}, rank={rank}"
-            )
-        # DistributedSampler.__init__ wants a dataset and an initialised process group; only its interface is used
-        self.num_samples, self.num_replicas, self.rank = int(num_samples), int(num_replicas), int(rank)
-        self.total_size = self.num_samples * self.num_replicas
-        self.epoch, self.seed, self.shuffle, self.drop_last = 0, 0, False, False
-
-    def __iter__(self):
-        start = self.epoch * self.total_size + self.rank
-        return iter(range(start, start + self.total_size, self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class EpochShuffleSampler(DistributedSampler):
@@ -516,7 +482,9 @@ class KiTS19DataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        sampler = PatchIndexSampler(hp.iterations_per_epoch * hp.batch_size, num_replicas=world, rank=rank)
+        # every index is a fresh random patch, so no shuffle: epoch e, rank r draw e * n * world + r + k * world
+        n = hp.iterations_per_epoch * hp.batch_size
+        sampler = EpochShuffleSampler(n * world, num_replicas=world, rank=rank, shuffle=False)
         return self._loader(self.train_dataset(), hp.batch_size, hp.num_workers, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

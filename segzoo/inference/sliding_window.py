@@ -208,8 +208,8 @@ class SlidingWindowTTAInferer(Inferer):
                 )
                 for i, d in enumerate(chunk):
                     part = _flip(out[i * n : (i + 1) * n], d)
-                    if acc is None:  # a slice of `out` is copied so the rest of `out` can be freed
-                        acc = part.clone() if not d and len(dims) > 1 else part
+                    if acc is None:  # an unflipped slice of a larger `out` is copied so the rest can be freed
+                        acc = part.clone() if not d and len(chunk) > 1 else part
                     else:
                         acc += part
             return acc

@@ -192,18 +192,18 @@ def _case_ids(loader):
     return [tuple(b["case_id"]) + (float(b["image"].sum()),) for b in loader]
 
 
-def test_sampler_epochs_ranks_and_workers():
-    from segzoo.data.datamodule import PatchIndexSampler
+def test_unshuffled_sampler_epochs_and_ranks():
+    from segzoo.data.datamodule import EpochShuffleSampler
 
-    s = PatchIndexSampler(3, num_replicas=2, rank=1)
+    s = EpochShuffleSampler(6, num_replicas=2, rank=1, shuffle=False)  # KiTS19: 3 patches per rank and epoch
     assert list(s) == [1, 3, 5] and len(s) == 3
     s.set_epoch(2)
     assert list(s) == [13, 15, 17]
-    r0 = PatchIndexSampler(3, num_replicas=2, rank=0)
+    r0 = EpochShuffleSampler(6, num_replicas=2, rank=0, shuffle=False)
     r0.set_epoch(2)
     assert set(r0).isdisjoint(s)
     with pytest.raises(ValueError, match="rank"):
-        PatchIndexSampler(3, num_replicas=2, rank=2)
+        EpochShuffleSampler(6, num_replicas=2, rank=2)
 
 
 def test_epochs_differ_and_workers_do_not_matter(dm):
