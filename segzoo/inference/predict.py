@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segzoo.checkpoint import labels_on_original_grid
 from segzoo.data.io import DataError, load_nifti, save_nifti
 from segzoo.nets.base import build_net, from_pretrained
 
@@ -100,13 +101,7 @@ class Predictor:
         xt = torch.from_numpy(x)[None]  # the inferer moves it to the net's device (once, when the output fits there)
         with torch.inference_mode():
             out = self.inferer(xt, self.net)[0]
-        if self.preprocessor is not None:
-            labels = np.asarray(self.preprocessor.restore(out, tuple(image.shape)))
-        else:
-            labels = out.argmax(0).cpu().numpy()
-        if self.postprocess is not None:
-            labels = np.asarray(self.postprocess(labels))
-        return labels.astype(np.uint8)
+        return labels_on_original_grid(out, image.shape, self.preprocessor, self.postprocess)
 
     def predict_file(self, image_path: Path, output_path: Path) -> Path:
         from segzoo.data.kits19 import spacing_from_affine

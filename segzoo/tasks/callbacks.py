@@ -53,6 +53,7 @@ class NiftiPredictionWriter(Callback):
         self.output_dir = output_dir
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        from segzoo.checkpoint import labels_on_original_grid
         from segzoo.data.io import DataError, save_nifti
 
         preprocessor = getattr(trainer.datamodule, "preprocessor", None)
@@ -63,10 +64,5 @@ class NiftiPredictionWriter(Callback):
         for i, case_id in enumerate(batch["case_id"]):
             probs = outputs["output"][i]
             shape = tuple(int(s) for s in batch["original_shape"][i])
-            if preprocessor is not None:
-                labels = preprocessor.restore(probs, shape)
-            else:
-                labels = probs.argmax(0).cpu().numpy()
-            if pl_module.postprocess is not None:
-                labels = pl_module.postprocess(labels)
-            save_nifti(labels.astype("uint8"), batch["affine"][i].cpu().numpy(), out_dir / f"{case_id}.nii.gz")
+            labels = labels_on_original_grid(probs, shape, preprocessor, pl_module.postprocess)
+            save_nifti(labels, batch["affine"][i].cpu().numpy(), out_dir / f"{case_id}.nii.gz")
