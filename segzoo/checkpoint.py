@@ -423,26 +423,34 @@ class LoadedModel:
 _GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
 
 
+def unpickling_refusal(path: object, error: BaseException, opt_in: str = "--trust-checkpoint (trust=True)") -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused ``path`` (``error``: its ``UnpicklingError``)."""
+    text = str(error)
+    if "Weights only load failed" not in text:
+        return f"{path}: cannot read checkpoint ({_one_line(text)})"
+    culprit = _GLOBAL.search(text)
+    if culprit:
+        return (
+            f"{path}: refusing to unpickle '{culprit.group(1)}': the checkpoint holds objects other than tensors and "
+            f"plain data, and unpickling them can run code from the file; load it with {opt_in} only if you trust "
+            "its source"
+        )
+    return (
+        f"{path}: cannot read checkpoint as tensors and plain data ({_one_line(text.split('error:')[-1])}): not a "
+        f"PyTorch checkpoint, or one that only unpickling can read ({opt_in}, only for a file from a trusted source)"
+    )
+
+
 def _torch_load(path: Path, trust: bool) -> Any:
     """``torch.load`` with ``weights_only=True``; full unpickling only with ``trust`` and after a warning."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path}: cannot read checkpoint ({_one_line(e)})") from None
         culprit = _GLOBAL.search(str(e))
-        if not trust:
-            if culprit:
-                raise CheckpointError(
-                    f"{path}: refusing to unpickle '{culprit.group(1)}': the checkpoint holds objects other than "
-                    "tensors and plain data, and unpickling them can run code from the file; load it with "
-                    "--trust-checkpoint (trust=True) only if you trust its source"
-                ) from None
-            raise CheckpointError(
-                f"{path}: cannot read checkpoint as tensors and plain data ({_one_line(str(e).split('error:')[-1])}):"
-                " not a PyTorch checkpoint, or one that only unpickling can read (--trust-checkpoint, only for a "
-                "file from a trusted source)"
-            ) from None
+        if not trust or "Weights only load failed" not in str(e):
+            raise CheckpointError(unpickling_refusal(path, e)) from None
     except Exception as e:  # truncated zip, empty file, not a checkpoint at all
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {_one_line(e)})") from None
     what = f"'{culprit.group(1)}'" if culprit else "objects that are not tensors or plain data"
