@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 
@@ -29,8 +30,12 @@ class SegzooCLI(LightningCLI):
         super().__init__(SegmentationTask, pl.LightningDataModule, subclass_mode_data=True, args=args, **kwargs)
 
     def before_instantiate_classes(self) -> None:
-        """Put the loggers' files in the run folder: ``save_dir`` defaults to ``trainer.default_root_dir``."""
+        """Put the loggers' files in the run folder (``save_dir`` defaults to ``trainer.default_root_dir``); read
+        ``--ckpt_path`` with ``weights_only=True`` unless ``--weights_only false`` is given."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if "weights_only" in config and config.weights_only is None:
+            # --ckpt_path is read as tensors and plain data (segzoo checkpoints are); `--weights_only false` unpickles
+            config.weights_only = True
         root = config.trainer.get("default_root_dir") or "."
         loggers = config.trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
@@ -154,6 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, ArgumentError) or type(e).__name__ == "ArgumentError":
             print(f"segzoo {argv[0]}: error: {_one_line(str(e))}", file=sys.stderr)
             return 2
+        if isinstance(e, pickle.UnpicklingError):  # --ckpt_path holds objects that only unpickling would rebuild
+            from segzoo.checkpoint import unpickling_refusal
+
+            print(
+                f"segzoo {argv[0]}: error: {unpickling_refusal(_ckpt_path_arg(argv), e, '--weights_only false')}",
+                file=sys.stderr,
+            )
+            return 2
         if isinstance(e, DataError | NonFiniteLossError):  # segzoo's own errors already name the culprit
             print(f"segzoo {argv[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2 if isinstance(e, DataError) else 1
@@ -161,6 +174,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.argv = saved_argv
     return 0
+
+
+def _ckpt_path_arg(argv: Sequence[str]) -> str:
+    """The ``--ckpt_path`` value on the command line (for error messages)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--ckpt_path="):
+            return arg.split("=", 1)[1]
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "--ckpt_path"
 
 
 def _one_line(message: str) -> str:

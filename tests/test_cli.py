@@ -97,8 +97,8 @@ def test_fit_validate_test_leave_run_layout(toy_config, tmp_path):
     assert json.loads((run / "fingerprint.json").read_text()) == {"toy": True}
     ckpts = [p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
     assert ckpts, "best checkpoint by val/score missing"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    assert ckpt["segzoo_net"]["class_path"] == "segzoo.nets.mss_unet.MSSUNet"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["segzoo_format"]["net"]["class_path"] == "segzoo.nets.mss_unet.MSSUNet"
 
     (run / "metrics.json").unlink()
     for cmd in ("validate", "test"):
