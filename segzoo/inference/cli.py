@@ -60,8 +60,6 @@ def cmd_infer(argv: Sequence[str]) -> int:
     if not 0 <= args.overlap < 1:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
 
-    from tqdm import tqdm
-
     from segzoo.data.io import DataError
     from segzoo.inference.predict import case_name, find_inputs, load_predictor
 
@@ -79,18 +77,48 @@ def cmd_infer(argv: Sequence[str]) -> int:
             max_batch="auto" if args.max_batch is None else args.max_batch,
             memory_budget_gb=args.memory_budget_gb,
         )
-        out_dir = Path(args.output)
-        todo = [(path, out_dir / f"{case_name(path)}.nii.gz") for path in inputs]
-        if args.resume:
-            todo = [(path, out) for path, out in todo if not _readable_nifti(out)]
-        for path, out in tqdm(todo, desc="segzoo infer", unit="case"):
-            predictor.predict_file(path, out)  # atomic: an interrupted case leaves no output file
     except (DataError, FileNotFoundError) as e:
         print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    skipped = len(inputs) - len(todo)
-    print(f"wrote {len(todo)} prediction(s) to {out_dir}" + (f"; {skipped} already there" if skipped else ""))
-    return 0
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="segzoo infer: %(message)s")  # notes such as oblique inputs
+    out_dir = Path(args.output)
+    todo = [(path, out_dir / f"{case_name(path)}.nii.gz") for path in inputs]
+    if args.resume:
+        todo = [(path, out) for path, out in todo if not _readable_nifti(out)]
+    summary = run_folder(todo, predictor.predict_file, desc="segzoo infer")
+    return report(summary, out_dir, skipped=len(inputs) - len(todo))
+
+
+def run_folder(todo, predict, desc: str) -> dict[str, list]:
+    """Predict every ``(input, output)`` of ``todo`` with ``predict(input, output)``; a failing input is reported on
+    one line (file and reason) and skipped, the rest still run. Returns ``{"written": [...], "failed": [...]}``."""
+    from tqdm import tqdm
+
+    from segzoo.data.io import DataError
+
+    written, failed = [], []
+    for path, out in tqdm(todo, desc=desc, unit="case", disable=len(todo) < 2):
+        try:
+            predict(path, out)  # atomic: a failed or interrupted case leaves no output file
+        except (DataError, ValueError, RuntimeError, OSError, MemoryError) as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            if not isinstance(e, DataError):  # not a checked input error: say what broke
+                reason = f"{type(e).__name__}: {reason}"
+            line = reason if str(path) in reason else f"{path}: {reason}"  # one line that names the file
+            print(f"segzoo infer: error: {line}", file=sys.stderr)
+            failed.append((path, reason))
+            continue
+        written.append(out)
+    return {"written": written, "failed": failed}
+
+
+def report(summary: dict[str, list], out_dir: Path, skipped: int = 0) -> int:
+    """Print the written / skipped / failed summary; exit code 1 when any input failed, else 0."""
+    n_written, n_failed = len(summary["written"]), len(summary["failed"])
+    print(f"segzoo infer: {n_written} written, {skipped} skipped (already there), {n_failed} failed -> {out_dir}")
+    return 1 if n_failed else 0
 
 
 def _readable_nifti(path: Path) -> bool:
