@@ -11,6 +11,7 @@ SimpleITK read the qform or the sform depending on their codes; keeping both kee
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -104,21 +105,28 @@ def load_nifti_with_header(path: str | os.PathLike, dtype: type | None = None) -
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:
-        img = nib.load(str(path))
-    except Exception as e:  # nibabel/gzip raise many types for a damaged header
-        raise DataError(
-            f"{path}: cannot read NIfTI ({type(e).__name__}: {e}); the file is corrupt or truncated"
-        ) from None
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise DataError(f"{path}: {type(img).__name__} file; expected a single-file NIfTI (.nii or .nii.gz)")
-    _scalar_check(path, img)
-    try:
-        data = np.asarray(img.dataobj)
-    except Exception as e:  # truncated data / bad gzip stream
-        raise DataError(
-            f"{path}: cannot read NIfTI ({type(e).__name__}: {e}); the file is corrupt or truncated"
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="segzoo-nifti-") as tmp:
+        source = str(path)
+        if is_nifti_name(path) and not path.name.endswith(NIFTI_SUFFIXES):
+            # nibabel finds the file type from a lower-case suffix (and rewrites "Ct.Nii" to "Ct.nii"): read
+            # ".NII.GZ" / ".Nii" files through a lower-case link
+            source = os.path.join(tmp, "image.nii.gz" if path.name.lower().endswith(".gz") else "image.nii")
+            os.symlink(path.resolve(), source)
+        try:
+            img = nib.load(source)
+        except Exception as e:  # nibabel/gzip raise many types for a damaged header
+            raise DataError(
+                f"{path}: cannot read NIfTI ({type(e).__name__}: {e}); the file is corrupt or truncated"
+            ) from None
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise DataError(f"{path}: {type(img).__name__} file; expected a single-file NIfTI (.nii or .nii.gz)")
+        _scalar_check(path, img)
+        try:
+            data = np.asarray(img.dataobj)
+        except Exception as e:  # truncated data / bad gzip stream
+            raise DataError(
+                f"{path}: cannot read NIfTI ({type(e).__name__}: {e}); the file is corrupt or truncated"
+            ) from None
     data = _squeeze_trailing(data)
     if np.issubdtype(data.dtype, np.floating):
         finite = np.isfinite(data)
