@@ -101,16 +101,59 @@ def find_chaos_cases(root: str | os.PathLike, sequence: str = "T2SPIR") -> list[
     return cases
 
 
+# what decodes each family of compressed transfer syntaxes (pydicom's pixel-data plugins)
+_DECODERS = (
+    (("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"), "pylibjpeg-libjpeg"),  # JPEG
+    (("1.2.840.10008.1.2.4.8",), "pylibjpeg-libjpeg"),  # JPEG-LS
+    (("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20"), "pylibjpeg-openjpeg"),  # JPEG 2000, HTJ2K
+    (("1.2.840.10008.1.2.5",), "pylibjpeg-rle (or pydicom's own RLE decoder)"),
+)
+
+
+def decoder_hint(uid: str) -> str:
+    """What to install (or do) to decode pixel data of transfer syntax ``uid``."""
+    for prefixes, package in _DECODERS:
+        if any(uid.startswith(p) for p in prefixes):
+            return f"install {package} (`pip install pylibjpeg {package.split()[0]}`) or python-gdcm"
+    if uid.startswith("1.2.840.10008.1.2.4.1"):  # MPEG-2 / MPEG-4 / H.264 / HEVC video
+        return (
+            "no pydicom decoder reads video transfer syntaxes; export the series uncompressed (e.g. `gdcmconv --raw`)"
+        )
+    return "install python-gdcm, or export the series uncompressed (e.g. `gdcmconv --raw` or `dcmdjpeg`)"
+
+
 def _read_slice(path: Path):
+    """``(dataset, float32 (H, W) pixels with the rescale slope/intercept applied)`` of one DICOM slice.
+
+    Compressed transfer syntaxes (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom's
+    plugins (pylibjpeg with its libjpeg and openjpeg backends are dependencies of segzoo). A file that still cannot
+    be decoded names its transfer syntax and what would decode it.
+    """
     import pydicom
 
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except Exception as e:  # InvalidDicomError, truncated pixel data, missing tags...
+    except Exception as e:  # InvalidDicomError, truncated header...
         raise DataError(
             f"{path}: cannot read DICOM ({type(e).__name__}: {e}); the file is corrupt or not DICOM"
         ) from None
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples > 1:
+        kind = f"{ds.get('PhotometricInterpretation', 'colour')} ({samples} samples per pixel)"
+        raise DataError(f"{path}: expected a scalar image, got {kind}; CHAOS series are greyscale MR")
+    try:
+        pixels = ds.pixel_array
+    except Exception as e:  # no plugin for the transfer syntax, damaged pixel data, missing tags...
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        if ts is not None and ts.is_compressed:
+            raise DataError(
+                f"{path}: cannot decode pixel data compressed with {ts.name} ({ts}); {decoder_hint(str(ts))} [{reason}]"
+            ) from None
+        raise DataError(f"{path}: cannot read DICOM pixel data ({reason}); the file is corrupt or truncated") from None
     if pixels.ndim != 2:
         raise DataError(f"{path}: expected a single-frame greyscale slice, got pixel array of shape {pixels.shape}")
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
