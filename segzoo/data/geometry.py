@@ -117,6 +117,17 @@ class Reorientation:
         return cls(transform, shape, source, tuple(target), tilt)
 
     @classmethod
+    def between_codes(cls, source: Sequence[str], target: Sequence[str], shape: Sequence[int]) -> Reorientation:
+        """Reorientation of an array of spatial ``shape`` whose axes point to ``source`` codes, to ``target``."""
+        import nibabel as nib
+
+        source, target = check_axis_codes(source, "source"), check_axis_codes(target, "target")
+        transform = nib.orientations.ornt_transform(
+            nib.orientations.axcodes2ornt(source), nib.orientations.axcodes2ornt(target)
+        )
+        return cls(transform, tuple(int(s) for s in shape), source, target)
+
+    @classmethod
     def from_transform(cls, transform: Sequence[Sequence[int]], shape: Sequence[int]) -> Reorientation:
         """Rebuild from a stored ``transform`` (e.g. a cached case's ``orientation_transform``) and stored shape."""
         t = np.asarray(transform, dtype=np.float64).reshape(3, 2)
