@@ -77,6 +77,7 @@ def find_inputs(input_path: str | os.PathLike) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: no such file or folder")
+    _refuse_2d_layouts(root)
     found = [p for p in sorted(root.iterdir()) if p.is_file() and is_nifti_name(p)]
     for case in sorted(p for p in root.iterdir() if p.is_dir()):
         images = sorted(
@@ -92,6 +93,24 @@ def find_inputs(input_path: str | os.PathLike) -> list[Path]:
     if dupes:
         raise DataError(f"{root}: several inputs map to the same output name(s) {sorted(dupes)}")
     return found
+
+
+def _refuse_2d_layouts(root: Path) -> None:
+    """One clear line when a 3D checkpoint is pointed at what only 2D checkpoints predict (BraTS case folders,
+    DICOM series), instead of predicting each BraTS modality as a separate volume or finding nothing."""
+    from segzoo.data.brats import brats_file
+
+    hint = "; it is predicted by a 2D checkpoint (DR-Net or a 2D baseline), this one is a 3D net for NIfTI volumes"
+    if brats_file(root, "flair") is not None:
+        raise DataError(f"{root}: a BraTS case folder{hint}")
+    if any(p.is_file() and p.suffix.lower() == ".dcm" for p in root.iterdir()):
+        raise DataError(f"{root}: a DICOM series{hint}")
+    if not any(p.is_file() and is_nifti_name(p) for p in root.iterdir()):
+        subs = [p for p in root.iterdir() if p.is_dir()]
+        if any(brats_file(p, "flair") is not None for p in subs):
+            raise DataError(f"{root}: a folder of BraTS case folders{hint}")
+        if any((p / "MR").is_dir() or p.name in ("Train_Sets", "Test_Sets") for p in subs):
+            raise DataError(f"{root}: a CHAOS tree{hint}")
 
 
 @dataclass
