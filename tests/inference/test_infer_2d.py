@@ -158,3 +158,52 @@ def test_wrong_kind_of_input_is_one_line(brats, chaos, tmp_path):
         find_inputs(series)
     with pytest.raises(DataError, match="a CHAOS tree"):
         find_inputs(chaos)
+
+
+def _pretrained_2d(directory, pre: SlicePreprocessor, in_channels: int, out_channels: int):
+    import json
+
+    from segzoo.nets import DRNet
+
+    torch.manual_seed(0)
+    DRNet(
+        spatial_dims=2, in_channels=in_channels, out_channels=out_channels, features=[8, 16, 16, 16, 16]
+    ).save_pretrained(directory)
+    (directory / "preprocessor.json").write_text(json.dumps(pre.to_dict()))
+    (directory / "inference.json").write_text(json.dumps({"roi_size": list(pre.image_size)}))
+    return directory
+
+
+def test_segzoo_infer_cli_with_2d_checkpoints(brats, chaos, tmp_path, capsys):
+    from segzoo.cli import main
+
+    brats_ckpt = _pretrained_2d(tmp_path / "drnet_brats", SlicePreprocessor(
+        "brats", 4, (32, 32), "resize", zscore_nonzero=True, label_values=[0, 1, 2, 4], orientation=("L", "P", "S")
+    ), 4, 4)  # fmt: skip
+    chaos_ckpt = _pretrained_2d(
+        tmp_path / "drnet_chaos", SlicePreprocessor("chaos", 1, (32, 32), sequence="T2SPIR"), 1, 5
+    )
+    capsys.readouterr()
+    assert main(["infer", "--ckpt", str(brats_ckpt), "--input", str(brats), "--output", str(tmp_path / "b")]) == 0
+    assert "1 written, 0 skipped (already there), 0 failed" in capsys.readouterr().out
+    case = next(p for p in brats.iterdir() if p.is_dir())
+    seg = nib.load(tmp_path / "b" / f"{case.name}_seg.nii.gz")
+    assert seg.shape == nib.load(next(case.glob("*_flair.nii.gz"))).shape
+    args = ["infer", "--ckpt", str(chaos_ckpt), "--input", str(chaos), "--output", str(tmp_path / "c"), "--chaos-png"]
+    assert main(args) == 0
+    n_slices = len(list(next(chaos.rglob("T2SPIR")).joinpath("DICOM_anon").glob("*.dcm")))
+    assert len(list((tmp_path / "c" / "1_T2SPIR_png").glob("*.png"))) == n_slices
+    assert (tmp_path / "c" / "1_T2SPIR.nii.gz").is_file()
+    capsys.readouterr()
+    # a NIfTI volume for a 2D net, and a BraTS folder for a 3D one: one line each, exit 2, no traceback
+    t1 = next(case.glob("*_t1.nii.gz"))
+    assert main(["infer", "--ckpt", str(brats_ckpt), "--input", str(t1), "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(t1) in err[0] and "2D net" in err[0]
+    assert (
+        main(
+            ["infer", "--ckpt", str(brats_ckpt), "--input", str(brats), "--output", str(tmp_path / "x"), "--chaos-png"]
+        )
+        == 2
+    )
+    assert "--chaos-png" in capsys.readouterr().err
