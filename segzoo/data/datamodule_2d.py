@@ -272,7 +272,8 @@ class _SliceDataModule(L.LightningDataModule):
 
     @property
     def preprocessor(self) -> SlicePreprocessor:
-        """What is done to a case before the net sees its slices, for ``segzoo infer`` (stored in checkpoints)."""
+        """What is done to a case before the net sees its slices; the task stores it in the checkpoint
+        (``segzoo_format["preprocessor"]``, type ``"slice2d"``) so ``segzoo infer`` can predict new cases."""
         return SlicePreprocessor(
             in_channels=self.in_channels,
             image_size=self.image_size,
@@ -281,13 +282,6 @@ class _SliceDataModule(L.LightningDataModule):
             zscore_nonzero=self._zscore_nonzero,
             **self._preprocessor_args(),
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"preprocessor": SlicePreprocessor.to_dict()}``: lets a checkpoint predict new cases alone."""
-        return {"preprocessor": self.preprocessor.to_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Nothing to adopt: the preprocessing follows from the constructor arguments."""
 
     @property
     def val_case_ids(self) -> list[str]:

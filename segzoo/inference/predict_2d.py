@@ -204,43 +204,11 @@ def is_2d_preprocessor(config: dict[str, Any] | None) -> bool:
 
 
 def _load_model(source: Path, trust: bool) -> tuple[nn.Module, dict[str, Any] | None]:
-    """``(net, stored preprocessor dict)`` of a checkpoint or pretrained folder, through segzoo's checkpoint loader."""
-    try:
-        from segzoo.checkpoint import load_checkpoint
-    except ImportError:  # before the safe checkpoint format (branch i11): read it as load_predictor does
-        try:
-            return _load_model_legacy(source)
-        except Exception:  # load_predictor reports what is wrong with it, in its words
-            return nn.Identity(), None
+    """``(net, stored preprocessor dict)`` of a checkpoint or pretrained folder, through segzoo's safe loader."""
+    from segzoo.checkpoint import load_checkpoint
+
     loaded = load_checkpoint(source, trust=trust)
     return loaded.net, loaded.format.get("preprocessor")
-
-
-def _load_model_legacy(source: Path) -> tuple[nn.Module, dict[str, Any] | None]:
-    import json
-
-    from segzoo.nets.base import build_net, from_pretrained
-
-    if source.is_dir():
-        net = from_pretrained(source)
-        pre = source / "preprocessor.json"
-        return net, json.loads(pre.read_text()) if pre.is_file() else None
-    if not source.is_file():
-        raise DataError(f"{source}: no such checkpoint file or pretrained directory")
-    try:
-        ckpt = torch.load(source, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise DataError(f"{source}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "segzoo_net" not in ckpt:
-        raise DataError(f"{source}: not a segzoo checkpoint (no 'segzoo_net' entry); train with `segzoo fit`")
-    net = build_net(ckpt["segzoo_net"])
-    state = {k[len("net.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise DataError(f"{source}: the weights do not fit the net recorded in the checkpoint ({e})") from None
-    config = next((v["preprocessor"] for v in ckpt.values() if isinstance(v, dict) and "preprocessor" in v), None)
-    return net.eval(), config
 
 
 def _spatial_dims(net: nn.Module) -> int | None:
@@ -262,7 +230,9 @@ def load_slice_predictor(
     source = Path(source)
     net, config = _load_model(source, trust)
     if is_2d_preprocessor(config):
-        return SlicePredictor.build(net, SlicePreprocessor.from_dict(config), device, sw_batch_size)
+        from segzoo.checkpoint import build_preprocessor  # the allow-listed way back from a stored record
+
+        return SlicePredictor.build(net, build_preprocessor(config, str(source)), device, sw_batch_size)
     if _spatial_dims(net) == 2 and config is None:
         raise DataError(
             f"{source}: a 2D net without its data preprocessing (checkpoint written before segzoo stored it); "
