@@ -47,7 +47,8 @@ def _scalar_check(path: Path, img: Any) -> None:
     header = img.header
     kind = None
     if dtype.fields is not None:  # RGB24 / RGBA32: structured dtype
-        kind = {3: "RGB", 4: "RGBA"}.get(len(dtype.fields), "structured") + f" ({dtype.descr})"
+        first = next(iter(dtype.fields.values()))[0]
+        kind = {3: "RGB", 4: "RGBA"}.get(len(dtype.fields), "structured") + f" ({len(dtype.fields)} x {first.name})"
     elif dtype.kind == "c":
         kind = f"complex ({dtype.name})"
     else:

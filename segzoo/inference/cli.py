@@ -174,7 +174,7 @@ def run_folder(todo, predict, desc: str) -> dict[str, list]:
             if not isinstance(e, DataError):  # not a checked input error: say what broke
                 reason = f"{type(e).__name__}: {reason}"
             line = reason if str(path) in reason else f"{path}: {reason}"  # one line that names the file
-            print(f"segzoo infer: error: {line}", file=sys.stderr)
+            tqdm.write(f"segzoo infer: error: {line}", file=sys.stderr)  # above the progress bar, one line
             failed.append((path, reason))
             continue
         written.append(out)
