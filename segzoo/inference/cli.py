@@ -89,7 +89,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
             args.ckpt,
             device=args.device,
             sw_batch_size=args.sw_batch_size or 16,
-            trust=getattr(args, "trust_checkpoint", False),
+            trust=args.trust_checkpoint,
         )
     except (DataError, FileNotFoundError) as e:
         print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)
