@@ -69,6 +69,17 @@ def _chaos_series_in_tree(root: Path, sequence: str | None) -> list[tuple[Path, 
     return found
 
 
+def _series_name(folder: Path) -> str:
+    """``<case>_<sequence>`` for a series folder in the CHAOS layout (``<id>/T2SPIR/DICOM_anon``,
+    ``<id>/T1DUAL/DICOM_anon/InPhase``), else the folder name."""
+    parts = folder.resolve().parts
+    if len(parts) >= 3 and parts[-1] == "DICOM_anon" and parts[-2] in ("T1DUAL", "T2SPIR"):
+        return f"{parts[-3]}_{parts[-2]}"
+    if len(parts) >= 4 and parts[-2] == "DICOM_anon" and parts[-3] == "T1DUAL":
+        return f"{parts[-4]}_T1DUAL_{parts[-1]}"
+    return folder.name
+
+
 def find_2d_inputs(input_path: str | os.PathLike, preprocessor: SlicePreprocessor) -> list[Input2D]:
     """What a 2D checkpoint predicts under ``input_path``.
 
@@ -109,7 +120,7 @@ def find_2d_inputs(input_path: str | os.PathLike, preprocessor: SlicePreprocesso
                 ) from None
         return [Input2D("brats", c, f"{c.name}_seg") for c in cases]
     if _dicom_files(root):
-        return [Input2D("chaos", root, root.name)]
+        return [Input2D("chaos", root, _series_name(root))]
     series = _chaos_series_in_tree(root, preprocessor.sequence)
     if not series:
         raise DataError(

@@ -116,7 +116,7 @@ def test_chaos_series_nifti_overlays_the_dicom_series_and_pngs_are_ground_style(
     items = find_2d_inputs(chaos, CHAOS_PRE)  # the Train_Sets tree: the trained sequence of every case
     assert [i.name for i in items] == ["1_T2SPIR"]
     series = items[0].path
-    assert find_2d_inputs(series, CHAOS_PRE)[0].path == series  # a series folder directly
+    assert [(i.path, i.name) for i in find_2d_inputs(series, CHAOS_PRE)] == [(series, "1_T2SPIR")]  # one series
     written = pred.predict(items[0], tmp_path / "out", png=True)
     nifti = written[0]
     files = sorted(series.glob("*.dcm"), key=natural_key)
