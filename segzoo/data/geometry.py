@@ -106,8 +106,8 @@ class Reorientation:
         start = nib.orientations.io_orientation(affine)
         transform = nib.orientations.ornt_transform(start, nib.orientations.axcodes2ornt(target))
         tilt = obliquity_deg(affine)
-        if tilt > OBLIQUE_TOLERANCE_DEG:
-            log.info(
+        if tilt > OBLIQUE_TOLERANCE_DEG:  # a warning, so it shows without any logging setup (fit, scripts)
+            log.warning(
                 "%s: oblique affine (axes up to %.2f deg from the world axes); reoriented to the closest axes %s "
                 "by permutation/flip only, no resampling",
                 name,
