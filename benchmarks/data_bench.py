@@ -86,7 +86,8 @@ def bench(name: str, size: str, cases: int, patch, target_spacing, n_cached: int
     props = preprocess_dataset(kcases, cache, pre, progress=False)
     prep_s = (time.perf_counter() - t) / cases
     cubic = CTPreprocessor.from_fingerprint(fp, target_spacing, image_order=3)
-    from segzoo.data.kits19 import load_kits19_case, spacing_from_affine
+    from segzoo.data.geometry import spacing_from_affine
+    from segzoo.data.kits19 import load_kits19_case
 
     img, _, aff = load_kits19_case(kcases[0])
     t = time.perf_counter()

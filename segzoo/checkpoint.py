@@ -51,7 +51,10 @@ PRETRAINED_FILES = ("config.json", "model.safetensors", "preprocessor.json", "in
 # Allow-lists. A value is a class, or the "module.Class" of a class in segzoo's own code (imported lazily, so that
 # reading a checkpoint imports no more than it needs); keys are the class paths a file may name (canonical
 # ``module.QualName`` and the public re-export). The strings here are constants of this file, never read from a file.
-PREPROCESSORS: dict[str, type | str] = {"ct": "segzoo.data.preprocessing.CTPreprocessor"}
+PREPROCESSORS: dict[str, type | str] = {
+    "ct": "segzoo.data.preprocessing.CTPreprocessor",
+    "slice2d": "segzoo.data.slice2d.SlicePreprocessor",  # 2D nets: BraTS / CHAOS slice stacks (segzoo infer)
+}
 INFERERS: dict[str, type | str] = {
     "segzoo.inference.sliding_window.SlidingWindowTTAInferer": "segzoo.inference.sliding_window.SlidingWindowTTAInferer",
     "segzoo.inference.SlidingWindowTTAInferer": "segzoo.inference.sliding_window.SlidingWindowTTAInferer",

@@ -34,6 +34,9 @@ def show_case(
 ) -> Path:
     """Draw axial, coronal and sagittal slices through the lesion (or the centre) of a NIfTI case to a PNG.
 
+    The panels are named from the image's orientation (axis codes of its affine), whatever the array order, and
+    each is drawn with its true aspect ratio from the voxel spacing.
+
     Args:
         image: image NIfTI ``(*spatial)`` or ``(*spatial, C)`` (several modalities: ``channel`` is shown).
         out: PNG file to write (atomically).
@@ -66,10 +69,18 @@ def show_case(
             data = data[..., 0]
         check_same_geometry(image, img.shape, affine, Path(path), data.shape, aff)
         masks.append(np.asarray(data))
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
     import matplotlib.pyplot as plt
 
-    fig = overlay_figure(img, masks[0], masks[1], spacing=spacing, title=image.name if title is None else title)
+    from segzoo.data.geometry import axis_codes, spacing_from_affine
+
+    fig = overlay_figure(
+        img,
+        masks[0],
+        masks[1],
+        spacing=spacing_from_affine(affine),
+        title=image.name if title is None else title,
+        axis_codes=axis_codes(affine),  # panels named from the orientation, drawn radiologically
+    )
     try:
         return _save_figure(fig, Path(out))
     finally:

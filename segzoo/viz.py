@@ -36,16 +36,38 @@ def _save_figure(fig, out: Path) -> Path:
     return Path(out)
 
 
+# display orientation: axis 0 toward inferior, 1 toward posterior, 2 toward the patient's left, so with row 0 at the
+# top every panel is drawn the radiological way (axial: anterior up, patient's right on the left; coronal and
+# sagittal: superior up)
+DISPLAY_CODES = ("I", "P", "L")
+_PLANE = {"I": "axial", "S": "axial", "P": "coronal", "A": "coronal", "L": "sagittal", "R": "sagittal"}
+
+
+def plane_names(axis_codes: Sequence[str]) -> tuple[str, ...]:
+    """Name of the plane cut across each array axis: an axis pointing I/S is cut by axial slices, P/A by coronal,
+    L/R by sagittal ones; ``("R", "A", "S")`` -> ``("sagittal", "coronal", "axial")``."""
+    return tuple(_PLANE[str(c).upper()] for c in axis_codes)
+
+
 def overlay_figure(
     image: np.ndarray,
     label: np.ndarray | None = None,
     pred: np.ndarray | None = None,
     spacing: Sequence[float] | None = None,
     title: str = "",
+    axis_codes: Sequence[str] | None = None,
 ):
-    """Figure with axial, coronal and sagittal slices (rows: image, ground truth, prediction) of a ``(D, H, W)`` volume.
+    """Figure with axial, coronal and sagittal slices (rows: image, ground truth, prediction) of a 3D volume.
 
-    Axis 0 is the slice axis (KiTS19 / CHAOS arrays); ``spacing`` sets the aspect so thick slices look right.
+    Args:
+        image: ``(*spatial)`` volume (or one 2D slice).
+        label: optional label map of the image's shape.
+        pred: optional predicted label map of the image's shape.
+        spacing: voxel size per array axis (mm); each panel is drawn with its true aspect ratio from it.
+        title: figure title.
+        axis_codes: world direction of each array axis (``segzoo.data.geometry.axis_codes`` of the affine). The
+            volume is then brought to a display orientation by an exact flip/permutation and the panels are named
+            from the codes. ``None``: axis 0 is taken as the slice axis (KiTS19 / CHAOS arrays as segzoo trains on).
     """
     import matplotlib
 
@@ -53,20 +75,38 @@ def overlay_figure(
     import matplotlib.pyplot as plt
 
     image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 2:
+    label = None if label is None else np.asarray(label)
+    pred = None if pred is None else np.asarray(pred)
+    sp = [float(v) for v in spacing] if spacing is not None else [1.0] * max(image.ndim, 3)
+    single = image.ndim == 2
+    if single:
+        codes = tuple(axis_codes) if axis_codes is not None else ("I", "P", "L")
+        names = [plane_names(codes)[2]] if axis_codes is not None else ["axial"]
+        cut_aspect = [sp[0] / sp[1] if len(sp) > 1 else 1.0]
         image = image[None]
-        label = None if label is None else np.asarray(label)[None]
-        pred = None if pred is None else np.asarray(pred)[None]
-    centre = focus_point(np.asarray(label) if label is not None else None, image.shape)
-    sp = list(spacing) if spacing is not None else [1.0, 1.0, 1.0]
+        label = None if label is None else label[None]
+        pred = None if pred is None else pred[None]
+    elif axis_codes is not None:
+        from segzoo.data.geometry import Reorientation
+
+        r = Reorientation.between_codes(axis_codes, DISPLAY_CODES, image.shape)
+        image = r.apply(image)
+        label = None if label is None else r.apply(label)
+        pred = None if pred is None else r.apply(pred)
+        sp = list(r.apply_spacing(sp[:3]))
+        names = list(plane_names(DISPLAY_CODES))
+    else:
+        names = ["axial", "coronal", "sagittal"]
+    centre = focus_point(label, image.shape)
     lo, hi = np.percentile(image, [1, 99])
+    # aspect = height of a row / width of a column, in mm
     views = [
-        ("axial", lambda a: a[centre[0]], sp[1] / sp[2]),
-        ("coronal", lambda a: a[:, centre[1]], sp[0] / sp[2]),
-        ("sagittal", lambda a: a[:, :, centre[2]], sp[0] / sp[1]),
+        (names[0], lambda a: a[centre[0]], sp[1] / sp[2]),
+        (names[1], lambda a: a[:, centre[1]], sp[0] / sp[2]),
+        (names[2], lambda a: a[:, :, centre[2]], sp[0] / sp[1]),
     ]
-    if image.shape[0] == 1:
-        views = views[:1]
+    if single:
+        views = [(names[0], lambda a: a[0], cut_aspect[0])]
     rows = [("image", None)] + [(n, m) for n, m in (("ground truth", label), ("prediction", pred)) if m is not None]
     fig, axes = plt.subplots(len(rows), len(views), figsize=(3.2 * len(views), 3.2 * len(rows)), squeeze=False)
     for c, (vname, cut, aspect) in enumerate(views):
@@ -93,18 +133,21 @@ def save_case_overlay(
     label: str | os.PathLike | None = None,
     pred: str | os.PathLike | None = None,
 ) -> Path:
-    """Read NIfTI files and write the overlay figure to ``out`` (PNG, atomically)."""
+    """Read NIfTI files and write the overlay figure to ``out`` (PNG, atomically); panels named and drawn from the
+    image's affine (orientation and voxel spacing)."""
     import matplotlib.pyplot as plt
 
+    from segzoo.data.geometry import axis_codes, spacing_from_affine
     from segzoo.data.io import load_nifti
 
     img, affine = load_nifti(image, dtype=np.float32)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
     lbl = load_nifti(label)[0] if label is not None else None
     prd = load_nifti(pred)[0] if pred is not None else None
     if img.ndim == 4:  # e.g. several modalities: show the first
         img = img[..., 0]
-    fig = overlay_figure(img, lbl, prd, spacing=spacing, title=Path(image).name)
+    fig = overlay_figure(
+        img, lbl, prd, spacing=spacing_from_affine(affine), title=Path(image).name, axis_codes=axis_codes(affine)
+    )
     try:
         return _save_figure(fig, Path(out))
     finally:

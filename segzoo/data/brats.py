@@ -22,7 +22,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from segzoo.data.io import DataError, check_label_values, check_same_geometry, load_nifti
+from segzoo.data.geometry import Reorientation, spacing_from_affine
+from segzoo.data.io import (
+    DataError,
+    check_label_values,
+    check_same_geometry,
+    is_nifti_name,
+    load_nifti,
+    load_nifti_with_header,
+    strip_nifti_suffix,
+)
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 BRATS_LABELS = (0, 1, 2, 4)
@@ -47,12 +56,17 @@ class BratsCase(NamedTuple):
 
 
 def brats_file(case_dir: Path, suffix: str) -> Path | None:
-    """``<case_dir>/<case>_<suffix>.nii.gz`` or ``.nii``, whichever exists (None if neither)."""
+    """``<case_dir>/<case>_<suffix>.nii.gz`` or ``.nii`` (any letter case), whichever exists (None if neither)."""
     for ext in (".nii.gz", ".nii"):
         path = case_dir / f"{case_dir.name}_{suffix}{ext}"
         if path.is_file():
             return path
-    return None
+    want = f"{case_dir.name}_{suffix}".lower()
+    try:
+        found = sorted(p for p in case_dir.iterdir() if is_nifti_name(p) and strip_nifti_suffix(p.name).lower() == want)
+    except OSError:
+        return None
+    return found[0] if found else None
 
 
 def find_brats_cases(root: str | os.PathLike) -> list[Path]:
@@ -83,13 +97,74 @@ def find_brats_cases(root: str | os.PathLike) -> list[Path]:
     return [found[name] for name in sorted(found)]
 
 
-def load_brats_case(case_dir: str | os.PathLike, et_label: int = 4) -> BratsCase:
+class BratsImages(NamedTuple):
+    """The four modalities of one BraTS case, as read for prediction (no seg needed).
+
+    Attributes:
+        image: (4, *spatial) float32, t1, t1ce, t2, flair, in ``orientation`` (or on-disk order without one).
+        affine: (4, 4) affine of ``image`` (of the reoriented array).
+        header: NIfTI header of the t1 file as stored (to write a label map on the input's grid).
+        reorientation: the exact permutation/flip applied (undo it to get back to the stored order).
+        paths: the four files, by modality.
+    """
+
+    image: np.ndarray
+    affine: np.ndarray
+    header: object
+    reorientation: Reorientation
+    paths: dict
+
+
+def load_brats_images(case_dir: str | os.PathLike, orientation=None) -> BratsImages:
+    """Read the four co-registered modalities of one BraTS case (no seg), optionally brought to ``orientation``.
+
+    Args:
+        case_dir: the case folder ``<case>`` with ``<case>_{t1,t1ce,t2,flair}.nii[.gz]`` (any letter case).
+        orientation: axis codes to bring the volumes to (exact permutation/flip), e.g. ``("L", "P", "S")`` as the
+            BraTS release stores them; ``None`` keeps the on-disk order.
+
+    Raises:
+        DataError: a missing, corrupt, non-scalar or non-finite file, a non-3D volume, or modalities of different
+            shape or affine.
+    """
+    case_dir = Path(case_dir)
+    if not case_dir.is_dir():
+        raise DataError(f"{case_dir}: BraTS case folder not found")
+    paths = {}
+    for suffix in BRATS_MODALITIES:
+        path = brats_file(case_dir, suffix)
+        if path is None:
+            raise DataError(f"{case_dir / f'{case_dir.name}_{suffix}.nii.gz'}: file not found (nor .nii)")
+        paths[suffix] = path
+    channels = []
+    ref_path, ref_shape, ref_affine, ref_header = None, None, None, None
+    for modality in BRATS_MODALITIES:
+        data, affine, header = load_nifti_with_header(paths[modality], dtype=np.float32)
+        if data.ndim != 3:
+            raise DataError(f"{paths[modality]}: expected a 3D volume, got shape {data.shape}")
+        if ref_path is None:
+            ref_path, ref_shape, ref_affine, ref_header = paths[modality], data.shape, affine, header
+        elif data.shape != ref_shape:
+            raise DataError(
+                f"{paths[modality]}: shape {data.shape} differs from {ref_path.name} shape {ref_shape}; "
+                "the four modalities must be co-registered"
+            )
+        elif not np.allclose(affine, ref_affine, atol=1e-3):
+            raise DataError(f"{paths[modality]}: affine differs from {ref_path.name}; modalities not co-registered")
+        channels.append(data)
+    r = Reorientation.to_codes(ref_affine, ref_shape, orientation, name=ref_path)
+    image = r.apply(np.stack(channels), first_axis=1)
+    return BratsImages(image, r.apply_affine(ref_affine), ref_header, r, paths)
+
+
+def load_brats_case(case_dir: str | os.PathLike, et_label: int = 4, orientation=None) -> BratsCase:
     """Read the four modalities and the seg of one BraTS case, checking that they are co-registered.
 
     Args:
         case_dir: the case folder ``<case>``.
         et_label: value of the enhancing tumour in the seg file: 4 (BraTS 2018-2021) or 3 (BraTS 2023);
             it is returned as 4 either way.
+        orientation: axis codes to bring image and seg to (exact permutation/flip); ``None`` keeps the on-disk order.
 
     Returns:
         :class:`BratsCase`; image (4, X, Y, Z) float32 in the order t1, t1ce, t2, flair, label (X, Y, Z) uint8.
@@ -103,37 +178,20 @@ def load_brats_case(case_dir: str | os.PathLike, et_label: int = 4) -> BratsCase
     case_dir = Path(case_dir)
     if not case_dir.is_dir():
         raise DataError(f"{case_dir}: BraTS case folder not found")
-    paths = {}
-    for suffix in (*BRATS_MODALITIES, "seg"):
-        path = brats_file(case_dir, suffix)
-        if path is None:
-            raise DataError(f"{case_dir / f'{case_dir.name}_{suffix}.nii.gz'}: file not found (nor .nii)")
-        paths[suffix] = path
-    channels = []
-    ref_path, ref_shape, ref_affine = None, None, None
-    for modality in BRATS_MODALITIES:
-        data, affine = load_nifti(paths[modality], dtype=np.float32)
-        if data.ndim != 3:
-            raise DataError(f"{paths[modality]}: expected a 3D volume, got shape {data.shape}")
-        if ref_path is None:
-            ref_path, ref_shape, ref_affine = paths[modality], data.shape, affine
-        elif data.shape != ref_shape:
-            raise DataError(
-                f"{paths[modality]}: shape {data.shape} differs from {ref_path.name} shape {ref_shape}; "
-                "the four modalities must be co-registered"
-            )
-        elif not np.allclose(affine, ref_affine, atol=1e-3):
-            raise DataError(f"{paths[modality]}: affine differs from {ref_path.name}; modalities not co-registered")
-        channels.append(data)
-    seg, seg_affine = load_nifti(paths["seg"])
-    check_same_geometry(ref_path, ref_shape, ref_affine, paths["seg"], seg.shape, seg_affine)
+    seg_path = brats_file(case_dir, "seg")
+    if seg_path is None:
+        raise DataError(f"{case_dir / f'{case_dir.name}_seg.nii.gz'}: file not found (nor .nii)")
+    images = load_brats_images(case_dir, orientation)
+    r, ref_path = images.reorientation, images.paths[BRATS_MODALITIES[0]]
+    seg, seg_affine = load_nifti(seg_path)
+    stored_affine = images.affine @ np.linalg.inv(r.apply_affine(np.eye(4)))  # the t1 file's own affine
+    check_same_geometry(ref_path, r.shape, stored_affine, seg_path, seg.shape, seg_affine)
     if np.issubdtype(seg.dtype, np.floating):
         if not np.array_equal(seg, np.round(seg)):
-            raise DataError(f"{paths['seg']}: non-integer label values; expected integer labels {{0, 1, 2, 4}}")
+            raise DataError(f"{seg_path}: non-integer label values; expected integer labels {{0, 1, 2, 4}}")
     seg = seg.astype(np.int64, copy=False)
-    check_label_values(paths["seg"], seg, {0, 1, 2, et_label})
-    label = seg.astype(np.uint8)
+    check_label_values(seg_path, seg, {0, 1, 2, et_label})
+    label = r.apply(seg.astype(np.uint8))
     if et_label != 4:
         label[label == et_label] = 4
-    spacing = tuple(float(v) for v in np.linalg.norm(ref_affine[:3, :3], axis=0))
-    return BratsCase(np.stack(channels), label, ref_affine, spacing, case_dir.name)
+    return BratsCase(images.image, label, images.affine, spacing_from_affine(images.affine), case_dir.name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +48,23 @@ class ChaosCase(NamedTuple):
     label: np.ndarray
     spacing: tuple[float, float, float]
     case_id: str
+
+
+class ChaosSeries(NamedTuple):
+    """One DICOM series, stacked in file-name order (no ground truth needed).
+
+    Attributes:
+        image: (S, H, W) float32 MR signal (rescale slope/intercept applied).
+        spacing: (slice, row, col) in mm.
+        affine: (4, 4) NIfTI (RAS) voxel-to-world matrix of the (S, H, W) array, from ImagePositionPatient,
+            ImageOrientationPatient and PixelSpacing (:func:`series_affine`).
+        files: the slice files, in stacking order.
+    """
+
+    image: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    files: list
 
 
 def natural_key(path: Path) -> list:
@@ -101,16 +119,59 @@ def find_chaos_cases(root: str | os.PathLike, sequence: str = "T2SPIR") -> list[
     return cases
 
 
+# what decodes each family of compressed transfer syntaxes (pydicom's pixel-data plugins)
+_DECODERS = (
+    (("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"), "pylibjpeg-libjpeg"),  # JPEG
+    (("1.2.840.10008.1.2.4.8",), "pylibjpeg-libjpeg"),  # JPEG-LS
+    (("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20"), "pylibjpeg-openjpeg"),  # JPEG 2000, HTJ2K
+    (("1.2.840.10008.1.2.5",), "pylibjpeg-rle (or pydicom's own RLE decoder)"),
+)
+
+
+def decoder_hint(uid: str) -> str:
+    """What to install (or do) to decode pixel data of transfer syntax ``uid``."""
+    for prefixes, package in _DECODERS:
+        if any(uid.startswith(p) for p in prefixes):
+            return f"install {package} (`pip install pylibjpeg {package.split()[0]}`) or python-gdcm"
+    if uid.startswith("1.2.840.10008.1.2.4.1"):  # MPEG-2 / MPEG-4 / H.264 / HEVC video
+        return (
+            "no pydicom decoder reads video transfer syntaxes; export the series uncompressed (e.g. `gdcmconv --raw`)"
+        )
+    return "install python-gdcm, or export the series uncompressed (e.g. `gdcmconv --raw` or `dcmdjpeg`)"
+
+
 def _read_slice(path: Path):
+    """``(dataset, float32 (H, W) pixels with the rescale slope/intercept applied)`` of one DICOM slice.
+
+    Compressed transfer syntaxes (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom's
+    plugins (pylibjpeg with its libjpeg and openjpeg backends are dependencies of segzoo). A file that still cannot
+    be decoded names its transfer syntax and what would decode it.
+    """
     import pydicom
 
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except Exception as e:  # InvalidDicomError, truncated pixel data, missing tags...
+    except Exception as e:  # InvalidDicomError, truncated header...
         raise DataError(
             f"{path}: cannot read DICOM ({type(e).__name__}: {e}); the file is corrupt or not DICOM"
         ) from None
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples > 1:
+        kind = f"{ds.get('PhotometricInterpretation', 'colour')} ({samples} samples per pixel)"
+        raise DataError(f"{path}: expected a scalar image, got {kind}; CHAOS series are greyscale MR")
+    try:
+        pixels = ds.pixel_array
+    except Exception as e:  # no plugin for the transfer syntax, damaged pixel data, missing tags...
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        if ts is not None and ts.is_compressed:
+            raise DataError(
+                f"{path}: cannot decode pixel data compressed with {ts.name} ({ts}); {decoder_hint(str(ts))} [{reason}]"
+            ) from None
+        raise DataError(f"{path}: cannot read DICOM pixel data ({reason}); the file is corrupt or truncated") from None
     if pixels.ndim != 2:
         raise DataError(f"{path}: expected a single-frame greyscale slice, got pixel array of shape {pixels.shape}")
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
@@ -218,6 +279,65 @@ def _read_png(path: Path, shape: tuple[int, int], strict: bool) -> np.ndarray:
     return grey_to_label(grey, path, strict)
 
 
+def series_affine(datasets: list, spacing: Sequence[float]) -> np.ndarray:
+    """NIfTI (RAS) affine of a slice stack ``(S, H, W)`` from its DICOM tags.
+
+    Axis 0 steps from the first slice's ``ImagePositionPatient`` towards the last one's, axis 1 along the column
+    direction (``ImageOrientationPatient[3:]``, rows of the pixel array) by ``PixelSpacing[0]``, axis 2 along the
+    row direction (``ImageOrientationPatient[:3]``) by ``PixelSpacing[1]``; DICOM's LPS becomes NIfTI's RAS by
+    negating x and y. Without the position/orientation tags: a diagonal affine of ``spacing`` (geometry unknown).
+    """
+    try:
+        iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
+        positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+        row_mm, col_mm = (float(v) for v in datasets[0].PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        return np.diag([*map(float, spacing), 1.0])
+    if iop.shape != (6,) or positions.shape[1:] != (3,):
+        return np.diag([*map(float, spacing), 1.0])
+    along_row, along_col = iop[:3], iop[3:]
+    if len(positions) > 1:
+        step = (positions[-1] - positions[0]) / (len(positions) - 1)
+    else:
+        step = np.cross(along_row, along_col) * float(spacing[0])
+    lps = np.eye(4)
+    lps[:3, 0] = step
+    lps[:3, 1] = along_col * row_mm
+    lps[:3, 2] = along_row * col_mm
+    lps[:3, 3] = positions[0]
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def load_chaos_series(dicom_dir: str | os.PathLike) -> ChaosSeries:
+    """Read one DICOM series folder (``*.dcm``, natural file-name order): pixels, spacing and affine.
+
+    Raises:
+        DataError: missing folder or no ``.dcm`` file, unreadable or undecodable DICOM (the transfer syntax is
+            named), colour or multi-frame slices, slices of different sizes, mixed orientations or unevenly spaced
+            slices, missing PixelSpacing.
+    """
+    dicom_dir = Path(dicom_dir)
+    if not dicom_dir.is_dir():
+        raise DataError(f"{dicom_dir}: DICOM series folder not found")
+    files = sorted((p for p in dicom_dir.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural_key)
+    if not files:
+        raise DataError(f"{dicom_dir}: no .dcm files; expected one DICOM file per slice")
+    datasets, slices = [], []
+    for f in files:
+        ds, pixels = _read_slice(f)
+        if slices and pixels.shape != slices[0].shape:
+            raise DataError(f"{f}: slice size {pixels.shape} differs from {files[0].name} {slices[0].shape}")
+        datasets.append(ds)
+        slices.append(pixels)
+    check_series_geometry(datasets, files)
+    try:
+        row, col = (float(v) for v in datasets[0].PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        raise DataError(f"{files[0]}: missing or invalid PixelSpacing; expected two values in mm") from None
+    spacing = (_slice_spacing(datasets, files), row, col)
+    return ChaosSeries(np.stack(slices), spacing, series_affine(datasets, spacing), files)
+
+
 def load_chaos_case(case_dir: str | os.PathLike, sequence: str = "T2SPIR", strict: bool = True) -> ChaosCase:
     """Read one sequence of one CHAOS MR case with its ground truth.
 
@@ -247,20 +367,6 @@ def load_chaos_case(case_dir: str | os.PathLike, sequence: str = "T2SPIR", stric
     pngs = sorted((p for p in ground_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png"), key=natural_key)
     if len(pngs) != len(files):
         raise DataError(f"{ground_dir}: {len(pngs)} PNG masks for {len(files)} DICOM slices in {dicom_dir}")
-
-    datasets, slices = [], []
-    for f in files:
-        ds, pixels = _read_slice(f)
-        if slices and pixels.shape != slices[0].shape:
-            raise DataError(f"{f}: slice size {pixels.shape} differs from {files[0].name} {slices[0].shape}")
-        datasets.append(ds)
-        slices.append(pixels)
-    check_series_geometry(datasets, files)
-    image = np.stack(slices)
-    label = np.stack([_read_png(p, image.shape[1:], strict) for p in pngs])
-    try:
-        row, col = (float(v) for v in datasets[0].PixelSpacing)
-    except (AttributeError, TypeError, ValueError):
-        raise DataError(f"{files[0]}: missing or invalid PixelSpacing; expected two values in mm") from None
-    spacing = (_slice_spacing(datasets, files), row, col)
-    return ChaosCase(image=image, label=label, spacing=spacing, case_id=case_dir.name)
+    series = load_chaos_series(dicom_dir)
+    label = np.stack([_read_png(p, series.image.shape[1:], strict) for p in pngs])
+    return ChaosCase(image=series.image, label=label, spacing=series.spacing, case_id=case_dir.name)

@@ -10,7 +10,9 @@ Batches (shared segzoo convention):
 - validate / test: one whole preprocessed case per batch, plus ``spacing`` float ``(1, 3)`` (the target spacing, mm,
   array axis order);
 - predict: every case (labelled or not) like validation (``label`` only where present) plus ``original_shape``
-  int64 ``(1, 3)`` and ``affine`` float64 ``(1, 4, 4)`` so a prediction can be restored and written as NIfTI.
+  int64 ``(1, 3)`` and ``affine`` float64 ``(1, 4, 4)`` of the stored image, ``oriented_shape`` ``(1, 3)`` and
+  ``orientation_transform`` ``(1, 3, 2)`` (the exact flip/permutation to the training orientation) and
+  ``source_image`` (path), so a prediction can be restored and written on the input's own grid and header.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from segzoo.data.io import DataError
 from segzoo.data.kits19 import KiTS19Case, find_kits19_cases
 from segzoo.data.preprocessing import (
+    FINGERPRINT_VERSION,
     CTPreprocessor,
     atomic_write_text,
     cache_paths,
@@ -293,6 +296,10 @@ class KiTS19CaseDataset(Dataset):
         if self.with_geometry:
             item["original_shape"] = torch.tensor(props["original_shape"], dtype=torch.int64)
             item["affine"] = torch.tensor(props["affine"], dtype=torch.float64)
+            # the cache is in the training orientation: the writer restores to oriented_shape, then undoes the flip
+            item["oriented_shape"] = torch.tensor(props["oriented_shape"], dtype=torch.int64)
+            item["orientation_transform"] = torch.tensor(props["orientation_transform"], dtype=torch.int64)
+            item["source_image"] = props["source_image"]
         return item
 
 
@@ -403,8 +410,8 @@ class KiTS19DataModule(L.LightningDataModule):
         fingerprint = None
         if fp_path.is_file():
             fingerprint = load_fingerprint(fp_path)
-            if fingerprint.get("train_cases") != train:
-                fingerprint = None  # the split changed: the fingerprint must come from the new training cases
+            if fingerprint.get("train_cases") != train or fingerprint.get("version") != FINGERPRINT_VERSION:
+                fingerprint = None  # the split changed (or an older fingerprint): recompute from the training cases
         if fingerprint is None:
             by_id = {c.case_id: c for c in cases}
             fingerprint = compute_fingerprint(

@@ -42,6 +42,7 @@ from segzoo.data.brats import find_brats_cases, load_brats_case
 from segzoo.data.chaos import CHAOS_CLASS_NAMES, CHAOS_SEQUENCES, find_chaos_cases, load_chaos_case
 from segzoo.data.datamodule import EpochShuffleSampler, run_seed, split_cases
 from segzoo.data.io import DataError
+from segzoo.data.slice2d import SlicePreprocessor
 
 BRATS_CLASS_NAMES = ("background", "necrotic_core", "edema", "enhancing_tumor")
 # BraTS label value of each class index (index 3 is label 4)
@@ -265,6 +266,23 @@ class _SliceDataModule(L.LightningDataModule):
     def _write_synthetic(self) -> None:
         raise NotImplementedError
 
+    def _preprocessor_args(self) -> dict[str, Any]:
+        """Dataset-specific :class:`SlicePreprocessor` arguments (subclasses)."""
+        raise NotImplementedError
+
+    @property
+    def preprocessor(self) -> SlicePreprocessor:
+        """What is done to a case before the net sees its slices; the task stores it in the checkpoint
+        (``segzoo_format["preprocessor"]``, type ``"slice2d"``) so ``segzoo infer`` can predict new cases."""
+        return SlicePreprocessor(
+            in_channels=self.in_channels,
+            image_size=self.image_size,
+            resize_mode=self.resize_mode,
+            normalize=self.normalize,
+            zscore_nonzero=self._zscore_nonzero,
+            **self._preprocessor_args(),
+        )
+
     @property
     def val_case_ids(self) -> list[str]:
         """Validation cases: the held-out (test) cases, as the paper has only a 3:2 train/test split."""
@@ -448,6 +466,9 @@ class CHAOSDataModule(_SliceDataModule):
         self.strict_labels = strict_labels
         self.save_hyperparameters()
 
+    def _preprocessor_args(self) -> dict[str, Any]:
+        return {"dataset": "chaos", "label_values": list(range(len(CHAOS_CLASS_NAMES))), "sequence": self.sequence}
+
     def _find(self) -> list[Path]:
         return find_chaos_cases(self.data_dir, self.sequence)
 
@@ -486,6 +507,9 @@ class BraTSDataModule(_SliceDataModule):
         synthetic_seed: seed of the synthetic cases.
         synthetic_size: ``"small"`` (96x96x48) or ``"large"`` (240x240x155) synthetic cases.
         et_label: enhancing-tumour value in the seg files: 4 (2018-2021) or 3 (BraTS 2023).
+        orientation: axis codes every case is brought to (exact permutation/flip) before slicing along the last
+            axis; the default ``("L", "P", "S")`` is how the BraTS releases store them, so a case re-saved RAS by
+            another tool gives the same slices. ``None`` slices the arrays as stored.
     """
 
     _dataset = "BraTS"
@@ -510,6 +534,7 @@ class BraTSDataModule(_SliceDataModule):
         synthetic_seed: int = 0,
         synthetic_size: str = "small",
         et_label: int = 4,
+        orientation: Sequence[str] | None = ("L", "P", "S"),
     ) -> None:
         if et_label not in (3, 4):
             raise ValueError(f"et_label must be 4 (BraTS 2018-2021) or 3 (BraTS 2023), got {et_label}")
@@ -518,13 +543,17 @@ class BraTSDataModule(_SliceDataModule):
             num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size,
         )  # fmt: skip
         self.et_label = et_label
+        self.orientation = None if orientation is None else tuple(orientation)
         self.save_hyperparameters()
+
+    def _preprocessor_args(self) -> dict[str, Any]:
+        return {"dataset": "brats", "label_values": list(BRATS_INDEX_TO_LABEL), "orientation": self.orientation}
 
     def _find(self) -> list[Path]:
         return find_brats_cases(self.data_dir)
 
     def _read(self, path: Path):
-        case = load_brats_case(path, et_label=self.et_label)
+        case = load_brats_case(path, et_label=self.et_label, orientation=self.orientation)
         lut = np.zeros(256, dtype=np.uint8)
         lut[list(BRATS_INDEX_TO_LABEL)] = np.arange(len(BRATS_INDEX_TO_LABEL))
         image = np.transpose(case.image, (0, 3, 1, 2))  # axial slices first: (C, Z, X, Y)

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from segzoo.data.io import DataError, check_label_values, check_same_geometry, load_nifti
+from segzoo.data.io import (
+    DataError,
+    check_label_values,
+    check_same_geometry,
+    is_nifti_name,
+    load_nifti,
+    strip_nifti_suffix,
+)
 
 KITS19_LABELS = {0: "background", 1: "kidney", 2: "tumour"}
 IMAGE_NAME = "imaging.nii.gz"
@@ -41,6 +48,8 @@ def find_kits19_cases(data_dir: str | os.PathLike) -> list[KiTS19Case]:
     Args:
         data_dir: folder holding ``case_XXXXX/`` sub-folders.
 
+    ``imaging`` / ``segmentation`` may be ``.nii.gz`` or ``.nii`` in any letter case.
+
     Raises:
         DataError: the folder is missing, holds no ``case_*`` folder, or a case folder lacks ``imaging.nii.gz``.
     """
@@ -54,18 +63,19 @@ def find_kits19_cases(data_dir: str | os.PathLike) -> list[KiTS19Case]:
         )
     cases = []
     for folder in folders:
-        image = folder / IMAGE_NAME
-        if not image.is_file():
-            raise DataError(f"{image}: missing; every KiTS19 case folder must hold {IMAGE_NAME}")
-        label = folder / LABEL_NAME
-        cases.append(KiTS19Case(folder.name, image, label if label.is_file() else None))
+        image = case_file(folder, "imaging")
+        if image is None:
+            raise DataError(f"{folder / IMAGE_NAME}: missing; every KiTS19 case folder must hold {IMAGE_NAME}")
+        cases.append(KiTS19Case(folder.name, image, case_file(folder, "segmentation")))
     return cases
 
 
-def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in mm per array axis: the column norms of ``affine[:3, :3]`` (works for any axis order)."""
-    affine = np.asarray(affine, dtype=np.float64)
-    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+def case_file(folder: Path, stem: str) -> Path | None:
+    """``folder/<stem>.nii.gz`` or ``.nii``, in any letter case (``IMAGING.NII.GZ`` too); ``None`` if absent."""
+    found = sorted(
+        p for p in folder.iterdir() if p.is_file() and is_nifti_name(p) and strip_nifti_suffix(p.name).lower() == stem
+    )
+    return found[0] if found else None
 
 
 def load_kits19_case(case: KiTS19Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:

@@ -9,6 +9,9 @@ Choices where the paper is silent (see ``docs/data/kits19.md``):
 - z-score first, then resample (nnU-Net's order); images resample trilinear (``image_order=1``, torch
   ``F.interpolate``, fast) or cubic (``image_order=3``, ``scipy.ndimage.zoom``, ~10x slower); labels nearest
   (``nearest-exact``); ``restore`` resamples class probabilities linearly back to the original grid, then argmax.
+- Every case is first brought to the training orientation (the fingerprint's ``orientation``, the most frequent axis
+  codes of the training images) by an exact axis permutation/flip (``segzoo.data.geometry``), so cases stored RAS,
+  LPS, slices first or last all reach the net the same way; ``restore`` output is mapped back with the inverse.
 - The cache stores ``<case_id>_img.npy`` (float32 ``(1, D, H, W)``), ``<case_id>_seg.npy`` (uint8 ``(1, D, H, W)``)
   and ``<case_id>_properties.json``; ``manifest.json`` maps each case to a hash of the preprocessing parameters and
   the source files' size and mtime, so changed parameters or replaced data re-preprocess exactly the affected cases.
@@ -30,12 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segzoo.data.geometry import Reorientation, axis_codes, check_axis_codes, majority_codes, spacing_from_affine
 from segzoo.data.io import DataError
-from segzoo.data.kits19 import KiTS19Case, load_kits19_case, spacing_from_affine
+from segzoo.data.kits19 import KiTS19Case, load_kits19_case
 from segzoo.utils import atomic_path, atomic_write_text
 
-FINGERPRINT_VERSION = 1
-CACHE_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: the training orientation (axis codes); spacings and shapes in that axis order
+CACHE_VERSION = 2  # 2: cached arrays in the preprocessor's orientation
 PAPER_TARGET_SPACING = (3.0, 0.78125, 0.78125)
 
 
@@ -62,17 +66,33 @@ def _case_rng(seed: int, case_id: str, *extra: int) -> np.random.Generator:
 
 
 # ------------------------------------------------------------------------------------------------------- fingerprint
-def _case_fingerprint(case: KiTS19Case, samples_per_case: int, seed: int) -> tuple[str, list, list, np.ndarray]:
+def _stored_codes(case: KiTS19Case) -> tuple[str, ...]:
+    """Axis codes of a case's image, from its header alone (no voxel is read)."""
+    import nibabel as nib
+
+    try:
+        return axis_codes(nib.load(str(case.image)).affine)
+    except Exception as e:
+        raise DataError(f"{case.image}: cannot read the NIfTI header ({type(e).__name__}: {e})") from None
+
+
+def _case_fingerprint(
+    case: KiTS19Case, samples_per_case: int, seed: int, orientation: Sequence[str] | None = None
+) -> tuple[str, list, list, np.ndarray, list]:
     image, label, affine = load_kits19_case(case)
     if label is None:
         raise DataError(
             f"{case.image.parent}: no {case.image.parent / 'segmentation.nii.gz'}; "
             "the fingerprint needs labelled (training) cases"
         )
+    # in the training orientation, so the sampled voxels do not depend on how the case happens to be stored
+    r = Reorientation.to_codes(affine, image.shape, orientation, name=case.image)
+    image, label = r.apply(image), r.apply(label)
     fg = image[label > 0]
     if fg.size > samples_per_case:
         fg = _case_rng(seed, case.case_id).choice(fg, samples_per_case, replace=False)
-    return case.case_id, list(spacing_from_affine(affine)), list(image.shape), fg.astype(np.float64)
+    spacing = r.apply_spacing(spacing_from_affine(affine))
+    return case.case_id, list(spacing), list(image.shape), fg.astype(np.float64), list(r.source)
 
 
 def _pool(num_workers: int) -> ProcessPoolExecutor:
@@ -91,25 +111,33 @@ def compute_fingerprint(
         seed: seed of the per-case sampling (a case's sample depends only on ``seed`` and its id).
         num_workers: worker processes (0 = in this process).
 
+    The training orientation is the most frequent axis codes of the training images (:func:`majority_codes`); every
+    case is brought to it (exact permutation/flip) before sampling, and spacings and shapes are in its axis order.
+
     Returns:
-        JSON-serialisable dict: ``train_cases``, per-case ``spacings`` and ``shapes`` (array axis order),
+        JSON-serialisable dict: ``orientation`` (axis codes, e.g. ``["I", "P", "L"]`` for KiTS19), per-case
+        ``orientations`` (as stored), ``train_cases``, per-case ``spacings`` and ``shapes`` (training axis order),
         ``median_spacing``, and ``foreground`` with ``percentile_00_5``, ``percentile_99_5``, ``mean``, ``std``
         (population std), ``min``, ``max``, ``num_samples``.
     """
     cases = list(cases)
     if not cases:
         raise DataError("compute_fingerprint: no training cases given; expected at least one labelled case")
+    orientation = majority_codes([_stored_codes(c) for c in cases])
+    n = len(cases)
     if num_workers > 0:
         with _pool(num_workers) as pool:
-            results = list(pool.map(_case_fingerprint, cases, [samples_per_case] * len(cases), [seed] * len(cases)))
+            results = list(pool.map(_case_fingerprint, cases, [samples_per_case] * n, [seed] * n, [orientation] * n))
     else:
-        results = [_case_fingerprint(c, samples_per_case, seed) for c in cases]
+        results = [_case_fingerprint(c, samples_per_case, seed, orientation) for c in cases]
     samples = np.concatenate([r[3] for r in results])
     if samples.size == 0:
         raise DataError("compute_fingerprint: the training cases contain no foreground (label > 0) voxels")
     spacings = {r[0]: r[1] for r in results}
     return {
         "version": FINGERPRINT_VERSION,
+        "orientation": list(orientation),
+        "orientations": {r[0]: r[4] for r in results},
         "train_cases": [r[0] for r in results],
         "samples_per_case": samples_per_case,
         "seed": seed,
@@ -164,6 +192,10 @@ class CTPreprocessor:
         std: global foreground std, HU; values below 1e-8 are treated as 1e-8 (constant-intensity guard).
         target_spacing: voxel size to resample to, mm, in array axis order (slice axis first for KiTS19).
         image_order: image interpolation: 1 trilinear (torch, default), 3 cubic (scipy), 0 nearest.
+        orientation: axis codes of the training data (the fingerprint's ``orientation``, e.g. ``("I", "P", "L")``):
+            every image is brought to it by an exact permutation/flip before :meth:`preprocess` (see
+            :meth:`reorientation`) and its prediction mapped back; ``None`` keeps arrays as stored (checkpoints
+            written before orientation was recorded).
     """
 
     def __init__(
@@ -174,6 +206,7 @@ class CTPreprocessor:
         std: float,
         target_spacing: Sequence[float] = PAPER_TARGET_SPACING,
         image_order: int = 1,
+        orientation: Sequence[str] | None = None,
     ) -> None:
         if clip_high < clip_low:
             raise ValueError(f"clip_high={clip_high} < clip_low={clip_low}")
@@ -187,6 +220,7 @@ class CTPreprocessor:
         self.std = float(std)
         self.target_spacing = tuple(float(s) for s in target_spacing)
         self.image_order = int(image_order)
+        self.orientation = None if orientation is None else check_axis_codes(orientation)
 
     @classmethod
     def from_fingerprint(
@@ -195,13 +229,18 @@ class CTPreprocessor:
         target_spacing: Sequence[float] | None = PAPER_TARGET_SPACING,
         image_order: int = 1,
     ) -> CTPreprocessor:
-        """Build from a fingerprint; ``target_spacing=None`` takes the fingerprint's median spacing."""
+        """Build from a fingerprint (with its training ``orientation``); ``target_spacing=None`` takes the
+        fingerprint's median spacing."""
         fg = fingerprint["foreground"]
         spacing = fingerprint["median_spacing"] if target_spacing is None else target_spacing
-        return cls(fg["percentile_00_5"], fg["percentile_99_5"], fg["mean"], fg["std"], spacing, image_order)
+        orientation = fingerprint.get("orientation")
+        return cls(
+            fg["percentile_00_5"], fg["percentile_99_5"], fg["mean"], fg["std"], spacing, image_order, orientation
+        )
 
     # -- serialisation
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON dict of the parameters (stored in checkpoints and ``preprocessor.json``)."""
         return {
             "clip_low": self.clip_low,
             "clip_high": self.clip_high,
@@ -210,12 +249,22 @@ class CTPreprocessor:
             "target_spacing": list(self.target_spacing),
             "image_order": self.image_order,
             "label_order": 0,
+            "orientation": None if self.orientation is None else list(self.orientation),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CTPreprocessor:
+        """Inverse of :meth:`to_dict`; a dict without ``orientation`` (older checkpoints) keeps arrays as stored."""
         try:
-            return cls(d["clip_low"], d["clip_high"], d["mean"], d["std"], d["target_spacing"], d["image_order"])
+            return cls(
+                d["clip_low"],
+                d["clip_high"],
+                d["mean"],
+                d["std"],
+                d["target_spacing"],
+                d["image_order"],
+                d.get("orientation"),
+            )
         except KeyError as e:
             raise DataError(
                 f"preprocessor state lacks key {e}; expected the output of CTPreprocessor.to_dict"
@@ -229,6 +278,11 @@ class CTPreprocessor:
         return f"CTPreprocessor({', '.join(f'{k}={v}' for k, v in self.to_dict().items())})"
 
     # -- forward
+    def reorientation(self, affine: np.ndarray, shape: Sequence[int], name: object = "image") -> Reorientation:
+        """The exact permutation/flip from an image's stored array (``affine``, spatial ``shape``) to the training
+        orientation; apply it before :meth:`preprocess` and undo it on the label map :meth:`restore` returns."""
+        return Reorientation.to_codes(affine, shape, self.orientation, name=name)
+
     def new_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, ...]:
         """Shape after resampling ``shape`` at ``spacing`` to the target spacing: ``round(shape * spacing / target)``."""
         return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, self.target_spacing, strict=True))
@@ -343,7 +397,11 @@ def _preprocess_case(
 ) -> dict[str, Any]:
     preprocessor = CTPreprocessor.from_dict(pre)
     image, label, affine = load_kits19_case(case)
-    spacing = spacing_from_affine(affine)
+    original_shape = image.shape
+    r = preprocessor.reorientation(affine, image.shape, name=case.image)
+    image = r.apply(image)
+    label = None if label is None else r.apply(label)
+    spacing = r.apply_spacing(spacing_from_affine(affine))
     img = preprocessor.preprocess(image, spacing)
     paths = cache_paths(cache_dir, case.case_id)
     locations: dict[str, list] = {}
@@ -360,7 +418,9 @@ def _preprocess_case(
     props = {
         "case_id": case.case_id,
         "source_image": str(case.image),
-        "original_shape": list(image.shape),
+        "original_shape": list(original_shape),
+        "oriented_shape": list(image.shape),
+        "orientation_transform": r.transform.astype(int).tolist(),
         "original_spacing": list(spacing),
         "affine": np.asarray(affine).tolist(),
         "preprocessed_shape": list(img.shape[1:]),

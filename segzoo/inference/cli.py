@@ -13,10 +13,19 @@ def cmd_infer(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(
         prog="segzoo infer",
-        description="Predict label maps for NIfTI images; writes OUT/<case>.nii.gz with the input's shape and affine.",
+        description="Predict label maps. 3D checkpoints: NIfTI images (any orientation) or KiTS19 case folders -> "
+        "OUT/<case>.nii.gz with the input's shape and header. 2D checkpoints (DR-Net, 2D baselines): BraTS case "
+        "folders -> OUT/<case>_seg.nii.gz (0/1/2/4), CHAOS DICOM series or Train_Sets/Test_Sets trees -> "
+        "OUT/<case>_<sequence>.nii.gz (+ Ground-style PNGs with --chaos-png). A bad input is reported on one line "
+        "and skipped; the run ends with a written / skipped / failed summary and exits 1 if any input failed.",
     )
     p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) or save_pretrained directory")
-    p.add_argument("--input", required=True, help="a .nii/.nii.gz file, a folder of them, or of case folders")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="3D: a .nii/.nii.gz file, a folder of them, or of KiTS19 case folders; 2D: a BraTS case folder or a "
+        "folder of them, a CHAOS DICOM series folder or a CHAOS Train_Sets/Test_Sets tree",
+    )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default=True, help="mirroring test-time augmentation"
@@ -24,7 +33,15 @@ def cmd_infer(argv: Sequence[str]) -> int:
     p.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--overlap", type=float, default=0.5)
-    p.add_argument("--sw-batch-size", type=int, default=2)
+    p.add_argument(
+        "--sw-batch-size", type=int, default=None, help="windows per pass (3D, default 2) or slices per pass (2D, 16)"
+    )
+    p.add_argument(
+        "--chaos-png",
+        action="store_true",
+        help="CHAOS (2D checkpoints): also write one Ground-style PNG per slice (grey 63/126/189/252) to "
+        "OUT/<case>_<sequence>_png/",
+    )
     p.add_argument("--roi-size", type=int, nargs="+", default=None, help="override the checkpoint's window size")
     p.add_argument(
         "--amp",
@@ -63,11 +80,25 @@ def cmd_infer(argv: Sequence[str]) -> int:
     if not 0 <= args.overlap < 1:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
 
-    from tqdm import tqdm
-
     from segzoo.data.io import DataError
     from segzoo.inference.predict import case_name, find_inputs, load_predictor
+    from segzoo.inference.predict_2d import load_slice_predictor
 
+    try:
+        slices = load_slice_predictor(
+            args.ckpt,
+            device=args.device,
+            sw_batch_size=args.sw_batch_size or 16,
+            trust=args.trust_checkpoint,
+        )
+    except (DataError, FileNotFoundError) as e:
+        print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    if slices is not None:
+        return _infer_2d(slices, args)
+    if args.chaos_png:
+        print(f"segzoo infer: error: --chaos-png: {args.ckpt} is a 3D checkpoint, not a CHAOS one", file=sys.stderr)
+        return 2
     try:
         inputs = find_inputs(args.input)
         predictor = load_predictor(
@@ -75,7 +106,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
             device=args.device,
             tta=args.tta,
             overlap=args.overlap,
-            sw_batch_size=args.sw_batch_size,
+            sw_batch_size=args.sw_batch_size or 2,
             postprocess=args.postprocess,
             roi_size=args.roi_size,
             amp=args.amp,
@@ -83,18 +114,78 @@ def cmd_infer(argv: Sequence[str]) -> int:
             memory_budget_gb=args.memory_budget_gb,
             trust=args.trust_checkpoint,
         )
-        out_dir = Path(args.output)
-        todo = [(path, out_dir / f"{case_name(path)}.nii.gz") for path in inputs]
-        if args.resume:
-            todo = [(path, out) for path, out in todo if not _readable_nifti(out)]
-        for path, out in tqdm(todo, desc="segzoo infer", unit="case"):
-            predictor.predict_file(path, out)  # atomic: an interrupted case leaves no output file
     except (DataError, FileNotFoundError) as e:
         print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    skipped = len(inputs) - len(todo)
-    print(f"wrote {len(todo)} prediction(s) to {out_dir}" + (f"; {skipped} already there" if skipped else ""))
-    return 0
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="segzoo infer: %(message)s")  # notes such as oblique inputs
+    out_dir = Path(args.output)
+    todo = [(path, out_dir / f"{case_name(path)}.nii.gz") for path in inputs]
+    if args.resume:
+        todo = [(path, out) for path, out in todo if not _readable_nifti(out)]
+    summary = run_folder(todo, predictor.predict_file, desc="segzoo infer")
+    return report(summary, out_dir, skipped=len(inputs) - len(todo))
+
+
+def _infer_2d(predictor, args) -> int:
+    """The 2D branch of ``segzoo infer``: BraTS case folders or CHAOS series, slice by slice."""
+    from segzoo.data.io import DataError
+    from segzoo.inference.predict_2d import find_2d_inputs
+
+    if args.chaos_png and predictor.preprocessor.dataset != "chaos":
+        print(
+            f"segzoo infer: error: --chaos-png: {args.ckpt} is a {predictor.preprocessor.dataset} checkpoint",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        items = find_2d_inputs(args.input, predictor.preprocessor)
+    except DataError as e:
+        print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="segzoo infer: %(message)s")
+    out_dir = Path(args.output)
+    by_path = {item.path: item for item in items}
+    todo = [(item.path, out_dir / f"{item.name}.nii.gz") for item in items]
+    if args.resume:
+        todo = [(path, out) for path, out in todo if not _readable_nifti(out)]
+    summary = run_folder(
+        todo, lambda path, out: predictor.predict(by_path[path], out.parent, png=args.chaos_png), desc="segzoo infer"
+    )
+    return report(summary, out_dir, skipped=len(items) - len(todo))
+
+
+def run_folder(todo, predict, desc: str) -> dict[str, list]:
+    """Predict every ``(input, output)`` of ``todo`` with ``predict(input, output)``; a failing input is reported on
+    one line (file and reason) and skipped, the rest still run. Returns ``{"written": [...], "failed": [...]}``."""
+    from tqdm import tqdm
+
+    from segzoo.data.io import DataError
+
+    written, failed = [], []
+    for path, out in tqdm(todo, desc=desc, unit="case", disable=len(todo) < 2):
+        try:
+            predict(path, out)  # atomic: a failed or interrupted case leaves no output file
+        except (DataError, ValueError, RuntimeError, OSError, MemoryError) as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            if not isinstance(e, DataError):  # not a checked input error: say what broke
+                reason = f"{type(e).__name__}: {reason}"
+            line = reason if str(path) in reason else f"{path}: {reason}"  # one line that names the file
+            tqdm.write(f"segzoo infer: error: {line}", file=sys.stderr)  # above the progress bar, one line
+            failed.append((path, reason))
+            continue
+        written.append(out)
+    return {"written": written, "failed": failed}
+
+
+def report(summary: dict[str, list], out_dir: Path, skipped: int = 0) -> int:
+    """Print the written / skipped / failed summary; exit code 1 when any input failed, else 0."""
+    n_written, n_failed = len(summary["written"]), len(summary["failed"])
+    print(f"segzoo infer: {n_written} written, {skipped} skipped (already there), {n_failed} failed -> {out_dir}")
+    return 1 if n_failed else 0
 
 
 def _readable_nifti(path: Path) -> bool:

@@ -19,33 +19,40 @@ import torch
 from torch import nn
 
 from segzoo.checkpoint import labels_on_original_grid
-from segzoo.data.io import DataError, load_nifti, save_nifti
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+from segzoo.data.geometry import Reorientation, spacing_from_affine
+from segzoo.data.io import DataError, is_nifti_name, load_nifti_with_header, save_nifti, strip_nifti_suffix
 
 
 def case_name(path: Path) -> str:
-    """``case_00012`` for ``.../case_00012/imaging.nii.gz``, else the file name without ``.nii(.gz)``."""
-    if path.name.startswith("imaging.nii"):
+    """``case_00012`` for ``.../case_00012/imaging.nii.gz``, else the file name without ``.nii(.gz)`` (any case)."""
+    path = Path(path)
+    stem = strip_nifti_suffix(path.name)
+    if stem != path.name and stem.lower() == "imaging":
         return path.parent.name
-    for suffix in NIFTI_SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
+    return stem if stem != path.name else path.stem
 
 
 def find_inputs(input_path: str | os.PathLike) -> list[Path]:
-    """NIfTI images to predict: one file, a folder of files, or a folder of KiTS-layout case folders."""
+    """NIfTI images to predict: one file, a folder of files, or a folder of KiTS-layout case folders.
+
+    ``.nii`` and ``.nii.gz`` are matched in any letter case (``CT.NII.GZ``); files with other suffixes are not
+    images to predict and are left alone.
+    """
     root = Path(input_path)
     if root.is_file():
-        if not root.name.endswith(NIFTI_SUFFIXES):
+        if not is_nifti_name(root):
             raise DataError(f"{root}: expected a .nii or .nii.gz file")
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: no such file or folder")
-    found = [p for p in sorted(root.iterdir()) if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)]
+    _refuse_2d_layouts(root)
+    found = [p for p in sorted(root.iterdir()) if p.is_file() and is_nifti_name(p)]
     for case in sorted(p for p in root.iterdir() if p.is_dir()):
-        images = [case / f"imaging{s}" for s in NIFTI_SUFFIXES if (case / f"imaging{s}").is_file()]
+        images = sorted(
+            p
+            for p in case.iterdir()
+            if p.is_file() and is_nifti_name(p) and strip_nifti_suffix(p.name).lower() == "imaging"
+        )
         found.extend(images[:1])
     if not found:
         raise DataError(f"{root}: no .nii/.nii.gz files and no case folders with imaging.nii.gz found")
@@ -56,9 +63,32 @@ def find_inputs(input_path: str | os.PathLike) -> list[Path]:
     return found
 
 
+def _refuse_2d_layouts(root: Path) -> None:
+    """One clear line when a 3D checkpoint is pointed at what only 2D checkpoints predict (BraTS case folders,
+    DICOM series), instead of predicting each BraTS modality as a separate volume or finding nothing."""
+    from segzoo.data.brats import brats_file
+
+    hint = "; it is predicted by a 2D checkpoint (DR-Net or a 2D baseline), this one is a 3D net for NIfTI volumes"
+    if brats_file(root, "flair") is not None:
+        raise DataError(f"{root}: a BraTS case folder{hint}")
+    if any(p.is_file() and p.suffix.lower() == ".dcm" for p in root.iterdir()):
+        raise DataError(f"{root}: a DICOM series{hint}")
+    if not any(p.is_file() and is_nifti_name(p) for p in root.iterdir()):
+        subs = [p for p in root.iterdir() if p.is_dir()]
+        if any(brats_file(p, "flair") is not None for p in subs):
+            raise DataError(f"{root}: a folder of BraTS case folders{hint}")
+        if any((p / "MR").is_dir() or p.name in ("Train_Sets", "Test_Sets") for p in subs):
+            raise DataError(f"{root}: a CHAOS tree{hint}")
+
+
 @dataclass
 class Predictor:
-    """Net + preprocessing + whole-case inferer + post-processing, ready to predict NIfTI files."""
+    """Net + preprocessing + whole-case inferer + post-processing, ready to predict NIfTI files.
+
+    :meth:`predict_file` brings the image to the training orientation recorded in the preprocessing (an exact axis
+    permutation/flip, never a resampling), predicts, maps the labels back with the inverse and writes them with the
+    input's header, so the same voxels stored RAS, LPS, slices first or last give the same label map.
+    """
 
     net: nn.Module
     inferer: Callable[[torch.Tensor, nn.Module], torch.Tensor]
@@ -67,7 +97,11 @@ class Predictor:
     device: torch.device = torch.device("cpu")
 
     def predict_array(self, image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        """Label map ``uint8`` with exactly ``image.shape`` for one single-channel volume."""
+        """Label map ``uint8`` with exactly ``image.shape`` for one single-channel volume.
+
+        ``image`` must already be in the training orientation (see :meth:`reorientation`); ``spacing`` is in mm
+        per array axis.
+        """
         if self.preprocessor is not None:
             x = np.asarray(self.preprocessor.preprocess(image, spacing), dtype=np.float32)
         else:
@@ -77,14 +111,26 @@ class Predictor:
             out = self.inferer(xt, self.net)[0]
         return labels_on_original_grid(out, image.shape, self.preprocessor, self.postprocess)
 
-    def predict_file(self, image_path: Path, output_path: Path) -> Path:
-        from segzoo.data.kits19 import spacing_from_affine
+    def reorientation(self, affine: np.ndarray, shape: Sequence[int], name: object = "image") -> Reorientation:
+        """Permutation/flip from a stored array to the training orientation (identity without a recorded one)."""
+        if self.preprocessor is not None and hasattr(self.preprocessor, "reorientation"):
+            return self.preprocessor.reorientation(affine, shape, name=name)
+        return Reorientation.to_codes(affine, shape, None, name=name)
 
-        image, affine = load_nifti(image_path, dtype=np.float32)
+    def predict_volume(self, image: np.ndarray, affine: np.ndarray, name: object = "image") -> np.ndarray:
+        """Label map ``uint8`` of ``image.shape`` for a volume stored in any orientation (``affine``: its 4x4)."""
+        r = self.reorientation(affine, image.shape, name=name)
+        labels = self.predict_array(r.apply(image), r.apply_spacing(spacing_from_affine(affine)))
+        return r.undo(labels)
+
+    def predict_file(self, image_path: Path, output_path: Path) -> Path:
+        """Predict one NIfTI file and write ``output_path`` (atomically) with the input's shape and header."""
+        image_path = Path(image_path)
+        image, affine, header = load_nifti_with_header(image_path, dtype=np.float32)
         if image.ndim != 3:
-            raise DataError(f"{image_path}: expected a 3D image, got shape {image.shape}")
-        labels = self.predict_array(image, spacing_from_affine(affine))
-        return save_nifti(labels, affine, output_path)
+            raise DataError(f"{image_path}: expected a 3D image (one scalar volume), got shape {image.shape}")
+        labels = self.predict_volume(image, affine, name=image_path)
+        return save_nifti(labels, None, output_path, header=header)
 
 
 def load_predictor(

@@ -64,5 +64,17 @@ class NiftiPredictionWriter(Callback):
         for i, case_id in enumerate(batch["case_id"]):
             probs = outputs["output"][i]
             shape = tuple(int(s) for s in batch["original_shape"][i])
-            labels = labels_on_original_grid(probs, shape, preprocessor, pl_module.postprocess)
-            save_nifti(labels, batch["affine"][i].cpu().numpy(), out_dir / f"{case_id}.nii.gz")
+            if "orientation_transform" not in batch:
+                labels = labels_on_original_grid(probs, shape, preprocessor, pl_module.postprocess)
+                save_nifti(labels, batch["affine"][i].cpu().numpy(), out_dir / f"{case_id}.nii.gz")
+                continue
+            # the net saw the case in the training orientation: restore there, flip back, keep the input's header
+            import nibabel as nib
+
+            from segzoo.data.geometry import Reorientation
+
+            oriented = tuple(int(s) for s in batch["oriented_shape"][i])
+            labels = labels_on_original_grid(probs, oriented, preprocessor, pl_module.postprocess)
+            labels = Reorientation.from_transform(batch["orientation_transform"][i].tolist(), shape).undo(labels)
+            header = nib.load(batch["source_image"][i]).header
+            save_nifti(labels, None, out_dir / f"{case_id}.nii.gz", header=header)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from segzoo.data.datamodule import KiTS19CaseDataset, KiTS19DataModule, KiTS19PatchDataset, split_cases
+from segzoo.data.geometry import spacing_from_affine
 from segzoo.data.io import DataError, save_nifti
-from segzoo.data.kits19 import find_kits19_cases, load_kits19_case, spacing_from_affine
+from segzoo.data.kits19 import find_kits19_cases, load_kits19_case
 from segzoo.data.synthetic.kits19 import kits19_affine, write_kits19
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
