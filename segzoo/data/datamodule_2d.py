@@ -38,14 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from segzoo.data.brats import find_brats_cases, load_brats_case
+from segzoo.data.brats import BRATS_CLASS_NAMES, brats_label_to_index, find_brats_cases, load_brats_case
 from segzoo.data.chaos import CHAOS_CLASS_NAMES, CHAOS_SEQUENCES, find_chaos_cases, load_chaos_case
-from segzoo.data.datamodule import EpochShuffleSampler, run_seed, split_cases
+from segzoo.data.datamodule import split_cases
 from segzoo.data.io import DataError
+from segzoo.data.sampling import EpochShuffleSampler
 
-BRATS_CLASS_NAMES = ("background", "necrotic_core", "edema", "enhancing_tumor")
-# BraTS label value of each class index (index 3 is label 4)
-BRATS_INDEX_TO_LABEL = (0, 1, 2, 4)
 _NORMALIZE = ("none", "zscore")
 _RESIZE = ("resize", "pad")
 
@@ -152,7 +150,7 @@ class SliceDataset(Dataset):
     """Every slice of the given cases as one 2D item; ``transform`` (MONAI dict transform) only here.
 
     Index ``i`` is slice ``i % len(self)``; its augmentation is seeded with ``(seed, i)``, so with
-    :class:`segzoo.data.datamodule.EpochShuffleSampler` (which folds the epoch into ``i``) every epoch draws new
+    :class:`segzoo.data.sampling.EpochShuffleSampler` (which folds the epoch into ``i``) every epoch draws new
     augmentations, the same in any worker and after a resume.
     """
 
@@ -221,6 +219,7 @@ class _SliceDataModule(L.LightningDataModule):
         synthetic_cases: int,
         synthetic_seed: int,
         synthetic_size: str,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         select_slices(np.zeros((1, 1, 1), dtype=np.uint8), slice_selection)  # validates the mode
@@ -249,6 +248,7 @@ class _SliceDataModule(L.LightningDataModule):
         self.synthetic_cases = synthetic_cases
         self.synthetic_seed = synthetic_seed
         self.synthetic_size = synthetic_size
+        self.seed = int(seed)
         self._cache: dict[str, SliceCase | None] = {}
         self._paths: dict[str, Path] | None = None
         self.train_case_ids: list[str] = []
@@ -346,8 +346,8 @@ class _SliceDataModule(L.LightningDataModule):
         return transform
 
     def _seed(self) -> list[int]:
-        """Seed of the shuffle and the augmentation: (split_seed, the run's seed_everything value)."""
-        return [self.split_seed, run_seed()]
+        """Seed of the shuffle and the augmentation: ``(split_seed, seed)``."""
+        return [self.split_seed, self.seed]
 
     def train_dataset(self) -> SliceDataset:
         """2D slices of the training cases."""
@@ -403,8 +403,10 @@ class CHAOSDataModule(_SliceDataModule):
         resize_mode: ``"resize"`` (bilinear / nearest for labels) or ``"pad"`` (centred zero padding).
         batch_size: 2D slices per training batch (validation and test: one case per batch).
         train_fraction: fraction of cases for training; 0.6 is the paper's 3:2 split.
-        split_seed: seed of the case-level split; with the run's ``seed_everything`` value also of the shuffle and
-            the augmentation, which depend only on those seeds, the epoch and the position (resumable).
+        split_seed: seed of the case-level split; with ``seed`` also of the shuffle and the augmentation.
+        seed: seed of the training-slice shuffle and augmentation, passed explicitly (``seed_everything`` seeds
+            torch, not the data); with ``split_seed`` the order and the augmentation depend only on the seeds, the
+            epoch and the position, so a resumed run draws the batches of the uninterrupted one.
         num_workers: DataLoader workers.
         normalize: ``"zscore"`` (per case over all voxels; default, our choice) or ``"none"`` (the paper).
         augment: random rotation (+-15 deg), scaling (+-10 %), intensity scale and noise; no flips.
@@ -430,6 +432,7 @@ class CHAOSDataModule(_SliceDataModule):
         batch_size: int = 8,
         train_fraction: float = 0.6,
         split_seed: int = 0,
+        seed: int = 0,
         num_workers: int = 0,
         normalize: str = "zscore",
         augment: bool = False,
@@ -442,7 +445,7 @@ class CHAOSDataModule(_SliceDataModule):
             raise ValueError(f"sequence must be one of {CHAOS_SEQUENCES}, got {sequence!r}")
         super().__init__(
             data_dir, slice_selection, image_size, resize_mode, batch_size, train_fraction, split_seed,
-            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size,
+            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size, seed,
         )  # fmt: skip
         self.sequence = sequence
         self.strict_labels = strict_labels
@@ -475,8 +478,10 @@ class BraTSDataModule(_SliceDataModule):
         resize_mode: ``"pad"`` (default, the paper zero-pads 240x240 to 256x256) or ``"resize"``.
         batch_size: 2D slices per training batch (validation and test: one case per batch).
         train_fraction: fraction of cases for training; 0.6 is the paper's 3:2 split.
-        split_seed: seed of the case-level split; with the run's ``seed_everything`` value also of the shuffle and
-            the augmentation, which depend only on those seeds, the epoch and the position (resumable).
+        split_seed: seed of the case-level split; with ``seed`` also of the shuffle and the augmentation.
+        seed: seed of the training-slice shuffle and augmentation, passed explicitly (``seed_everything`` seeds
+            torch, not the data); with ``split_seed`` the order and the augmentation depend only on the seeds, the
+            epoch and the position, so a resumed run draws the batches of the uninterrupted one.
         num_workers: DataLoader workers.
         normalize: ``"zscore"`` (per case and modality over the brain voxels; default, our choice) or
             ``"none"`` (the paper).
@@ -503,6 +508,7 @@ class BraTSDataModule(_SliceDataModule):
         batch_size: int = 8,
         train_fraction: float = 0.6,
         split_seed: int = 0,
+        seed: int = 0,
         num_workers: int = 0,
         normalize: str = "zscore",
         augment: bool = False,
@@ -515,7 +521,7 @@ class BraTSDataModule(_SliceDataModule):
             raise ValueError(f"et_label must be 4 (BraTS 2018-2021) or 3 (BraTS 2023), got {et_label}")
         super().__init__(
             data_dir, slice_selection, image_size, resize_mode, batch_size, train_fraction, split_seed,
-            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size,
+            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size, seed,
         )  # fmt: skip
         self.et_label = et_label
         self.save_hyperparameters()
@@ -525,10 +531,8 @@ class BraTSDataModule(_SliceDataModule):
 
     def _read(self, path: Path):
         case = load_brats_case(path, et_label=self.et_label)
-        lut = np.zeros(256, dtype=np.uint8)
-        lut[list(BRATS_INDEX_TO_LABEL)] = np.arange(len(BRATS_INDEX_TO_LABEL))
         image = np.transpose(case.image, (0, 3, 1, 2))  # axial slices first: (C, Z, X, Y)
-        label = lut[np.transpose(case.label, (2, 0, 1))]
+        label = brats_label_to_index(np.transpose(case.label, (2, 0, 1)))
         sx, sy, sz = case.spacing
         return image, label, (sz, sx, sy)
 
