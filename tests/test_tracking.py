@@ -107,6 +107,8 @@ def test_parameter_counts_trainable():
 
 
 def test_wandb_forced_offline_without_key(tmp_path, monkeypatch):
+    import os
+
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -115,12 +117,15 @@ def test_wandb_forced_offline_without_key(tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     logger = WandbLogger(save_dir=str(tmp_path), offline=False)
     OverlayImages().setup(SimpleNamespace(loggers=[logger]), None, "fit")
-    import os
-
-    assert os.environ["WANDB_MODE"] == "offline"
-    monkeypatch.setenv("WANDB_MODE", "online")  # an explicit choice is kept
-    OverlayImages().setup(SimpleNamespace(loggers=[logger]), None, "fit")
-    assert os.environ["WANDB_MODE"] == "online"
+    assert logger._wandb_init["mode"] == "offline"  # what wandb.init receives
+    assert "WANDB_MODE" not in os.environ  # the process environment is left alone
+    online = WandbLogger(save_dir=str(tmp_path), mode="online")  # an explicit mode is kept
+    OverlayImages().setup(SimpleNamespace(loggers=[online]), None, "fit")
+    assert online._wandb_init["mode"] == "online"
+    monkeypatch.setenv("WANDB_MODE", "online")  # so is an explicit WANDB_MODE
+    other = WandbLogger(save_dir=str(tmp_path))
+    OverlayImages().setup(SimpleNamespace(loggers=[other]), None, "fit")
+    assert "mode" not in other._wandb_init
 
 
 @pytest.mark.slow
