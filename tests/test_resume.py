@@ -63,8 +63,7 @@ KITS_DATA = """
         num_val_cases: 1
         num_workers: 0
         synthetic_cases: 3
-        rotate_prob: 0.5
-        elastic_prob: 0.5
+        augment: {rotate_prob: 0.5, elastic_prob: 0.5}
 """
 
 

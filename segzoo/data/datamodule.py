@@ -27,6 +27,7 @@ import torch
 from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from segzoo.data.augment import AugmentConfig, resolve_augment
 from segzoo.data.io import DataError
 from segzoo.data.kits19 import KiTS19Case, find_kits19_cases
 from segzoo.data.sampling import EpochShuffleSampler, crop_padded, draw_patch_origin
@@ -244,12 +245,10 @@ class KiTS19DataModule(L.LightningDataModule):
         num_val_cases: hold-out size among the labelled cases (int = count, float = fraction); also the test split.
         split_seed: seed of the case split.
         foreground_oversample: fraction of training patches centred on a foreground voxel.
-        augment: apply the augmentation chain (:func:`build_kits19_transforms`).
-        rotate_prob: rotation probability.
-        scale_prob: scaling probability.
-        elastic_prob: elastic deformation probability.
-        gamma_prob: gamma probability.
-        flip_prob: mirroring probability per axis.
+        augment: the augmentation of the training patches in the DataLoader workers
+            (:func:`build_kits19_transforms`): ``True`` = :class:`~segzoo.data.augment.AugmentConfig` defaults
+            (nnU-Net's), ``False`` = off (e.g. with ``BatchAugment`` on the device), or an ``AugmentConfig`` / in
+            YAML the fields to change (``augment: {rotate_prob: 0.5, elastic_prob: 0.0}``).
         image_order: image resampling order (1 linear, 3 cubic).
         num_workers: training DataLoader workers.
         val_num_workers: validation/test/predict DataLoader workers.
@@ -273,12 +272,7 @@ class KiTS19DataModule(L.LightningDataModule):
         num_val_cases: int | float = 42,
         split_seed: int = 0,
         foreground_oversample: float = 0.33,
-        augment: bool = True,
-        rotate_prob: float = 0.2,
-        scale_prob: float = 0.2,
-        elastic_prob: float = 0.2,
-        gamma_prob: float = 0.3,
-        flip_prob: float = 0.5,
+        augment: bool | AugmentConfig = True,
         image_order: int = 1,
         num_workers: int = 2,
         val_num_workers: int = 0,
@@ -289,6 +283,8 @@ class KiTS19DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.augment = resolve_augment(augment, AugmentConfig)
+        self.hparams["augment"] = self.augment.to_dict() if self.augment is not None else False  # plain data
         self.data_dir = Path(data_dir)
         self.cache_dir = (
             Path(cache_dir) if cache_dir else self.data_dir.parent / f"{self.data_dir.name or 'data'}_preprocessed"
@@ -373,17 +369,9 @@ class KiTS19DataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------------- dataloaders
     def train_transforms(self):
-        hp = self.hparams
-        if not hp.augment:
+        if self.augment is None:
             return None
-        return build_kits19_transforms(
-            self.patch_size,
-            rotate_prob=hp.rotate_prob,
-            scale_prob=hp.scale_prob,
-            elastic_prob=hp.elastic_prob,
-            gamma_prob=hp.gamma_prob,
-            flip_prob=hp.flip_prob,
-        )
+        return build_kits19_transforms(self.patch_size, self.augment)
 
     def train_dataset(self) -> KiTS19PatchDataset:
         hp = self.hparams

@@ -18,8 +18,9 @@ Choices where the paper is silent (docs/data/chaos_brats.md):
   paper has no separate validation set;
 - ``normalize="zscore"`` by default: per case and channel, over the whole loaded volume (BraTS: over the
   non-zero brain voxels, the zero background stays 0); ``"none"`` keeps the raw intensities as in the paper;
-- ``augment`` uses small rotations/scalings and intensity jitter but no flips (a left-right flip would swap
-  the right and left kidney classes of CHAOS);
+- ``augment`` (off by default, as in the paper) uses small rotations/scalings and intensity jitter but no flips (a
+  left-right flip would swap the right and left kidney classes of CHAOS): :class:`~segzoo.data.augment.SliceAugmentConfig`,
+  applied by :class:`~segzoo.data.gpu_augment.SampleAugment`, the on-device ``BatchAugment`` code on one slice;
 - every case is read, normalised, cut to the selected slices and resized once, then kept in memory.
 """
 
@@ -38,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from segzoo.data.augment import AugmentConfig, SliceAugmentConfig, resolve_augment
 from segzoo.data.brats import BRATS_CLASS_NAMES, brats_label_to_index, find_brats_cases, load_brats_case
 from segzoo.data.chaos import CHAOS_CLASS_NAMES, CHAOS_SEQUENCES, find_chaos_cases, load_chaos_case
 from segzoo.data.datamodule import split_cases
+from segzoo.data.gpu_augment import SampleAugment
 from segzoo.data.io import DataError
 from segzoo.data.sampling import EpochShuffleSampler
 
@@ -215,7 +218,7 @@ class _SliceDataModule(L.LightningDataModule):
         split_seed: int,
         num_workers: int,
         normalize: str,
-        augment: bool,
+        augment: bool | AugmentConfig,
         synthetic_cases: int,
         synthetic_seed: int,
         synthetic_size: str,
@@ -244,7 +247,7 @@ class _SliceDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.num_workers = num_workers
         self.normalize = normalize
-        self.augment = augment
+        self.augment = resolve_augment(augment, SliceAugmentConfig)
         self.synthetic_cases = synthetic_cases
         self.synthetic_seed = synthetic_seed
         self.synthetic_size = synthetic_size
@@ -324,26 +327,8 @@ class _SliceDataModule(L.LightningDataModule):
         spacing_t = torch.tensor([spacing[0], spacing[1] * fr, spacing[2] * fc], dtype=torch.float32)
         return SliceCase(case_id, img, lab, spacing_t)
 
-    def _train_transform(self):
-        if not self.augment:
-            return None
-        from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd
-
-        transform = Compose(
-            [
-                RandAffined(
-                    keys=("image", "label"),
-                    prob=0.5,
-                    rotate_range=np.pi / 12,
-                    scale_range=(0.1, 0.1),
-                    mode=("bilinear", "nearest"),
-                    padding_mode="zeros",
-                ),
-                RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-                RandGaussianNoised(keys="image", prob=0.2, std=0.05),
-            ]
-        )
-        return transform
+    def _train_transform(self) -> SampleAugment | None:
+        return None if self.augment is None else SampleAugment(self.augment)
 
     def _seed(self) -> list[int]:
         """Seed of the shuffle and the augmentation: ``(split_seed, seed)``."""
@@ -409,7 +394,9 @@ class CHAOSDataModule(_SliceDataModule):
             epoch and the position, so a resumed run draws the batches of the uninterrupted one.
         num_workers: DataLoader workers.
         normalize: ``"zscore"`` (per case over all voxels; default, our choice) or ``"none"`` (the paper).
-        augment: random rotation (+-15 deg), scaling (+-10 %), intensity scale and noise; no flips.
+        augment: ``True`` = :class:`~segzoo.data.augment.SliceAugmentConfig` defaults (rotation +-15 deg, zoom
+            +-10 %, intensity scale and noise; no flips), ``False`` = off (the paper), or the fields to change
+            (YAML ``augment: {rotate_prob: 0.3}``).
         synthetic_cases: if > 0 and ``data_dir`` is missing or empty, :meth:`prepare_data` writes that many
             synthetic cases there (:func:`segzoo.data.synthetic.chaos.write_chaos`).
         synthetic_seed: seed of the synthetic cases.
@@ -435,7 +422,7 @@ class CHAOSDataModule(_SliceDataModule):
         seed: int = 0,
         num_workers: int = 0,
         normalize: str = "zscore",
-        augment: bool = False,
+        augment: bool | SliceAugmentConfig = False,
         synthetic_cases: int = 0,
         synthetic_seed: int = 0,
         synthetic_size: str = "small",
@@ -450,6 +437,7 @@ class CHAOSDataModule(_SliceDataModule):
         self.sequence = sequence
         self.strict_labels = strict_labels
         self.save_hyperparameters()
+        self.hparams["augment"] = self.augment.to_dict() if self.augment is not None else False  # plain data
 
     def _find(self) -> list[Path]:
         return find_chaos_cases(self.data_dir, self.sequence)
@@ -485,7 +473,9 @@ class BraTSDataModule(_SliceDataModule):
         num_workers: DataLoader workers.
         normalize: ``"zscore"`` (per case and modality over the brain voxels; default, our choice) or
             ``"none"`` (the paper).
-        augment: random rotation (+-15 deg), scaling (+-10 %), intensity scale and noise; no flips.
+        augment: ``True`` = :class:`~segzoo.data.augment.SliceAugmentConfig` defaults (rotation +-15 deg, zoom
+            +-10 %, intensity scale and noise; no flips), ``False`` = off (the paper), or the fields to change
+            (YAML ``augment: {rotate_prob: 0.3}``).
         synthetic_cases: if > 0 and ``data_dir`` is missing or empty, :meth:`prepare_data` writes that many
             synthetic cases there (:func:`segzoo.data.synthetic.brats.write_brats`, flat layout).
         synthetic_seed: seed of the synthetic cases.
@@ -511,7 +501,7 @@ class BraTSDataModule(_SliceDataModule):
         seed: int = 0,
         num_workers: int = 0,
         normalize: str = "zscore",
-        augment: bool = False,
+        augment: bool | SliceAugmentConfig = False,
         synthetic_cases: int = 0,
         synthetic_seed: int = 0,
         synthetic_size: str = "small",
@@ -525,6 +515,7 @@ class BraTSDataModule(_SliceDataModule):
         )  # fmt: skip
         self.et_label = et_label
         self.save_hyperparameters()
+        self.hparams["augment"] = self.augment.to_dict() if self.augment is not None else False  # plain data
 
     def _find(self) -> list[Path]:
         return find_brats_cases(self.data_dir)
