@@ -9,12 +9,12 @@ import torch
 import yaml
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
-    """Run the test with one torch intra-op thread, restored afterwards.
+    """Run every test with one torch intra-op thread, restored afterwards.
 
     Tiny convolutions and patches on a shared 2-core CPU only contend with a second thread (up to 50x slower under
-    load); DataLoader workers use one thread too.
+    load: the registry test took 267 s with two threads and 20 s with one); DataLoader workers use one thread too.
     """
     n = torch.get_num_threads()
     torch.set_num_threads(1)
