@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# the demo's memory is small and known: it opts in to the faster allocator setting (segzoo.utils.cpu_allocator_from_env)
 demo: install
-	$(BIN)/python -m segzoo.demo --out $(DEMO_DIR)
+	SEGZOO_CPU_ALLOCATOR=reuse $(BIN)/python -m segzoo.demo --out $(DEMO_DIR)
 
 test: install
 	$(BIN)/ruff check .

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segzoo.data.augment import AugmentConfig
 from segzoo.data.datamodule import KiTS19PatchDataset
 from segzoo.data.kits19 import find_kits19_cases
 from segzoo.data.preprocessing import CTPreprocessor, compute_fingerprint, preprocess_dataset
@@ -112,7 +113,7 @@ def bench(name: str, size: str, cases: int, patch, target_spacing, n_cached: int
     }
     ids = [c.case_id for c in kcases]
     for label, probs in (("default_probs", {}), ("all_spatial_on", dict(rotate_prob=1, scale_prob=1, elastic_prob=1))):
-        aug = build_kits19_transforms(patch, **probs)
+        aug = build_kits19_transforms(patch, AugmentConfig(**probs))
         ds = KiTS19PatchDataset(cache, ids, patch, length=10**6, transforms=aug)
         index = iter(range(10**6))  # every call a new item (patches are seeded by index)
         cached = _rate(lambda ds=ds, index=index: ds[next(index)], n_cached)

@@ -296,18 +296,19 @@ def augment_rows(device: torch.device, batch: int, patch: tuple[int, ...], repea
     process (what the DataLoader workers spend). ``batch_augment``: :class:`segzoo.data.gpu_augment.BatchAugment` on the
     patch-sized batch on ``device`` (what the training device spends instead when the workers only crop).
     """
+    from segzoo.data.augment import AugmentConfig
     from segzoo.data.gpu_augment import BatchAugment
     from segzoo.data.transforms import augmentation_input_size, build_kits19_transforms
 
-    probs = dict(rotate_prob=1.0, scale_prob=1.0, elastic_prob=1.0, gamma_prob=1.0, flip_prob=0.5)
-    chain = build_kits19_transforms(patch, **probs)
+    probs = AugmentConfig(rotate_prob=1.0, scale_prob=1.0, elastic_prob=1.0, gamma_prob=1.0, flip_prob=0.5)
+    chain = build_kits19_transforms(patch, probs)
     chain.set_random_state(0)
     crop = augmentation_input_size(chain, patch)
     samples = [
         {"image": torch.randn(1, *crop), "label": torch.randint(0, NUM_CLASSES, (1, *crop)).float()}
         for _ in range(batch)
     ]
-    aug = BatchAugment(**probs, seed=0)
+    aug = BatchAugment(probs, seed=0)
     data = {
         "image": torch.randn(batch, 1, *patch, device=device),
         "label": torch.randint(0, NUM_CLASSES, (batch, 1, *patch), device=device),

@@ -34,6 +34,7 @@ _NAV = [
     ("Experiments", "experiments.md"),
     ("Benchmarks", "benchmarks.md"),
     ("CLI reference", "cli.md"),
+    ("Architecture", "architecture.md"),
     ("Gallery", "gallery.md"),
     ("API reference", "api/"),
 ]

@@ -7,7 +7,6 @@ Lightning subcommands are a :class:`SegzooCLI`, the only place where net, task a
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import sys
 from collections.abc import Callable, Sequence
@@ -124,10 +123,10 @@ def _print_help() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if from_sys and os.environ.get("SEGZOO_CPU_ALLOCATOR", "").lower() == "reuse":  # opt-in, see tune_cpu_allocator
-        from segzoo.utils import tune_cpu_allocator
+    if from_sys:  # the process is ours: SEGZOO_CPU_ALLOCATOR=reuse opts in (segzoo.utils.cpu_allocator_from_env)
+        from segzoo.utils import cpu_allocator_from_env
 
-        tune_cpu_allocator()
+        cpu_allocator_from_env()
     if not argv or argv[0] in ("-h", "--help"):
         _print_help()
         return 0

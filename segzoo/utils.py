@@ -83,8 +83,9 @@ def tune_cpu_allocator(mmap_threshold: int = 2**30, trim_threshold: int = 2**30)
     cores: a ``mss_unet3d`` train step at 2x1x16x64x64 0.59 s -> 0.47 s, an inference forward of 16 windows 0.41 s ->
     0.27 s; 2D nets at 8x1x256x256 25-50% faster. The price is memory: freed blocks stay in the process, so the peak
     resident memory grew by 7% for one 3D net and by 40% for three large 2D nets trained one after another (the
-    2D benchmark run with it was killed by the kernel on a 24 GiB machine). Hence opt-in: ``SEGZOO_CPU_ALLOCATOR=reuse`` makes the ``segzoo`` command call this,
-    ``make demo`` (small, known memory) calls it unless ``SEGZOO_CPU_ALLOCATOR=default``.
+    2D benchmark run with it was killed by the kernel on a 24 GiB machine). Hence opt-in, the same for every entry
+    point: :func:`cpu_allocator_from_env` calls this when ``SEGZOO_CPU_ALLOCATOR=reuse`` (the ``segzoo`` command and
+    ``python -m segzoo.demo``; ``make demo``, whose memory is small and known, sets it).
 
     Does nothing (returns ``False``) off Linux/glibc or when the user already chose an allocator setting
     (``MALLOC_*`` / ``GLIBC_TUNABLES`` variables, or ``LD_PRELOAD`` of e.g. jemalloc or tcmalloc, which PyTorch
@@ -101,3 +102,22 @@ def tune_cpu_allocator(mmap_threshold: int = 2**30, trim_threshold: int = 2**30)
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(int(mmap_threshold))) == 1
     return mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(int(trim_threshold))) == 1 and ok
+
+
+ALLOCATOR_ENV = "SEGZOO_CPU_ALLOCATOR"
+
+
+def cpu_allocator_from_env() -> bool:
+    """The one opt-in rule of every entry point: :func:`tune_cpu_allocator` when ``SEGZOO_CPU_ALLOCATOR=reuse``.
+
+    Unset or ``default`` leaves glibc's allocator alone; another value does too, with a warning naming it. Returns
+    whether the allocator was tuned.
+    """
+    choice = os.environ.get(ALLOCATOR_ENV, "").strip().lower() or "default"
+    if choice not in ("reuse", "default"):
+        import warnings
+
+        warnings.warn(
+            f"{ALLOCATOR_ENV}={os.environ[ALLOCATOR_ENV]!r} ignored: expected 'reuse' or 'default'", stacklevel=2
+        )
+    return choice == "reuse" and tune_cpu_allocator()

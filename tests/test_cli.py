@@ -21,16 +21,7 @@ TOY_CONFIG = textwrap.dedent(
         - class_path: segzoo.tasks.RunCheckpoint
           init_args: {save_last: true, monitor: val/score, mode: max}
         - class_path: segzoo.tasks.RunArtifacts
-    model:
-      net:
-        class_path: segzoo.nets.MSSUNet
-        init_args: {kernel_size: [3, 3, 3], strides: [1, 2, 2], base_features: 8, out_channels: 3}
-      loss:
-        class_path: segzoo.losses.DeepSupervisionLoss
-        init_args:
-          loss:
-            class_path: monai.losses.DiceCELoss
-            init_args: {to_onehot_y: true, softmax: true}
+    model:  # net and loss: the tiny ones of conftest.write_config
       metric:
         class_path: segzoo.metrics.KiTS19Metric
       optimizer:
@@ -43,10 +34,8 @@ TOY_CONFIG = textwrap.dedent(
 
 
 @pytest.fixture
-def toy_config(tmp_path):
-    path = tmp_path / "toy.yaml"
-    path.write_text(TOY_CONFIG)
-    return path
+def toy_config(write_config):
+    return write_config(TOY_CONFIG, "toy.yaml")
 
 
 def test_help_lists_commands(capsys):
@@ -75,9 +64,8 @@ def test_unknown_command(capsys):
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
-def test_unknown_config_key_is_one_line_naming_the_key(toy_config, tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(TOY_CONFIG.replace("init_args: {lr: 0.01}", "init_args: {lr: 0.01, lrr: 3}"))
+def test_unknown_config_key_is_one_line_naming_the_key(toy_config, write_config, capsys):
+    bad = write_config(TOY_CONFIG, "bad.yaml", model={"optimizer": {"init_args": {"lrr": 3}}})
     assert main(["fit", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

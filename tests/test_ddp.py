@@ -37,14 +37,7 @@ CONFIG = textwrap.dedent(
       callbacks:
         - class_path: segzoo.tasks.RunCheckpoint
           init_args: {save_last: true}
-    model:
-      net:
-        class_path: segzoo.nets.MSSUNet
-        init_args: {kernel_size: [3, 3, 3], strides: [1, 2, 2], base_features: 4, out_channels: 3}
-      loss:
-        class_path: segzoo.losses.DeepSupervisionLoss
-        init_args:
-          loss: {class_path: monai.losses.DiceCELoss, init_args: {to_onehot_y: true, softmax: true}}
+    model:  # net and loss: the tiny ones of conftest.write_config
       inferer:
         class_path: segzoo.inference.sliding_window.SlidingWindowTTAInferer
         init_args: {roi_size: [16, 32, 32], sw_batch_size: 1, overlap: 0.25, mirror_axes: null}
@@ -84,10 +77,9 @@ def _segzoo(args: list[str], run: Path, timeout: float = 240) -> subprocess.Comp
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_ddp_fit_then_validate_on_cpu(tmp_path):
+def test_ddp_fit_then_validate_on_cpu(tmp_path, write_config):
     data, run = tmp_path / "data", tmp_path / "run"
-    config = tmp_path / "ddp.yaml"
-    config.write_text(CONFIG.replace("DATA", str(data)))
+    config = write_config(CONFIG.replace("DATA", str(data)), "ddp.yaml")
     cache = tmp_path / "data_preprocessed"
 
     _segzoo(["fit", "--config", str(config)], run)

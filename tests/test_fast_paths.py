@@ -11,9 +11,14 @@ import torch
 from monai.transforms import AdjustContrast, Affine
 
 import segzoo
+from segzoo.data.augment import AugmentConfig
 from segzoo.data.gpu_augment import BatchAugment, adjust_gamma, rotation_matrices
 
 OFF = dict(rotate_prob=0.0, scale_prob=0.0, elastic_prob=0.0, gamma_prob=0.0, flip_prob=0.0)
+
+
+def _aug(seed=None, **fields) -> BatchAugment:
+    return BatchAugment(AugmentConfig(**fields), seed=seed)
 
 
 def _batch(b=3, size=(8, 16, 16), classes=3, seed=0) -> dict:
@@ -36,7 +41,7 @@ def _smooth(size) -> torch.Tensor:
 # ---------------------------------------------------------------------------- BatchAugment
 def test_all_probabilities_zero_is_identity():
     batch = _batch()
-    out = BatchAugment(**OFF, seed=0)(batch)
+    out = _aug(**OFF, seed=0)(batch)
     assert torch.equal(out["image"], batch["image"])
     assert torch.equal(out["label"], batch["label"])
     assert out["case_id"] == batch["case_id"]
@@ -44,14 +49,14 @@ def test_all_probabilities_zero_is_identity():
 
 def test_flip_only_equals_torch_flip_exactly():
     batch = _batch()
-    out = BatchAugment(**{**OFF, "flip_prob": 1.0}, flip_axes=(1, 2), seed=0)(batch)
+    out = _aug(**{**OFF, "flip_prob": 1.0}, flip_axes=(1, 2), seed=0)(batch)
     assert torch.equal(out["image"], batch["image"].flip(3, 4))
     assert torch.equal(out["label"], batch["label"].flip(3, 4))
 
 
 def test_random_flips_follow_the_drawn_per_sample_mask():
     batch = _batch(b=8)
-    aug = BatchAugment(**{**OFF, "flip_prob": 0.5}, flip_axes=(0,))
+    aug = _aug(**{**OFF, "flip_prob": 0.5}, flip_axes=(0,))
     params = aug.draw(8, (8, 16, 16), torch.Generator().manual_seed(3))
     out = aug.apply(batch, **params)
     flipped = params["flip"][:, 0]
@@ -64,7 +69,7 @@ def test_random_flips_follow_the_drawn_per_sample_mask():
 @pytest.mark.parametrize("angle,k", [(math.pi / 2, -1), (-math.pi / 2, 1), (math.pi, 2)])
 def test_quarter_rotations_equal_rot90_exactly(angle, k):
     batch = _batch()
-    aug = BatchAugment(**OFF)
+    aug = _aug(**OFF)
     matrix = rotation_matrices(torch.tensor([[angle, 0.0, 0.0]], dtype=torch.float64)).expand(3, 3, 3)
     out = aug.apply(batch, matrix=matrix)
     assert torch.equal(out["image"], torch.rot90(batch["image"], k, dims=(3, 4)))
@@ -79,7 +84,7 @@ def test_rotation_and_scaling_match_monai_affine(size, angles, zoom):
     image = _smooth(size)
     n = len(size)
     matrix = rotation_matrices(torch.tensor([angles], dtype=torch.float64)) / zoom  # zoom > 1 magnifies
-    out = BatchAugment(**OFF, padding_mode="zeros").apply({"image": image}, matrix=matrix)["image"][0]
+    out = _aug(**OFF, padding_mode="zeros").apply({"image": image}, matrix=matrix)["image"][0]
     ref = Affine(rotate_params=angles, scale_params=[1 / zoom] * n, padding_mode="zeros", image_only=True)(image[0])
     assert torch.allclose(out, torch.as_tensor(ref), atol=1e-4)
     assert (out - image[0]).abs().max() > 0.1  # the transform did something
@@ -98,7 +103,7 @@ def test_constant_elastic_displacement_shifts_by_whole_voxels():
     ramp = torch.arange(12, dtype=torch.float32).expand(1, 1, *size).clone()
     disp = torch.zeros(1, 3, 2, 2, 2)
     disp[:, 2] = 1.0  # every output voxel samples the input one voxel further along W
-    out = BatchAugment(**OFF).apply({"image": ramp}, displacement=disp)["image"]
+    out = _aug(**OFF).apply({"image": ramp}, displacement=disp)["image"]
     assert torch.allclose(out[..., :-1], ramp[..., 1:], atol=1e-5)
     assert torch.allclose(out[..., -1], ramp[..., -1])  # border padding repeats the edge
 
@@ -117,9 +122,9 @@ def test_full_augmentation_keeps_labels_shapes_and_is_seeded():
     batch = _batch(b=6, size=(8, 32, 32), classes=4)
     kwargs = dict(rotate_prob=1.0, scale_prob=1.0, elastic_prob=1.0, gamma_prob=1.0, flip_prob=0.5)
     kwargs.update(elastic_control_spacing=(4, 8, 8), padding_mode="zeros")
-    out1 = BatchAugment(**kwargs, seed=7)(batch)
-    out2 = BatchAugment(**kwargs, seed=7)(batch)
-    out3 = BatchAugment(**kwargs, seed=8)(batch)
+    out1 = _aug(**kwargs, seed=7)(batch)
+    out2 = _aug(**kwargs, seed=7)(batch)
+    out3 = _aug(**kwargs, seed=8)(batch)
     assert out1["image"].shape == batch["image"].shape and out1["image"].dtype == torch.float32
     assert out1["label"].shape == batch["label"].shape and out1["label"].dtype == batch["label"].dtype
     assert set(out1["label"].unique().tolist()) <= {0, 1, 2, 3}
@@ -128,27 +133,27 @@ def test_full_augmentation_keeps_labels_shapes_and_is_seeded():
     assert not torch.equal(out1["label"], batch["label"])
     # an explicit generator overrides the module's own
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    aug = BatchAugment(**kwargs, seed=0)
+    aug = _aug(**kwargs, seed=0)
     assert torch.equal(aug(batch, generator=g1)["image"], aug(batch, generator=g2)["image"])
 
 
 def test_2d_batches_are_supported():
     batch = _batch(b=2, size=(32, 32))
-    out = BatchAugment(rotate_prob=1.0, scale_prob=1.0, elastic_prob=1.0, flip_axes=(0, 1), seed=0)(batch)
+    out = _aug(rotate_prob=1.0, scale_prob=1.0, elastic_prob=1.0, flip_axes=(0, 1), seed=0)(batch)
     assert out["image"].shape == (2, 1, 32, 32)
     assert set(out["label"].unique().tolist()) <= {0, 1, 2}
 
 
 def test_bad_arguments_and_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="rotate_prob"):
-        BatchAugment(rotate_prob=1.5)
+        _aug(rotate_prob=1.5)
     with pytest.raises(ValueError, match="padding_mode"):
-        BatchAugment(padding_mode="wrap")
+        _aug(padding_mode="wrap")
     with pytest.raises(ValueError, match=r"batch\['image'\]"):
-        BatchAugment()({"image": torch.zeros(4, 4)})
+        _aug()({"image": torch.zeros(4, 4)})
     bad = {"image": torch.zeros(1, 1, 8, 8, 8), "label": torch.zeros(1, 1, 8, 8, 4, dtype=torch.long)}
     with pytest.raises(ValueError, match=r"batch\['label'\]"):
-        BatchAugment(**OFF)(bad)
+        _aug(**OFF)(bad)
 
 
 def test_plugs_into_segmentation_task_training_step():
@@ -165,7 +170,7 @@ def test_plugs_into_segmentation_task_training_step():
         def forward(self, out, label):
             return (out - label.float()).square().mean()
 
-    aug = BatchAugment(**{**OFF, "flip_prob": 1.0}, flip_axes=(2,))
+    aug = _aug(**{**OFF, "flip_prob": 1.0}, flip_axes=(2,))
     task = SegmentationTask(net=Recorder(), loss=Loss(), batch_augment=aug)
     batch = _batch(b=2)
     with warnings.catch_warnings():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -77,26 +76,16 @@ def test_nan_loss_stops_fit_naming_step_and_cases(tmp_path):
     assert trainer.global_step == step  # stopped there: no optimizer step on the NaN batch
 
 
-def test_nan_loss_cli_is_one_line(tmp_path, capsys):
-    config = tmp_path / "nan.yaml"
-    config.write_text(
-        textwrap.dedent(
-            """
-            trainer: {max_epochs: 1, logger: false, accelerator: cpu, enable_progress_bar: false,
-                      enable_model_summary: false, enable_checkpointing: false, num_sanity_val_steps: 0}
-            model:
-              net:
-                class_path: segzoo.nets.MSSUNet
-                init_args: {kernel_size: [3, 3, 3], strides: [1, 2, 2], base_features: 4, out_channels: 3}
-              loss:
-                class_path: segzoo.losses.DeepSupervisionLoss
-                init_args:
-                  loss: {class_path: monai.losses.DiceCELoss, init_args: {to_onehot_y: true, softmax: true}}
-            data:
-              class_path: test_guards.NaNToy
-              init_args: {shape: [8, 16, 16]}
-            """
-        )
+def test_nan_loss_cli_is_one_line(tmp_path, capsys, write_config):
+    config = write_config(  # net and loss: the tiny ones of conftest.write_config
+        """
+        trainer: {max_epochs: 1, logger: false, accelerator: cpu, enable_progress_bar: false,
+                  enable_model_summary: false, enable_checkpointing: false, num_sanity_val_steps: 0}
+        data:
+          class_path: test_guards.NaNToy
+          init_args: {shape: [8, 16, 16]}
+        """,
+        "nan.yaml",
     )
     capsys.readouterr()
     assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run")]) == 1

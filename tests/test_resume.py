@@ -28,16 +28,7 @@ CONFIG = textwrap.dedent(
       callbacks:
         - class_path: segzoo.tasks.RunCheckpoint
           init_args: {save_last: true}
-    model:
-      net:
-        class_path: segzoo.nets.MSSUNet
-        init_args: {kernel_size: [3, 3, 3], strides: [1, 2, 2], base_features: 4, out_channels: 3, spatial_dims: 3}
-      loss:
-        class_path: segzoo.losses.DeepSupervisionLoss
-        init_args:
-          loss:
-            class_path: monai.losses.DiceCELoss
-            init_args: {to_onehot_y: true, softmax: true}
+    model:  # net and loss: the tiny ones of conftest.write_config
       optimizer:
         class_path: torch.optim.Adam
         init_args: {lr: 0.01}
@@ -63,8 +54,7 @@ KITS_DATA = """
         num_val_cases: 1
         num_workers: 0
         synthetic_cases: 3
-        rotate_prob: 0.5
-        elastic_prob: 0.5
+        augment: {rotate_prob: 0.5, elastic_prob: 0.5}
 """
 
 
@@ -92,14 +82,13 @@ CHAOS_DATA = """
 
 @pytest.mark.slow
 @pytest.mark.parametrize("data", ["toy", "kits19", "chaos"])
-def test_resume_matches_uninterrupted_run(tmp_path, data):
-    config = tmp_path / "run.yaml"
+def test_resume_matches_uninterrupted_run(tmp_path, data, write_config):
     extra = {"toy": TOY_DATA, "kits19": KITS_DATA, "chaos": CHAOS_DATA}[data].replace("DATA_DIR", str(tmp_path / data))
-    text = CONFIG + textwrap.dedent(extra)
+    overrides = {}
     if data == "chaos":  # 2D slices, 5 classes; 3 steps per epoch out of a shuffled epoch of slices
-        text = text.replace("out_channels: 3, spatial_dims: 3", "out_channels: 5, spatial_dims: 2")
-        text = text.replace("  limit_val_batches: 0\n", "  limit_val_batches: 0\n  limit_train_batches: 3\n")
-    config.write_text(text)
+        overrides = {"model": {"net": {"init_args": {"out_channels": 5, "spatial_dims": 2}}},
+                     "trainer": {"limit_train_batches": 3}}  # fmt: skip
+    config = write_config(CONFIG + textwrap.dedent(extra), **overrides)
     full = _fit(config, tmp_path / "full")
 
     half = _fit(config, tmp_path / "half", "--trainer.max_epochs", "2")

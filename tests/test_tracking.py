@@ -59,7 +59,8 @@ def test_sanity_check_and_empty_overlays_log_nothing(tmp_path):
     assert not (tmp_path / "overlays").exists()
 
 
-def test_csv_logger_gets_pngs_and_hparams(tmp_path):
+def test_csv_logger_gets_pngs_and_hparams(tmp_path, tiny_net):
+    import yaml
     from lightning.pytorch.loggers import CSVLogger
 
     logger = CSVLogger(tmp_path / "logs")
@@ -67,6 +68,19 @@ def test_csv_logger_gets_pngs_and_hparams(tmp_path):
     trainer, module = _fake(tmp_path, [logger], epoch=0)
     cb.on_validation_epoch_end(trainer, module)
     assert len(list((tmp_path / "overlays" / "epoch_0000").glob("*.png"))) == 2
+    # the hyper-parameters really reach the logger: parameter count and the net's constructor config
+    trainer.log_dir = None
+    module = SimpleNamespace(net=tiny_net, hparams={"score_key": "tumor/dice"})
+    cb.on_fit_start(trainer, module)
+    logger.save()
+    logged = yaml.safe_load((Path(logger.log_dir) / "hparams.yaml").read_text())
+    n = sum(p.numel() for p in tiny_net.parameters())
+    assert logged["model"] == {"params": n, "trainable_params": n, "net_class": "MSSUNet"}
+    assert logged["config"]["net"] == tiny_net.init_config
+    assert logged["config"]["model"] == {"score_key": "tumor/dice"}
+    OverlayImages(log_config=False).on_fit_start(trainer, SimpleNamespace(net=torch.nn.Linear(2, 2), hparams={}))
+    logger.save()  # log_config=False: nothing new logged
+    assert yaml.safe_load((Path(logger.log_dir) / "hparams.yaml").read_text()) == logged
 
 
 def test_tensorboard_receives_images(tmp_path):
@@ -107,6 +121,8 @@ def test_parameter_counts_trainable():
 
 
 def test_wandb_forced_offline_without_key(tmp_path, monkeypatch):
+    import os
+
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -115,12 +131,15 @@ def test_wandb_forced_offline_without_key(tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     logger = WandbLogger(save_dir=str(tmp_path), offline=False)
     OverlayImages().setup(SimpleNamespace(loggers=[logger]), None, "fit")
-    import os
-
-    assert os.environ["WANDB_MODE"] == "offline"
-    monkeypatch.setenv("WANDB_MODE", "online")  # an explicit choice is kept
-    OverlayImages().setup(SimpleNamespace(loggers=[logger]), None, "fit")
-    assert os.environ["WANDB_MODE"] == "online"
+    assert logger._wandb_init["mode"] == "offline"  # what wandb.init receives
+    assert "WANDB_MODE" not in os.environ  # the process environment is left alone
+    online = WandbLogger(save_dir=str(tmp_path), mode="online")  # an explicit mode is kept
+    OverlayImages().setup(SimpleNamespace(loggers=[online]), None, "fit")
+    assert online._wandb_init["mode"] == "online"
+    monkeypatch.setenv("WANDB_MODE", "online")  # so is an explicit WANDB_MODE
+    other = WandbLogger(save_dir=str(tmp_path))
+    OverlayImages().setup(SimpleNamespace(loggers=[other]), None, "fit")
+    assert "mode" not in other._wandb_init
 
 
 @pytest.mark.slow

@@ -34,7 +34,18 @@ from segzoo.data.io import (
 )
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+# the label map: class index i is BraTS label BRATS_LABELS[i] (the datamodules train on indices 0-3, label 4 -> 3)
 BRATS_LABELS = (0, 1, 2, 4)
+BRATS_CLASS_NAMES = ("background", "necrotic_core", "edema", "enhancing_tumor")
+# label value -> class index, built once (read-only); labels are uint8 after load_brats_case
+_LABEL_TO_INDEX = np.zeros(256, dtype=np.uint8)
+_LABEL_TO_INDEX[list(BRATS_LABELS)] = np.arange(len(BRATS_LABELS))
+_LABEL_TO_INDEX.flags.writeable = False
+
+
+def brats_label_to_index(label: np.ndarray) -> np.ndarray:
+    """BraTS labels {0, 1, 2, 4} (uint8, as :func:`load_brats_case` returns them) -> class indices {0, 1, 2, 3}."""
+    return _LABEL_TO_INDEX[label]
 
 
 class BratsCase(NamedTuple):

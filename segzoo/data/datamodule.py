@@ -29,8 +29,10 @@ import torch
 from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from segzoo.data.augment import AugmentConfig, resolve_augment
 from segzoo.data.io import DataError
 from segzoo.data.kits19 import KiTS19Case, find_kits19_cases
+from segzoo.data.sampling import EpochShuffleSampler, crop_padded, draw_patch_origin
 from segzoo.data.preprocessing import (
     FINGERPRINT_VERSION,
     CTPreprocessor,
@@ -161,18 +163,6 @@ class KiTS19PatchDataset(Dataset):
             self._arrays[case_id] = (np.load(paths["image"], mmap_mode="r"), np.load(paths["label"], mmap_mode="r"))
         return self._arrays[case_id]
 
-    @staticmethod
-    def _crop(array: np.ndarray, lo: np.ndarray, size: np.ndarray, pad_value: float) -> np.ndarray:
-        """Cut ``(C, *size)`` starting at ``lo`` (may lie outside the array: padded with ``pad_value``)."""
-        shape = np.array(array.shape[1:])
-        a = np.clip(lo, 0, shape)
-        b = np.clip(lo + size, 0, shape)
-        out = np.array(array[(slice(None), *(slice(int(i), int(j)) for i, j in zip(a, b)))])  # copy out of the memmap
-        pad = [(0, 0)] + [(int(i - l), int(l + s - j)) for i, j, l, s in zip(a, b, lo, size)]
-        if any(p != (0, 0) for p in pad):
-            out = np.pad(out, pad, mode="constant", constant_values=pad_value)
-        return out
-
     def sample(
         self, rng: np.random.Generator, crop_size: Sequence[int] | None = None
     ) -> tuple[str, np.ndarray, np.ndarray, bool]:
@@ -183,23 +173,12 @@ class KiTS19PatchDataset(Dataset):
         """
         case_id = self.case_ids[int(rng.integers(len(self.case_ids)))]
         image, label = self._case(case_id)
-        shape = np.array(image.shape[1:])
         size = np.array(self.crop_size if crop_size is None else crop_size)
-        locs = self.locations[case_id]
-        foreground = bool(locs) and rng.random() < self.foreground_oversample
-        if foreground:
-            cls = sorted(locs)[int(rng.integers(len(locs)))]
-            center = locs[cls][int(rng.integers(len(locs[cls])))]
-            lo = center - size // 2
-        else:
-            # the PATCH position is uniform over the case (cases smaller than the patch are centred and padded);
-            # the crop extends it by the margin, padded where it leaves the case
-            patch = np.minimum(np.array(self.patch_size), size)
-            hi = np.maximum(shape - patch, 0)
-            lo_patch = np.array([rng.integers(h + 1) for h in hi]) - np.maximum(patch - shape, 0) // 2
-            lo = lo_patch - (size - patch) // 2
-        img = self._crop(image, lo, size, float(self.properties[case_id]["image_min"]))
-        seg = self._crop(label, lo, size, 0)
+        lo, foreground = draw_patch_origin(
+            rng, image.shape[1:], size, self.patch_size, self.locations[case_id], self.foreground_oversample
+        )
+        img = crop_padded(image, lo, size, float(self.properties[case_id]["image_min"]))
+        seg = crop_padded(label, lo, size, 0)
         return case_id, img, seg, foreground
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -219,50 +198,6 @@ class KiTS19PatchDataset(Dataset):
             "label": _plain(data["label"]).long().contiguous(),
             "case_id": case_id,
         }
-
-
-class EpochShuffleSampler(DistributedSampler):
-    """A per-epoch shuffle of ``size`` items for one rank, with the epoch folded into the indices it yields.
-
-    Epoch ``e``'s order is a permutation seeded with ``(seed, e)`` alone (padded by wrapping around to a multiple of
-    the world size, as ``DistributedSampler`` does), split between ranks by stride; the yielded index is
-    ``e * size + item``, so a dataset that seeds its augmentation with the index (``item = index % size``) draws
-    new augmentations every epoch, and a run resumed from an epoch-boundary checkpoint sees exactly the batches of
-    the uninterrupted run (a ``shuffle=True`` DataLoader draws its order from the global torch RNG, which no
-    checkpoint holds). Lightning calls :meth:`set_epoch` every epoch and keeps this sampler under DDP.
-
-    Args:
-        size: number of items in the dataset.
-        num_replicas: world size.
-        rank: this process's global rank.
-        seed: shuffle seed.
-        shuffle: permute every epoch (else the items in order).
-    """
-
-    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True) -> None:
-        if size < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"EpochShuffleSampler: need size >= 1 and 0 <= rank < num_replicas, got size={size}, "
-                f"num_replicas={num_replicas}, rank={rank}"
-            )
-        self.size, self.num_replicas, self.rank = int(size), int(num_replicas), int(rank)
-        self.num_samples = -(-self.size // self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
-        self.epoch, self.seed, self.shuffle, self.drop_last = 0, int(seed), bool(shuffle), False
-
-    def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle else None
-        order = np.resize(np.arange(self.size) if order is None else order, self.total_size)  # wrap-around padding
-        mine = order[self.rank : self.total_size : self.num_replicas]
-        return iter((self.epoch * self.size + mine).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def run_seed() -> int:
-    """The run's ``seed_everything`` value (``PL_GLOBAL_SEED``), 0 without one."""
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 class KiTS19CaseDataset(Dataset):
@@ -317,12 +252,10 @@ class KiTS19DataModule(L.LightningDataModule):
         num_val_cases: hold-out size among the labelled cases (int = count, float = fraction); also the test split.
         split_seed: seed of the case split.
         foreground_oversample: fraction of training patches centred on a foreground voxel.
-        augment: apply the augmentation chain (:func:`build_kits19_transforms`).
-        rotate_prob: rotation probability.
-        scale_prob: scaling probability.
-        elastic_prob: elastic deformation probability.
-        gamma_prob: gamma probability.
-        flip_prob: mirroring probability per axis.
+        augment: the augmentation of the training patches in the DataLoader workers
+            (:func:`build_kits19_transforms`): ``True`` = :class:`~segzoo.data.augment.AugmentConfig` defaults
+            (nnU-Net's), ``False`` = off (e.g. with ``BatchAugment`` on the device), or an ``AugmentConfig`` / in
+            YAML the fields to change (``augment: {rotate_prob: 0.5, elastic_prob: 0.0}``).
         image_order: image resampling order (1 linear, 3 cubic).
         num_workers: training DataLoader workers.
         val_num_workers: validation/test/predict DataLoader workers.
@@ -330,8 +263,9 @@ class KiTS19DataModule(L.LightningDataModule):
         synthetic_cases: if > 0 and ``data_dir`` is missing or has no case folders, write that many synthetic cases
             there first (:func:`segzoo.data.synthetic.kits19.write_kits19`, size "small").
         synthetic_seed: seed of the synthetic cases.
-        seed: seed of the training patches and their augmentation; ``None`` = the run's ``seed_everything`` value
-            (``PL_GLOBAL_SEED``), 0 without one. Patches are a function of (seed, epoch, rank, position).
+        seed: seed of the training patches and their augmentation, passed explicitly (``seed_everything`` seeds
+            torch, not the data). Patches are a function of (seed, epoch, rank, position), so a resumed run draws
+            the patches of the uninterrupted one.
     """
 
     def __init__(
@@ -345,22 +279,19 @@ class KiTS19DataModule(L.LightningDataModule):
         num_val_cases: int | float = 42,
         split_seed: int = 0,
         foreground_oversample: float = 0.33,
-        augment: bool = True,
-        rotate_prob: float = 0.2,
-        scale_prob: float = 0.2,
-        elastic_prob: float = 0.2,
-        gamma_prob: float = 0.3,
-        flip_prob: float = 0.5,
+        augment: bool | AugmentConfig = True,
         image_order: int = 1,
         num_workers: int = 2,
         val_num_workers: int = 0,
         preprocess_num_workers: int = 0,
         synthetic_cases: int = 0,
         synthetic_seed: int = 0,
-        seed: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.augment = resolve_augment(augment, AugmentConfig)
+        self.hparams["augment"] = self.augment.to_dict() if self.augment is not None else False  # plain data
         self.data_dir = Path(data_dir)
         self.cache_dir = (
             Path(cache_dir) if cache_dir else self.data_dir.parent / f"{self.data_dir.name or 'data'}_preprocessed"
@@ -445,24 +376,15 @@ class KiTS19DataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------------- dataloaders
     def train_transforms(self):
-        hp = self.hparams
-        if not hp.augment:
+        if self.augment is None:
             return None
-        return build_kits19_transforms(
-            self.patch_size,
-            rotate_prob=hp.rotate_prob,
-            scale_prob=hp.scale_prob,
-            elastic_prob=hp.elastic_prob,
-            gamma_prob=hp.gamma_prob,
-            flip_prob=hp.flip_prob,
-        )
+        return build_kits19_transforms(self.patch_size, self.augment)
 
     def train_dataset(self) -> KiTS19PatchDataset:
         hp = self.hparams
         # an epoch is `iterations_per_epoch` optimizer steps on every rank (the distributed sampler splits the
         # dataset between ranks), so the global batch per step is batch_size x world_size, as in the paper's 2 GPUs
         world = self.trainer.world_size if self.trainer is not None else 1
-        seed = hp.seed if hp.seed is not None else run_seed()
         return KiTS19PatchDataset(
             self.cache_dir,
             self.train_cases,
@@ -470,7 +392,7 @@ class KiTS19DataModule(L.LightningDataModule):
             length=hp.iterations_per_epoch * hp.batch_size * world,
             foreground_oversample=hp.foreground_oversample,
             transforms=self.train_transforms(),
-            seed=seed,
+            seed=hp.seed,
         )
 
     def _loader(

@@ -18,8 +18,9 @@ Choices where the paper is silent (docs/data/chaos_brats.md):
   paper has no separate validation set;
 - ``normalize="zscore"`` by default: per case and channel, over the whole loaded volume (BraTS: over the
   non-zero brain voxels, the zero background stays 0); ``"none"`` keeps the raw intensities as in the paper;
-- ``augment`` uses small rotations/scalings and intensity jitter but no flips (a left-right flip would swap
-  the right and left kidney classes of CHAOS);
+- ``augment`` (off by default, as in the paper) uses small rotations/scalings and intensity jitter but no flips (a
+  left-right flip would swap the right and left kidney classes of CHAOS): :class:`~segzoo.data.augment.SliceAugmentConfig`,
+  applied by :class:`~segzoo.data.gpu_augment.SampleAugment`, the on-device ``BatchAugment`` code on one slice;
 - every case is read, normalised, cut to the selected slices and resized once, then kept in memory.
 """
 
@@ -38,15 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from segzoo.data.brats import find_brats_cases, load_brats_case
+from segzoo.data.augment import AugmentConfig, SliceAugmentConfig, resolve_augment
+from segzoo.data.brats import BRATS_CLASS_NAMES, BRATS_LABELS, brats_label_to_index, find_brats_cases, load_brats_case
 from segzoo.data.chaos import CHAOS_CLASS_NAMES, CHAOS_SEQUENCES, find_chaos_cases, load_chaos_case
-from segzoo.data.datamodule import EpochShuffleSampler, run_seed, split_cases
+from segzoo.data.datamodule import split_cases
+from segzoo.data.gpu_augment import SampleAugment
 from segzoo.data.io import DataError
+from segzoo.data.sampling import EpochShuffleSampler
 from segzoo.data.slice2d import SlicePreprocessor
 
-BRATS_CLASS_NAMES = ("background", "necrotic_core", "edema", "enhancing_tumor")
-# BraTS label value of each class index (index 3 is label 4)
-BRATS_INDEX_TO_LABEL = (0, 1, 2, 4)
 _NORMALIZE = ("none", "zscore")
 _RESIZE = ("resize", "pad")
 
@@ -153,7 +154,7 @@ class SliceDataset(Dataset):
     """Every slice of the given cases as one 2D item; ``transform`` (MONAI dict transform) only here.
 
     Index ``i`` is slice ``i % len(self)``; its augmentation is seeded with ``(seed, i)``, so with
-    :class:`segzoo.data.datamodule.EpochShuffleSampler` (which folds the epoch into ``i``) every epoch draws new
+    :class:`segzoo.data.sampling.EpochShuffleSampler` (which folds the epoch into ``i``) every epoch draws new
     augmentations, the same in any worker and after a resume.
     """
 
@@ -218,10 +219,11 @@ class _SliceDataModule(L.LightningDataModule):
         split_seed: int,
         num_workers: int,
         normalize: str,
-        augment: bool,
+        augment: bool | AugmentConfig,
         synthetic_cases: int,
         synthetic_seed: int,
         synthetic_size: str,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         select_slices(np.zeros((1, 1, 1), dtype=np.uint8), slice_selection)  # validates the mode
@@ -246,10 +248,11 @@ class _SliceDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.num_workers = num_workers
         self.normalize = normalize
-        self.augment = augment
+        self.augment = resolve_augment(augment, SliceAugmentConfig)
         self.synthetic_cases = synthetic_cases
         self.synthetic_seed = synthetic_seed
         self.synthetic_size = synthetic_size
+        self.seed = int(seed)
         self._cache: dict[str, SliceCase | None] = {}
         self._paths: dict[str, Path] | None = None
         self.train_case_ids: list[str] = []
@@ -342,30 +345,12 @@ class _SliceDataModule(L.LightningDataModule):
         spacing_t = torch.tensor([spacing[0], spacing[1] * fr, spacing[2] * fc], dtype=torch.float32)
         return SliceCase(case_id, img, lab, spacing_t)
 
-    def _train_transform(self):
-        if not self.augment:
-            return None
-        from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd
-
-        transform = Compose(
-            [
-                RandAffined(
-                    keys=("image", "label"),
-                    prob=0.5,
-                    rotate_range=np.pi / 12,
-                    scale_range=(0.1, 0.1),
-                    mode=("bilinear", "nearest"),
-                    padding_mode="zeros",
-                ),
-                RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-                RandGaussianNoised(keys="image", prob=0.2, std=0.05),
-            ]
-        )
-        return transform
+    def _train_transform(self) -> SampleAugment | None:
+        return None if self.augment is None else SampleAugment(self.augment)
 
     def _seed(self) -> list[int]:
-        """Seed of the shuffle and the augmentation: (split_seed, the run's seed_everything value)."""
-        return [self.split_seed, run_seed()]
+        """Seed of the shuffle and the augmentation: ``(split_seed, seed)``."""
+        return [self.split_seed, self.seed]
 
     def train_dataset(self) -> SliceDataset:
         """2D slices of the training cases."""
@@ -421,11 +406,15 @@ class CHAOSDataModule(_SliceDataModule):
         resize_mode: ``"resize"`` (bilinear / nearest for labels) or ``"pad"`` (centred zero padding).
         batch_size: 2D slices per training batch (validation and test: one case per batch).
         train_fraction: fraction of cases for training; 0.6 is the paper's 3:2 split.
-        split_seed: seed of the case-level split; with the run's ``seed_everything`` value also of the shuffle and
-            the augmentation, which depend only on those seeds, the epoch and the position (resumable).
+        split_seed: seed of the case-level split; with ``seed`` also of the shuffle and the augmentation.
+        seed: seed of the training-slice shuffle and augmentation, passed explicitly (``seed_everything`` seeds
+            torch, not the data); with ``split_seed`` the order and the augmentation depend only on the seeds, the
+            epoch and the position, so a resumed run draws the batches of the uninterrupted one.
         num_workers: DataLoader workers.
         normalize: ``"zscore"`` (per case over all voxels; default, our choice) or ``"none"`` (the paper).
-        augment: random rotation (+-15 deg), scaling (+-10 %), intensity scale and noise; no flips.
+        augment: ``True`` = :class:`~segzoo.data.augment.SliceAugmentConfig` defaults (rotation +-15 deg, zoom
+            +-10 %, intensity scale and noise; no flips), ``False`` = off (the paper), or the fields to change
+            (YAML ``augment: {rotate_prob: 0.3}``).
         synthetic_cases: if > 0 and ``data_dir`` is missing or empty, :meth:`prepare_data` writes that many
             synthetic cases there (:func:`segzoo.data.synthetic.chaos.write_chaos`).
         synthetic_seed: seed of the synthetic cases.
@@ -448,9 +437,10 @@ class CHAOSDataModule(_SliceDataModule):
         batch_size: int = 8,
         train_fraction: float = 0.6,
         split_seed: int = 0,
+        seed: int = 0,
         num_workers: int = 0,
         normalize: str = "zscore",
-        augment: bool = False,
+        augment: bool | SliceAugmentConfig = False,
         synthetic_cases: int = 0,
         synthetic_seed: int = 0,
         synthetic_size: str = "small",
@@ -460,11 +450,12 @@ class CHAOSDataModule(_SliceDataModule):
             raise ValueError(f"sequence must be one of {CHAOS_SEQUENCES}, got {sequence!r}")
         super().__init__(
             data_dir, slice_selection, image_size, resize_mode, batch_size, train_fraction, split_seed,
-            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size,
+            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size, seed,
         )  # fmt: skip
         self.sequence = sequence
         self.strict_labels = strict_labels
         self.save_hyperparameters()
+        self.hparams["augment"] = self.augment.to_dict() if self.augment is not None else False  # plain data
 
     def _preprocessor_args(self) -> dict[str, Any]:
         return {"dataset": "chaos", "label_values": list(range(len(CHAOS_CLASS_NAMES))), "sequence": self.sequence}
@@ -496,12 +487,16 @@ class BraTSDataModule(_SliceDataModule):
         resize_mode: ``"pad"`` (default, the paper zero-pads 240x240 to 256x256) or ``"resize"``.
         batch_size: 2D slices per training batch (validation and test: one case per batch).
         train_fraction: fraction of cases for training; 0.6 is the paper's 3:2 split.
-        split_seed: seed of the case-level split; with the run's ``seed_everything`` value also of the shuffle and
-            the augmentation, which depend only on those seeds, the epoch and the position (resumable).
+        split_seed: seed of the case-level split; with ``seed`` also of the shuffle and the augmentation.
+        seed: seed of the training-slice shuffle and augmentation, passed explicitly (``seed_everything`` seeds
+            torch, not the data); with ``split_seed`` the order and the augmentation depend only on the seeds, the
+            epoch and the position, so a resumed run draws the batches of the uninterrupted one.
         num_workers: DataLoader workers.
         normalize: ``"zscore"`` (per case and modality over the brain voxels; default, our choice) or
             ``"none"`` (the paper).
-        augment: random rotation (+-15 deg), scaling (+-10 %), intensity scale and noise; no flips.
+        augment: ``True`` = :class:`~segzoo.data.augment.SliceAugmentConfig` defaults (rotation +-15 deg, zoom
+            +-10 %, intensity scale and noise; no flips), ``False`` = off (the paper), or the fields to change
+            (YAML ``augment: {rotate_prob: 0.3}``).
         synthetic_cases: if > 0 and ``data_dir`` is missing or empty, :meth:`prepare_data` writes that many
             synthetic cases there (:func:`segzoo.data.synthetic.brats.write_brats`, flat layout).
         synthetic_seed: seed of the synthetic cases.
@@ -527,9 +522,10 @@ class BraTSDataModule(_SliceDataModule):
         batch_size: int = 8,
         train_fraction: float = 0.6,
         split_seed: int = 0,
+        seed: int = 0,
         num_workers: int = 0,
         normalize: str = "zscore",
-        augment: bool = False,
+        augment: bool | SliceAugmentConfig = False,
         synthetic_cases: int = 0,
         synthetic_seed: int = 0,
         synthetic_size: str = "small",
@@ -540,24 +536,23 @@ class BraTSDataModule(_SliceDataModule):
             raise ValueError(f"et_label must be 4 (BraTS 2018-2021) or 3 (BraTS 2023), got {et_label}")
         super().__init__(
             data_dir, slice_selection, image_size, resize_mode, batch_size, train_fraction, split_seed,
-            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size,
+            num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size, seed,
         )  # fmt: skip
         self.et_label = et_label
         self.orientation = None if orientation is None else tuple(orientation)
         self.save_hyperparameters()
+        self.hparams["augment"] = self.augment.to_dict() if self.augment is not None else False  # plain data
 
     def _preprocessor_args(self) -> dict[str, Any]:
-        return {"dataset": "brats", "label_values": list(BRATS_INDEX_TO_LABEL), "orientation": self.orientation}
+        return {"dataset": "brats", "label_values": list(BRATS_LABELS), "orientation": self.orientation}
 
     def _find(self) -> list[Path]:
         return find_brats_cases(self.data_dir)
 
     def _read(self, path: Path):
         case = load_brats_case(path, et_label=self.et_label, orientation=self.orientation)
-        lut = np.zeros(256, dtype=np.uint8)
-        lut[list(BRATS_INDEX_TO_LABEL)] = np.arange(len(BRATS_INDEX_TO_LABEL))
         image = np.transpose(case.image, (0, 3, 1, 2))  # axial slices first: (C, Z, X, Y)
-        label = lut[np.transpose(case.label, (2, 0, 1))]
+        label = brats_label_to_index(np.transpose(case.label, (2, 0, 1)))
         sx, sy, sz = case.spacing
         return image, label, (sz, sx, sy)
 

@@ -2,8 +2,9 @@
 
 Reference: Zhao et al., "Multi Scale Supervised 3D U-Net for Kidney and Tumor Segmentation" (KiTS19), section 2.1
 ("random rotation, random scaling, random elastic deformation, gamma correction and mirroring"); probabilities and
-ranges where the paper is silent follow nnU-Net (Isensee et al., 2021), the same defaults as the CPU chain
-:func:`segzoo.data.transforms.build_kits19_transforms`.
+ranges where the paper is silent follow nnU-Net (Isensee et al., 2021). Ranges and probabilities come from the one
+:class:`~segzoo.data.augment.AugmentConfig` the CPU chain :func:`segzoo.data.transforms.build_kits19_transforms` also
+takes, so the two paths draw from the same distributions (``tests/data/test_augment.py``).
 
 nnU-Net's most common complaint is a GPU starved by CPU augmentation. :class:`BatchAugment` moves the expensive part
 (the resampling) to the device the batch already lives on: ``SegmentationTask(batch_augment=BatchAugment(...))``
@@ -31,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from segzoo.data.augment import AugmentConfig
 
 
 def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
@@ -106,21 +109,11 @@ class BatchAugment(nn.Module):
     and then moved, so a seed gives the same augmentation on CPU and GPU.
 
     Args:
-        rotate_prob: probability of a rotation per sample.
-        rotate_range: max absolute angle per axis in radians (about spatial axes 0, 1, 2); default in-plane only
-            (about the slice axis), as the CPU chain. For 2D batches only ``rotate_range[0]`` is used.
-        scale_prob: probability of an isotropic zoom per sample.
-        scale_range: ``(min, max)`` zoom factor; > 1 magnifies.
-        elastic_prob: probability of an elastic deformation per sample.
-        elastic_magnitude: std (voxels) of the control-point displacements per axis (2D: last two entries).
-        elastic_control_spacing: control-point spacing per axis in voxels (2D: last two entries); the displacement
-            is upsampled (bi/trilinear) from this coarse grid, so it adds no extra resampling of the image.
-        gamma_prob: probability of a gamma transform of the image per sample (mean and std retained).
-        gamma_range: ``(min, max)`` of the uniformly drawn gamma.
-        flip_prob: mirroring probability per sample and axis.
-        flip_axes: spatial axes that may be mirrored (0 = first spatial axis); 2D batches need e.g. ``(0, 1)``.
-        padding_mode: ``grid_sample`` padding for points mapped outside the batch's patch: ``"border"``,
-            ``"zeros"`` or ``"reflection"``.
+        config: ranges and probabilities (per sample and, for flips, per axis), the same
+            :class:`~segzoo.data.augment.AugmentConfig` the CPU chain takes; default ``AugmentConfig()``. For 2D
+            batches only ``rotate_range[0]`` and the last two entries of the elastic fields are used, and
+            ``flip_axes`` must name 2D axes (e.g. ``(0, 1)``). ``padding_mode`` applies to points mapped outside the
+            batch's patch.
         image_key: key of the image tensor.
         label_key: key of the label tensor (``None`` or a missing key: image only).
         seed: seed of this module's own ``torch.Generator``; ``None`` uses torch's global RNG (which
@@ -129,51 +122,13 @@ class BatchAugment(nn.Module):
 
     def __init__(
         self,
-        rotate_prob: float = 0.2,
-        rotate_range: Sequence[float] = (math.pi / 6, 0.0, 0.0),
-        scale_prob: float = 0.2,
-        scale_range: tuple[float, float] = (0.7, 1.4),
-        elastic_prob: float = 0.2,
-        elastic_magnitude: Sequence[float] = (1.0, 4.0, 4.0),
-        elastic_control_spacing: Sequence[int] = (8, 32, 32),
-        gamma_prob: float = 0.3,
-        gamma_range: tuple[float, float] = (0.7, 1.5),
-        flip_prob: float = 0.5,
-        flip_axes: Sequence[int] = (0, 1, 2),
-        padding_mode: str = "border",
+        config: AugmentConfig | None = None,
         image_key: str = "image",
         label_key: str | None = "label",
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        for name, p in [
-            ("rotate_prob", rotate_prob),
-            ("scale_prob", scale_prob),
-            ("elastic_prob", elastic_prob),
-            ("gamma_prob", gamma_prob),
-            ("flip_prob", flip_prob),
-        ]:
-            if not 0.0 <= float(p) <= 1.0:
-                raise ValueError(f"BatchAugment: {name}={p} must be a probability in [0, 1]")
-        if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"BatchAugment: scale_range={tuple(scale_range)} must satisfy 0 < min <= max")
-        if not 0 < gamma_range[0] <= gamma_range[1]:
-            raise ValueError(f"BatchAugment: gamma_range={tuple(gamma_range)} must satisfy 0 < min <= max")
-        if padding_mode not in ("border", "zeros", "reflection"):
-            raise ValueError(f"BatchAugment: padding_mode={padding_mode!r}, expected 'border', 'zeros' or 'reflection'")
-        self.rotate_prob, self.scale_prob, self.elastic_prob = (
-            float(rotate_prob),
-            float(scale_prob),
-            float(elastic_prob),
-        )
-        self.gamma_prob, self.flip_prob = float(gamma_prob), float(flip_prob)
-        self.rotate_range = tuple(float(r) for r in rotate_range)
-        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
-        self.elastic_magnitude = tuple(float(m) for m in elastic_magnitude)
-        self.elastic_control_spacing = tuple(int(s) for s in elastic_control_spacing)
-        self.gamma_range = (float(gamma_range[0]), float(gamma_range[1]))
-        self.flip_axes = tuple(int(a) for a in flip_axes)
-        self.padding_mode = padding_mode
+        self.config = AugmentConfig() if config is None else config
         self.image_key, self.label_key = image_key, label_key
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -188,44 +143,65 @@ class BatchAugment(nn.Module):
 
         Returns:
             dict with ``"matrix"`` ``(B, n, n)`` float64, ``"displacement"`` ``(B, n, *ctrl)`` float32 control-point
-            displacements in voxels or ``None``, ``"gamma"`` ``(B,)`` float64 (1 = off), ``"flip"`` ``(B, n)`` bool.
+            displacements in voxels or ``None``, ``"gamma"`` ``(B,)`` float64 (1 = off), ``"flip"`` ``(B, n)`` bool,
+            ``"intensity_scale"`` ``(B,)`` float64 factors (1 = off) and ``"noise_std"`` ``(B,)`` float64 (0 = off),
+            each ``None`` when its probability is 0.
         """
         g = generator if generator is not None else self.generator
+        cfg = self.config
         n = len(spatial_size)
         if n not in (2, 3):
             raise ValueError(f"BatchAugment: expected 2 or 3 spatial dims, got spatial size {tuple(spatial_size)}")
         b = batch_size
-        rot_range = torch.tensor(self.rotate_range[:1] if n == 2 else self.rotate_range[:3], dtype=torch.float64)
+        rot_range = torch.tensor(cfg.rotate_range[:1] if n == 2 else cfg.rotate_range[:3], dtype=torch.float64)
         if rot_range.numel() != (1 if n == 2 else 3):
-            raise ValueError(f"BatchAugment: rotate_range={self.rotate_range} needs 3 angles for 3D batches")
-        rotate = self._rand(b, generator=g) < self.rotate_prob
+            raise ValueError(f"BatchAugment: rotate_range={cfg.rotate_range} needs 3 angles for 3D batches")
+        rotate = self._rand(b, generator=g) < cfg.rotate_prob
         angles = (self._rand(b, rot_range.numel(), generator=g) * 2 - 1) * rot_range * rotate[:, None]
-        scale = self._rand(b, generator=g) < self.scale_prob
-        lo, hi = self.scale_range
+        scale = self._rand(b, generator=g) < cfg.scale_prob
+        lo, hi = cfg.scale_range
         zoom = torch.where(scale, lo + (hi - lo) * self._rand(b, generator=g), torch.ones(b, dtype=torch.float64))
         matrix = rotation_matrices(angles) / zoom[:, None, None]
 
-        elastic = self._rand(b, generator=g) < self.elastic_prob
+        elastic = self._rand(b, generator=g) < cfg.elastic_prob
         displacement = None
-        if self.elastic_prob > 0:
-            mag = torch.tensor(self.elastic_magnitude[-n:], dtype=torch.float32)
-            spacing = self.elastic_control_spacing[-n:]
+        if cfg.elastic_prob > 0:
+            mag = torch.tensor(cfg.elastic_magnitude[-n:], dtype=torch.float32)
+            spacing = cfg.elastic_control_spacing[-n:]
             ctrl = [max(2, math.ceil(s / c) + 1) for s, c in zip(spatial_size, spacing)]
             field = torch.randn(b, n, *ctrl, generator=g) * mag.view(1, n, *([1] * n))
             field = field * elastic.view(b, *([1] * (n + 1)))
             displacement = field if bool(elastic.any()) else None
 
-        gamma_on = self._rand(b, generator=g) < self.gamma_prob
-        glo, ghi = self.gamma_range
+        gamma_on = self._rand(b, generator=g) < cfg.gamma_prob
+        glo, ghi = cfg.gamma_range
         gamma = torch.where(
             gamma_on, glo + (ghi - glo) * self._rand(b, generator=g), torch.ones(b, dtype=torch.float64)
         )
         flip = torch.zeros(b, n, dtype=torch.bool)
-        for a in self.flip_axes:
+        for a in cfg.flip_axes:
             if not 0 <= a < n:
                 raise ValueError(f"BatchAugment: flip axis {a} is not a spatial axis of a {n}D batch")
-            flip[:, a] = self._rand(b, generator=g) < self.flip_prob
-        return {"matrix": matrix, "displacement": displacement, "gamma": gamma, "flip": flip}
+            flip[:, a] = self._rand(b, generator=g) < cfg.flip_prob
+        # drawn last and only when on, so the draws above do not depend on them
+        scale_int = noise_std = None
+        if cfg.intensity_scale_prob > 0:
+            on = self._rand(b, generator=g) < cfg.intensity_scale_prob
+            r = cfg.intensity_scale_range
+            scale_int = torch.where(
+                on, 1 + (2 * self._rand(b, generator=g) - 1) * r, torch.ones(b, dtype=torch.float64)
+            )
+        if cfg.noise_prob > 0:
+            on = self._rand(b, generator=g) < cfg.noise_prob
+            noise_std = on * self._rand(b, generator=g) * cfg.noise_std  # std uniform in [0, noise_std] (MONAI)
+        return {
+            "matrix": matrix,
+            "displacement": displacement,
+            "gamma": gamma,
+            "flip": flip,
+            "intensity_scale": scale_int,
+            "noise_std": noise_std,
+        }
 
     # ------------------------------------------------------------------ application
     def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -235,7 +211,7 @@ class BatchAugment(nn.Module):
             shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
             raise ValueError(f"BatchAugment: batch['{self.image_key}'] must be a (B, C, *spatial) tensor, got {shape}")
         params = self.draw(image.shape[0], image.shape[2:], generator)
-        return self.apply(batch, **params)
+        return self.apply(batch, **params, generator=generator if generator is not None else self.generator)
 
     def apply(
         self,
@@ -244,8 +220,14 @@ class BatchAugment(nn.Module):
         displacement: torch.Tensor | None = None,
         gamma: torch.Tensor | None = None,
         flip: torch.Tensor | None = None,
+        intensity_scale: torch.Tensor | None = None,
+        noise_std: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> dict[str, Any]:
-        """Apply given (not random) parameters; see :meth:`draw` for their shapes. ``None`` = that part off."""
+        """Apply given parameters; see :meth:`draw` for their shapes. ``None`` = that part off.
+
+        The noise itself (``noise_std`` > 0) is drawn from ``generator`` (torch's global RNG when ``None``).
+        """
         out = dict(batch)
         image = batch[self.image_key]
         label = batch.get(self.label_key) if self.label_key is not None else None
@@ -256,12 +238,18 @@ class BatchAugment(nn.Module):
                 f"matching the image {tuple(image.shape)}"
             )
         if matrix is not None or displacement is not None:
-            image, label = self._spatial(image, label, matrix, displacement)
+            image, label = self._spatial(image, label, matrix, displacement, self.config.padding_mode)
         if gamma is not None:
             on = gamma.cpu() != 1
             if bool(on.any()):
                 adjusted = adjust_gamma(image.float(), gamma.to(image.device)).to(image.dtype)
                 image = torch.where(on.to(image.device).view(-1, *([1] * (n + 1))), adjusted, image)
+        view = (-1, *([1] * (n + 1)))
+        if intensity_scale is not None and bool((intensity_scale != 1).any()):
+            image = image * intensity_scale.to(image.device, image.dtype).view(view)
+        if noise_std is not None and bool((noise_std > 0).any()):
+            noise = torch.randn(image.shape, generator=generator, dtype=torch.float32)
+            image = image + (noise * noise_std.to(torch.float32).view(view)).to(image.device, image.dtype)
         if flip is not None:
             flip_cpu = flip.cpu()  # decide on the host which axes need work: no device sync per axis
             for a in range(n):
@@ -281,6 +269,7 @@ class BatchAugment(nn.Module):
         label: torch.Tensor | None,
         matrix: torch.Tensor | None,
         displacement: torch.Tensor | None,
+        padding_mode: str,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, n = image.shape[0], image.ndim - 2
         size = tuple(image.shape[2:])
@@ -309,14 +298,10 @@ class BatchAugment(nn.Module):
             return image_out, label_out
         idx = torch.tensor(resample, device=image.device)
         grid = self._grid(matrix[resample], None if displacement is None else displacement[resample], size, image)
-        warped = F.grid_sample(
-            image[idx].float(), grid, mode="bilinear", padding_mode=self.padding_mode, align_corners=True
-        )
+        warped = F.grid_sample(image[idx].float(), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
         image_out[idx] = warped.to(image.dtype)
         if label is not None:
-            lab = F.grid_sample(
-                label[idx].float(), grid, mode="nearest", padding_mode=self.padding_mode, align_corners=True
-            )
+            lab = F.grid_sample(label[idx].float(), grid, mode="nearest", padding_mode=padding_mode, align_corners=True)
             label_out[idx] = lab.round().to(label.dtype)
         return image_out, label_out
 
@@ -361,3 +346,32 @@ class BatchAugment(nn.Module):
             disp = disp * scale.to(like.device, torch.float32).view(1, n, *([1] * n))
             grid = grid + disp.flip(1).movedim(1, -1)
         return grid
+
+
+class SampleAugment:
+    """:class:`BatchAugment` on one sample, for CPU DataLoader workers (the 2D slices' augmentation).
+
+    Input/output: ``{"image": (C, *spatial), "label": (1, *spatial), ...}``; a batch of one goes through
+    :class:`BatchAugment`, so the CPU and the on-device path are the same code and draw from the same distributions.
+    Has MONAI's ``set_random_state(seed)``: the dataset reseeds it per item, so an item's augmentation depends only
+    on its seed.
+
+    Args:
+        config: ranges and probabilities (:class:`~segzoo.data.augment.AugmentConfig`).
+        image_key: key of the image tensor.
+        label_key: key of the label tensor.
+    """
+
+    def __init__(self, config: AugmentConfig, image_key: str = "image", label_key: str | None = "label") -> None:
+        self.augment = BatchAugment(config, image_key=image_key, label_key=label_key)
+        self.keys = tuple(k for k in (image_key, label_key) if k is not None)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def set_random_state(self, seed: int) -> SampleAugment:
+        self.generator.manual_seed(int(seed))
+        return self
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        batch = {k: (v[None] if k in self.keys and torch.is_tensor(v) else v) for k, v in item.items()}
+        out = self.augment(batch, generator=self.generator)
+        return {k: (v[0] if k in self.keys and torch.is_tensor(v) else v) for k, v in out.items()}

@@ -17,6 +17,8 @@ Design (see ``docs/data/kits19.md``):
   ``RandDeformGrid``); MONAI's ``Rand3DElasticd`` smooths a full-resolution random field with a gaussian, which costs
   ~0.8 s per 192x192x64 patch on a CPU, ~20x more.
 - Gamma: MONAI ``RandAdjustContrastd`` (``retain_stats``: mean/std kept, as nnU-Net); mirroring: ``RandFlipd`` per axis.
+- Ranges and probabilities come from one :class:`~segzoo.data.augment.AugmentConfig`, the same the on-device
+  :class:`~segzoo.data.gpu_augment.BatchAugment` takes (``tests/data/test_augment.py`` checks both draw alike).
 """
 
 from __future__ import annotations
@@ -27,8 +29,18 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import Compose, MapTransform, RandAdjustContrastd, RandFlipd, Randomizable
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    Randomizable,
+    RandScaleIntensityd,
+)
 from monai.transforms.utils import create_rotate
+
+from segzoo.data.augment import AugmentConfig
 
 
 class RandSpatialAugmentd(Randomizable, MapTransform):
@@ -40,50 +52,34 @@ class RandSpatialAugmentd(Randomizable, MapTransform):
     Args:
         keys: keys to transform (typically ``("image", "label")``).
         patch_size: output spatial size ``(D, H, W)``.
+        augment: ranges and probabilities (rotation, scaling, elastic, ``padding_mode``; the other fields are not
+            used here); default :class:`~segzoo.data.augment.AugmentConfig` ``()``.
         mode: per key ``"bilinear"`` (trilinear) or ``"nearest"``.
-        rotate_prob: probability of a rotation.
-        rotate_range: max absolute angle per axis in radians, rotation about axis 0, 1, 2 (about axis 0 = in-plane).
-        scale_prob: probability of an isotropic scaling.
-        scale_range: ``(min, max)`` zoom factor; > 1 magnifies (samples a smaller region).
-        elastic_prob: probability of an elastic deformation.
-        elastic_magnitude: std of the control-point displacement per axis, in voxels.
-        elastic_control_spacing: control-point spacing per axis, in voxels.
-        padding_mode: ``grid_sample`` padding for points outside the crop (``"border"`` or ``"zeros"``).
     """
 
     def __init__(
         self,
         keys: Sequence[str],
         patch_size: Sequence[int],
+        augment: AugmentConfig | None = None,
         mode: Sequence[str] = ("bilinear", "nearest"),
-        rotate_prob: float = 0.2,
-        rotate_range: Sequence[float] = (math.pi / 6, 0.0, 0.0),
-        scale_prob: float = 0.2,
-        scale_range: tuple[float, float] = (0.7, 1.4),
-        elastic_prob: float = 0.2,
-        elastic_magnitude: Sequence[float] = (1.0, 4.0, 4.0),
-        elastic_control_spacing: Sequence[int] = (8, 32, 32),
-        padding_mode: str = "border",
     ) -> None:
         MapTransform.__init__(self, keys)
         if len(patch_size) != 3:
             raise ValueError(f"patch_size={tuple(patch_size)}: expected 3 sizes (D, H, W)")
         if len(mode) != len(self.keys):
             raise ValueError(f"mode={tuple(mode)}: expected one mode per key {self.keys}")
-        if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range={tuple(scale_range)}: expected 0 < min <= max")
+        cfg = AugmentConfig() if augment is None else augment
         self.patch_size = tuple(int(s) for s in patch_size)
         self.mode = tuple(mode)
-        self.rotate_prob, self.scale_prob, self.elastic_prob = (
-            float(rotate_prob),
-            float(scale_prob),
-            float(elastic_prob),
-        )
-        self.rotate_range = tuple(float(r) for r in rotate_range)
-        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
-        self.elastic_magnitude = tuple(float(m) for m in elastic_magnitude)
-        self.elastic_control_spacing = tuple(int(s) for s in elastic_control_spacing)
-        self.padding_mode = padding_mode
+        self.rotate_prob, self.scale_prob, self.elastic_prob = cfg.rotate_prob, cfg.scale_prob, cfg.elastic_prob
+        self.rotate_range = cfg.rotate_range
+        if len(self.rotate_range) != 3:
+            raise ValueError(f"rotate_range={self.rotate_range}: expected 3 angles (about axes 0, 1, 2) for 3D patches")
+        self.scale_range = cfg.scale_range
+        self.elastic_magnitude = cfg.elastic_magnitude
+        self.elastic_control_spacing = cfg.elastic_control_spacing
+        self.padding_mode = cfg.padding_mode
         self.input_size = self._input_size()
         self._matrix: np.ndarray | None = None
         self._displacement: torch.Tensor | None = None
@@ -183,55 +179,38 @@ class RandSpatialAugmentd(Randomizable, MapTransform):
 
 def build_kits19_transforms(
     patch_size: Sequence[int],
-    rotate_prob: float = 0.2,
-    rotate_range: Sequence[float] = (math.pi / 6, 0.0, 0.0),
-    scale_prob: float = 0.2,
-    scale_range: tuple[float, float] = (0.7, 1.4),
-    elastic_prob: float = 0.2,
-    elastic_magnitude: Sequence[float] = (1.0, 4.0, 4.0),
-    elastic_control_spacing: Sequence[int] = (8, 32, 32),
-    gamma_prob: float = 0.3,
-    gamma_range: tuple[float, float] = (0.7, 1.5),
-    flip_prob: float = 0.5,
-    flip_axes: Sequence[int] = (0, 1, 2),
+    augment: AugmentConfig | None = None,
     keys: Sequence[str] = ("image", "label"),
 ) -> Compose:
     """Training augmentation for a KiTS19 patch dict ``{"image": (1, *crop), "label": (1, *crop)}``.
 
     The input crop must have the size ``transforms.transforms[0].input_size`` (see :func:`augmentation_input_size`);
     the output has ``patch_size``. Order: spatial (rotation + scaling + elastic, one resampling) -> gamma (image only)
-    -> mirroring per axis.
+    -> intensity scaling and noise (image only; only when their probability is > 0, off by default) -> mirroring
+    per axis.
 
     Args:
         patch_size: output patch ``(D, H, W)``.
-        rotate_prob, rotate_range, scale_prob, scale_range, elastic_prob, elastic_magnitude, elastic_control_spacing:
-            see :class:`RandSpatialAugmentd`.
-        gamma_prob: probability of a gamma transform of the image (mean and std retained).
-        gamma_range: gamma range.
-        flip_prob: mirroring probability per axis.
-        flip_axes: spatial axes that may be mirrored.
+        augment: ranges and probabilities; default :class:`~segzoo.data.augment.AugmentConfig` ``()`` (the same
+            config :class:`~segzoo.data.gpu_augment.BatchAugment` takes).
         keys: image key first, then the label key.
 
     Returns:
-        A MONAI ``Compose``; call ``set_random_state(seed)`` on it to reseed (the datamodule does, per worker).
+        A MONAI ``Compose``; call ``set_random_state(seed)`` on it to reseed (the datamodule does, per item).
     """
+    cfg = AugmentConfig() if augment is None else augment
     image_key = keys[0]
     transforms = [
-        RandSpatialAugmentd(
-            keys,
-            patch_size,
-            mode=("bilinear",) + ("nearest",) * (len(keys) - 1),
-            rotate_prob=rotate_prob,
-            rotate_range=rotate_range,
-            scale_prob=scale_prob,
-            scale_range=scale_range,
-            elastic_prob=elastic_prob,
-            elastic_magnitude=elastic_magnitude,
-            elastic_control_spacing=elastic_control_spacing,
-        ),
-        RandAdjustContrastd(image_key, prob=gamma_prob, gamma=tuple(gamma_range), retain_stats=True),
+        RandSpatialAugmentd(keys, patch_size, cfg, mode=("bilinear",) + ("nearest",) * (len(keys) - 1)),
+        RandAdjustContrastd(image_key, prob=cfg.gamma_prob, gamma=cfg.gamma_range, retain_stats=True),
     ]
-    transforms += [RandFlipd(keys, prob=flip_prob, spatial_axis=a) for a in flip_axes]
+    if cfg.intensity_scale_prob > 0:
+        transforms.append(
+            RandScaleIntensityd(image_key, factors=cfg.intensity_scale_range, prob=cfg.intensity_scale_prob)
+        )
+    if cfg.noise_prob > 0:
+        transforms.append(RandGaussianNoised(image_key, prob=cfg.noise_prob, std=cfg.noise_std))
+    transforms += [RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=a) for a in cfg.flip_axes]
     return Compose(transforms)
 
 

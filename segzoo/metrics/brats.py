@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
+from segzoo.data.brats import BRATS_LABELS
 from segzoo.metrics._common import check_label_maps, check_spacing, dice, foreground_box
 from segzoo.metrics.base import CaseMetric
 
@@ -44,7 +45,7 @@ def brats_scores(
     pred: np.ndarray,
     target: np.ndarray,
     spacing: Sequence[float] | None = None,
-    label_map: Sequence[int] = (0, 1, 2, 4),
+    label_map: Sequence[int] = BRATS_LABELS,
     hd95_penalty: float = BRATS_HD95_PENALTY,
 ) -> dict[str, float]:
     """BraTS region scores of one case.
@@ -90,7 +91,7 @@ class BraTSMetric(CaseMetric):
     and ``spacing`` ``(B, n_spatial)`` in mm (1 mm when omitted).
     """
 
-    def __init__(self, label_map: Sequence[int] = (0, 1, 2, 4), hd95_penalty: float = BRATS_HD95_PENALTY) -> None:
+    def __init__(self, label_map: Sequence[int] = BRATS_LABELS, hd95_penalty: float = BRATS_HD95_PENALTY) -> None:
         super().__init__()
         label_map = tuple(int(v) for v in label_map)
         if len(label_map) < 2 or label_map[0] != 0 or len(set(label_map)) != len(label_map):

@@ -74,6 +74,8 @@ class DRNet(SegNet):
         output logits ``(B, out_channels, H, W)``.
     """
 
+    divisor = 16  # checked by SegNet before forward
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -141,8 +143,6 @@ class DRNet(SegNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, H, W)`` for ``x`` of shape ``(B, in_channels, H, W)``, H, W divisible by 16."""
-        if x.ndim != 4 or x.shape[-1] % 16 or x.shape[-2] % 16:
-            raise ValueError(f"DRNet expects (B, C, H, W) with H and W divisible by 16, got {tuple(x.shape)}")
         skips = [self.enc1(x)]
         for block, path in zip(self.enc, self.enc_res, strict=True):
             p = F.max_pool2d(skips[-1], 2)

@@ -152,8 +152,9 @@ class SegmentationTask(pl.LightningModule):
         }
 
     # -------------------------------------------------------------- evaluation
-    def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Whole-case output ``(B, K, *spatial)`` (logits or probabilities; argmax is what counts)."""
+    def predict_scores(self, image: torch.Tensor) -> torch.Tensor:
+        """Whole-case class scores ``(B, K, *spatial)``: what the inferer returns (the TTA inferer's default: mean
+        probabilities; ``SliceInferer`` or no inferer: logits); argmax over ``K`` is the label map."""
         if self.inferer is not None:
             return self.inferer(image, self.net)
         out = self.net(image)
@@ -161,7 +162,7 @@ class SegmentationTask(pl.LightningModule):
 
     def predict_labels(self, image: torch.Tensor) -> torch.Tensor:
         """Whole-case label maps ``(B, *spatial)`` after optional post-processing."""
-        pred = self.predict_logits(image).argmax(dim=1)
+        pred = self.predict_scores(image).argmax(dim=1)
         if self.postprocess is not None:
             pred = torch.stack([torch.as_tensor(self.postprocess(p)) for p in pred.cpu()]).to(pred.device)
         return pred
@@ -180,7 +181,7 @@ class SegmentationTask(pl.LightningModule):
         self._eval_step(batch)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        probs = self.predict_logits(batch["image"])
+        probs = self.predict_scores(batch["image"])
         return {"case_id": batch.get("case_id"), "output": probs}
 
     def _keep_overlay(self, batch: dict[str, Any], pred: torch.Tensor) -> None:

@@ -8,8 +8,9 @@ parameter count and the resolved config (the ``config.yaml`` LightningCLI saved,
 config) as hyper-parameters, which wandb shows as the run config.
 
 wandb never blocks on the network: when no API key is configured (``WANDB_API_KEY`` or a ``~/.netrc`` entry for
-``api.wandb.ai``) and ``WANDB_MODE`` is unset, the callback sets ``WANDB_MODE=offline`` before the run starts,
-so a misconfigured ``offline: false`` logs locally instead of waiting for a login prompt.
+``api.wandb.ai``) and ``WANDB_MODE`` is unset, the callback passes ``mode="offline"`` to the ``WandbLogger``'s
+``wandb.init`` arguments before its run starts (the process environment is left alone), so a misconfigured
+``offline: false`` logs locally instead of waiting for a login prompt.
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ class OverlayImages(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from lightning.pytorch.loggers import WandbLogger
 
-        uses_wandb = any(isinstance(lg, WandbLogger) for lg in trainer.loggers)
-        if uses_wandb and "WANDB_MODE" not in os.environ and not wandb_has_api_key():
-            os.environ["WANDB_MODE"] = "offline"
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        # an explicit WANDB_MODE, a mode argument or a run that already exists is the user's choice
+        pending = [lg for lg in loggers if lg._experiment is None and "mode" not in lg._wandb_init]
+        if pending and "WANDB_MODE" not in os.environ and not wandb_has_api_key():
+            for logger in pending:
+                logger._wandb_init["mode"] = "offline"  # WandbLogger passes these to wandb.init
             rank_zero_info("segzoo: no wandb API key configured; logging offline (sync later with `wandb sync`)")
 
     # ------------------------------------------------------------------ config and parameter count

@@ -192,20 +192,6 @@ def _case_ids(loader):
     return [tuple(b["case_id"]) + (float(b["image"].sum()),) for b in loader]
 
 
-def test_unshuffled_sampler_epochs_and_ranks():
-    from segzoo.data.datamodule import EpochShuffleSampler
-
-    s = EpochShuffleSampler(6, num_replicas=2, rank=1, shuffle=False)  # KiTS19: 3 patches per rank and epoch
-    assert list(s) == [1, 3, 5] and len(s) == 3
-    s.set_epoch(2)
-    assert list(s) == [13, 15, 17]
-    r0 = EpochShuffleSampler(6, num_replicas=2, rank=0, shuffle=False)
-    r0.set_epoch(2)
-    assert set(r0).isdisjoint(s)
-    with pytest.raises(ValueError, match="rank"):
-        EpochShuffleSampler(6, num_replicas=2, rank=2)
-
-
 def test_epochs_differ_and_workers_do_not_matter(dm):
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
@@ -248,23 +234,3 @@ def test_setup_without_prepare_is_a_clear_error(dm, tmp_path):
     fresh = KiTS19DataModule(str(tmp_path / "data"), num_val_cases=1)
     with pytest.raises(DataError, match="fingerprint"):
         fresh.setup("fit")
-
-
-def test_epoch_shuffle_sampler():
-    from segzoo.data.datamodule import EpochShuffleSampler
-
-    single = EpochShuffleSampler(10, seed=3)
-    epoch0 = list(single)
-    assert sorted(i % 10 for i in epoch0) == list(range(10)) and epoch0 != list(range(10))  # a permutation
-    single.set_epoch(1)
-    epoch1 = list(single)
-    assert all(10 <= i < 20 for i in epoch1)  # the epoch is folded into the index
-    assert [i % 10 for i in epoch1] != [i % 10 for i in epoch0]  # a new order
-    assert list(EpochShuffleSampler(10, seed=3)) == epoch0  # depends on (seed, epoch) only
-    ranks = [EpochShuffleSampler(10, num_replicas=3, rank=r, seed=3) for r in range(3)]
-    assert [len(r) for r in ranks] == [4, 4, 4]  # padded to a multiple of the world size, like DistributedSampler
-    drawn = [i for r in ranks for i in r]
-    assert sorted(set(drawn)) == sorted(epoch0) and len(drawn) == 12
-    assert list(EpochShuffleSampler(4, shuffle=False)) == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="size"):
-        EpochShuffleSampler(0)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from segzoo.data.augment import AugmentConfig
 from segzoo.data.datamodule import KiTS19PatchDataset
 from segzoo.data.kits19 import find_kits19_cases
 from segzoo.data.preprocessing import CTPreprocessor, preprocess_dataset
@@ -30,7 +31,7 @@ def _blob(size):
 
 
 def test_no_augmentation_is_an_exact_centre_crop():
-    t = build_kits19_transforms(PATCH, rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=0, flip_prob=0)
+    t = build_kits19_transforms(PATCH, AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=0, flip_prob=0))
     size = augmentation_input_size(t, PATCH)
     assert size == PATCH  # nothing spatial can fire: no margin needed
     x = torch.randn(1, *size)
@@ -39,7 +40,7 @@ def test_no_augmentation_is_an_exact_centre_crop():
 
 
 def test_margin_is_even_and_covers_every_sample_point():
-    t = RandSpatialAugmentd(("image", "label"), PATCH, rotate_prob=1, scale_prob=1, elastic_prob=1)
+    t = RandSpatialAugmentd(("image", "label"), PATCH, AugmentConfig(rotate_prob=1, scale_prob=1, elastic_prob=1))
     size = t.input_size
     assert all(s > p and (s - p) % 2 == 0 for s, p in zip(size, PATCH))
     t.set_random_state(0)
@@ -57,7 +58,9 @@ def test_margin_is_even_and_covers_every_sample_point():
 
 
 def test_identity_warp_matches_crop_and_rotation_is_aligned():
-    t = RandSpatialAugmentd(("image", "label"), PATCH, mode=("nearest", "nearest"), rotate_prob=1, scale_prob=0)
+    t = RandSpatialAugmentd(
+        ("image", "label"), PATCH, AugmentConfig(rotate_prob=1, scale_prob=0), mode=("nearest", "nearest")
+    )
     size = t.input_size
     lab = _blob(size)
     lo = [(s - p) // 2 for s, p in zip(size, PATCH)]
@@ -76,7 +79,7 @@ def test_identity_warp_matches_crop_and_rotation_is_aligned():
 
 
 def test_full_chain_shapes_values_and_determinism():
-    t = build_kits19_transforms(PATCH, rotate_prob=1, scale_prob=1, elastic_prob=1, gamma_prob=1, flip_prob=0.5)
+    t = build_kits19_transforms(PATCH, AugmentConfig(rotate_prob=1, scale_prob=1, elastic_prob=1, gamma_prob=1, flip_prob=0.5))
     size = augmentation_input_size(t, PATCH)
     gen = torch.Generator().manual_seed(0)
     x, lab = torch.randn(1, *size, generator=gen) + 3, _blob(size)
@@ -93,13 +96,13 @@ def test_full_chain_shapes_values_and_determinism():
 
 
 def test_gamma_keeps_mean_and_std_and_flip_mirrors():
-    t = build_kits19_transforms(PATCH, rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=1, flip_prob=0)
+    t = build_kits19_transforms(PATCH, AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=1, flip_prob=0))
     x = torch.rand(1, *PATCH) * 4 - 1
     y = torch.as_tensor(t({"image": x, "label": _blob(PATCH)})["image"])
     assert not torch.allclose(y, x)
     assert y.mean().item() == pytest.approx(x.mean().item(), abs=1e-4)
     assert y.std().item() == pytest.approx(x.std().item(), rel=1e-3)
-    f = build_kits19_transforms(PATCH, rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=0, flip_prob=1)
+    f = build_kits19_transforms(PATCH, AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=0, flip_prob=1))
     out = f({"image": x, "label": _blob(PATCH)})
     assert torch.equal(torch.as_tensor(out["image"]), x.flip(1, 2, 3))
     assert torch.equal(torch.as_tensor(out["label"]), _blob(PATCH).flip(1, 2, 3))

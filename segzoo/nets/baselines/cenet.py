@@ -114,6 +114,8 @@ class CENet(SegNet):
         input ``(B, in_channels, H, W)`` with H and W divisible by 32; output ``(B, out_channels, H, W)``.
     """
 
+    divisor = 32  # checked by SegNet before forward
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -153,8 +155,6 @@ class CENet(SegNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, H, W)`` for ``x`` of shape ``(B, in_channels, H, W)``, H, W divisible by 32."""
-        if x.ndim != 4 or x.shape[-1] % 32 or x.shape[-2] % 32:
-            raise ValueError(f"CENet expects (B, C, H, W) with H and W divisible by 32, got {tuple(x.shape)}")
         e1, e2, e3, e4 = self.encoder(x)
         d = self.rmp(self.dac(e4))
         for decoder, skip in zip(self.decoders[:3], (e3, e2, e1), strict=True):

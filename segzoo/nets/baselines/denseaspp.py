@@ -80,6 +80,8 @@ class DenseASPP(SegNet):
         input ``(B, in_channels, H, W)`` with H and W divisible by 8; output ``(B, out_channels, H, W)``.
     """
 
+    divisor = 8  # checked by SegNet before forward
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -131,8 +133,6 @@ class DenseASPP(SegNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, H, W)`` for ``x`` of shape ``(B, in_channels, H, W)``, H, W divisible by 8."""
-        if x.ndim != 4 or x.shape[-1] % 8 or x.shape[-2] % 8:
-            raise ValueError(f"DenseASPP expects (B, C, H, W) with H and W divisible by 8, got {tuple(x.shape)}")
         f = self.backbone(x)
         for layer in self.aspp:
             f = torch.cat([f, layer(f)], dim=1)

@@ -124,6 +124,8 @@ class MSDual(SegNet):
         input ``(B, in_channels, H, W)`` with H and W divisible by 32; output ``(B, out_channels, H, W)``.
     """
 
+    divisor = 32  # checked by SegNet before forward
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -152,8 +154,6 @@ class MSDual(SegNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, H, W)`` for ``x`` of shape ``(B, in_channels, H, W)``, H, W divisible by 32."""
-        if x.ndim != 4 or x.shape[-1] % 32 or x.shape[-2] % 32:
-            raise ValueError(f"MSDual expects (B, C, H, W) with H and W divisible by 32, got {tuple(x.shape)}")
         feats = self.encoder(x)
         size = feats[0].shape[-2:]
         scales = [

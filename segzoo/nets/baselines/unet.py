@@ -65,6 +65,7 @@ class UNet2D(SegNet):
             raise ValueError(f"features needs at least 2 levels, got {tuple(features)}")
         f = [int(c) for c in features]
         self.levels = len(f)
+        self.divisor = 2 ** (self.levels - 1)  # checked by SegNet before forward
 
         def conv(cin: int, cout: int, first: bool = False) -> nn.Module:
             if block == "pfm" and not first:
@@ -91,9 +92,6 @@ class UNet2D(SegNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, H, W)``."""
-        factor = 2 ** (self.levels - 1)
-        if x.ndim != 4 or x.shape[-1] % factor or x.shape[-2] % factor:
-            raise ValueError(f"UNet2D expects (B, C, H, W) with H and W divisible by {factor}, got {tuple(x.shape)}")
         skips = []
         for i, stage in enumerate(self.down):
             x = stage(x if i == 0 else nn.functional.max_pool2d(x, 2))
