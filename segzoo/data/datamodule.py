@@ -327,6 +327,9 @@ class KiTS19DataModule(L.LightningDataModule):
             (``PL_GLOBAL_SEED``), 0 without one. Patches are a function of (seed, epoch, rank, position).
     """
 
+    in_channels = 1  # CT; segzoo.cli links it to the net's in_channels
+    num_classes = 3  # background, kidney, tumour; linked to the net's out_channels
+
     def __init__(
         self,
         data_dir: str,
