@@ -62,6 +62,11 @@ def _build_cli_class() -> type:
             _loggers_in_run_folder(config)
             _progress_bar_switch(config)
 
+        def before_fit(self) -> None:
+            _before_run(self)
+
+        before_validate = before_test = before_predict = before_fit
+
     SegzooCLI.__module__ = __name__
     return SegzooCLI
 
@@ -76,6 +81,20 @@ def __getattr__(name: str):
             _CLI_CLASS = _build_cli_class()
         return _CLI_CLASS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _before_run(cli) -> None:
+    from segzoo._console import drop_unused_wandb_setting
+
+    drop_unused_wandb_setting(cli.trainer)
+    task, dm = cli.model, cli.datamodule
+    window = getattr(dm, "patch_size", None) or getattr(dm, "image_size", None)
+    channels = getattr(dm, "in_channels", None)
+    if cli.subcommand == "fit" and window and channels and getattr(task, "example_input_array", None) is None:
+        import torch
+
+        # the model summary then reports the net's real FLOPs and shapes for one training patch (else "FLOPs 0")
+        task.example_input_array = torch.zeros(1, int(channels), *(int(s) for s in window))
 
 
 def _loggers_in_run_folder(config) -> None:
@@ -299,7 +318,7 @@ def run_summary(cli: Any, subcommand: str) -> list[str]:
     configs = []
     try:
         if trainer.log_dir:
-            configs.append(Path(trainer.log_dir) / "config.yaml")
+            configs.append(Path(trainer.log_dir).resolve() / "config.yaml")
     except Exception:  # a logger without a log_dir before its experiment exists
         pass
     configs.append(root / "config.yaml")
@@ -314,19 +333,18 @@ def run_summary(cli: Any, subcommand: str) -> list[str]:
         where = f" (per case: {root / metrics_file})" if metrics_file and (root / metrics_file).is_file() else ""
         lines.append(f"  metrics           {shown}{where}")
     elif subcommand == "fit":
-        every = trainer.check_val_every_n_epoch
         lines.append(
-            f"  no validation ran: it runs every {every} epoch(s) and the fit stopped at epoch {trainer.current_epoch}"
-            f" / step {trainer.global_step}; no best checkpoint and no metrics (run `segzoo validate --ckpt_path"
-            f" ...` or lower --trainer.check_val_every_n_epoch)"
+            f"  no validation ran: the fit stopped after {trainer.global_step} training steps, before the first"
+            f" validation (every {trainer.check_val_every_n_epoch} epoch(s)); so no best checkpoint and no metrics."
+            " Run `segzoo validate --config ... --ckpt_path LAST` or lower --trainer.check_val_every_n_epoch"
         )
     else:
         lines.append("  no metrics: the task has no metric or the data had no labelled cases")
     for logger in trainer.loggers:
-        folder = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        folder = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or root
         if type(logger).__name__ == "WandbLogger":
             folder = Path(logger.save_dir or root) / "wandb"
-        lines.append(f"  logs              {type(logger).__name__}: {folder}")
+        lines.append(f"  logs              {type(logger).__name__}: {Path(folder).resolve()}")
     return lines
 
 
