@@ -296,10 +296,45 @@ def _print_help() -> None:
     print("\nOther commands (`segzoo COMMAND --help`):")
     for c, (_, d) in _plain_commands().items():
         print(f"  {c:<10} {d}")
-    print("\n  --version  print the version;  segzoo fit --print_shtab bash  prints a shell-completion script")
+    print("\n  --version             print the version")
+    print("  --print_shtab SHELL   print a completion script (bash, zsh, tcsh) for the training subcommands:")
+    print("                        segzoo --print_shtab bash > ~/.local/share/bash-completion/completions/segzoo")
     print("\nExamples (recipes are packaged: they work from any folder; `segzoo recipes` lists them):")
     print("  segzoo fit --config kits19_demo --trainer.default_root_dir runs/demo")
     print("  segzoo fit --config chaos --model.net unet_pfm --trainer.max_epochs 1")
+
+
+def _print_shtab(argv: Sequence[str]) -> int:
+    """A shell-completion script (shtab) for the command names, recipe names after ``--config`` and common options.
+
+    jsonargparse's own ``--print_completion`` walks every subclass of every typed argument of the Lightning parser
+    (all ``nn.Module``s) and did not finish in minutes here, so this completes the parts a user types most.
+    """
+    p = argparse.ArgumentParser(prog="segzoo --print_shtab")
+    p.add_argument("shell", nargs="?", default="bash", choices=("bash", "zsh", "tcsh"))
+    shell = p.parse_args(argv).shell
+    from segzoo.extras import require
+
+    shtab = require("shtab", "segzoo --print_shtab")
+    from segzoo.recipes import list_recipes
+
+    parser = argparse.ArgumentParser(prog="segzoo")
+    parser.add_argument("--version", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+    recipes = list_recipes()
+    for name in LIGHTNING_COMMANDS:
+        cmd = sub.add_parser(name, help=name)
+        cmd.add_argument("--config", "-c", choices=recipes)  # recipe names (a YAML path works as well)
+        cmd.add_argument("--ckpt_path").complete = shtab.FILE
+        for option in ("--trainer.default_root_dir", "--data.data_dir"):
+            cmd.add_argument(option).complete = shtab.DIRECTORY
+        for option in ("--model.net", "--trainer.max_epochs", "--trainer.max_steps", "--trainer.accelerator"):
+            cmd.add_argument(option)
+        cmd.add_argument("--print_config", action="store_true")
+    for name in _plain_commands():
+        sub.add_parser(name, help=name)
+    print(shtab.complete(parser, shell=shell))
+    return 0
 
 
 # ------------------------------------------------------------------ end-of-run summary
@@ -366,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         _print_help()
         return 0
+    if argv[0] == "--print_shtab":
+        return _print_shtab(argv[1:])
     if argv[0] in ("-V", "--version"):
         from segzoo import __version__
 
@@ -389,10 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return _run_lightning(argv, from_sys)
+    return _run_lightning(argv)
 
 
-def _run_lightning(argv: list[str], from_sys: bool) -> int:
+def _run_lightning(argv: list[str]) -> int:
     from segzoo._console import quiet_defaults
 
     quiet_defaults()
