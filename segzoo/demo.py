@@ -16,6 +16,7 @@ from pathlib import Path
 
 from segzoo.utils import atomic_write_text, tune_cpu_allocator
 
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m segzoo.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="folder for data, run, predictions and pictures")
