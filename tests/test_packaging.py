@@ -125,3 +125,30 @@ def test_wheel_in_a_fresh_virtualenv(tmp_path):
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
     assert "[onnx] extra" in result.stderr
     print("timings (s):", timings)
+
+
+@pytest.mark.slow
+def test_editable_install_maps_the_recipes(tmp_path):
+    """``pip install -e``: setuptools' editable finder maps ``segzoo.configs`` to the top-level ``configs/``.
+
+    Installed without dependencies: reading the recipes and ``segzoo --version`` need neither torch nor Lightning.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    venv = tmp_path / "venv"
+    assert subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True).returncode == 0
+    python = str(venv / "bin" / "python")
+    result = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    code = (
+        "import importlib.resources as r, segzoo.recipes as s; "
+        "print(r.files('segzoo.configs')); print(s.recipe_root()); print(' '.join(s.list_recipes()))"
+    )
+    result = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    files, root, names = result.stdout.splitlines()
+    assert Path(files) == Path(root) == REPO / "configs"
+    assert {"kits19", "kits19_demo", "drnet/chaos"} <= set(names.split())
+    result = subprocess.run([str(venv / "bin" / "segzoo"), "--version"], cwd=tmp_path, env=env, capture_output=True)
+    assert result.returncode == 0 and result.stdout.decode().startswith("segzoo ")
