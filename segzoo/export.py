@@ -1,7 +1,7 @@
 """Export a trained net for deployment: ONNX, TorchScript, or a ``save_pretrained`` directory.
 
 Used by ``segzoo export``. The source is a Lightning checkpoint written by :class:`segzoo.tasks.SegmentationTask`
-(``segzoo_net`` config + ``state_dict`` with a ``net.`` prefix) or a ``save_pretrained`` directory. The exported
+or a pretrained directory, read by :func:`segzoo.checkpoint.load_checkpoint` (nothing from the file runs). The exported
 graph is the net in eval mode with a single tensor output: logits ``(B, K, *spatial)`` for an input
 ``(B, C, *spatial)``; sliding-window inference, test-time augmentation and post-processing stay outside the graph
 (``segzoo infer`` does them; a ``pretrained`` export keeps their settings in ``inference.json``).
@@ -14,18 +14,15 @@ ONNX symbolic there, so one made of ``Slice`` (flip) and ``Transpose`` is regist
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from segzoo.data.io import DataError
-from segzoo.nets.base import build_net, from_pretrained
-from segzoo.utils import atomic_path, atomic_write_text
+from segzoo.utils import atomic_path
 
 EXPORT_FORMATS = ("onnx", "torchscript", "pretrained")
 
@@ -44,50 +41,7 @@ class SingleOutput(nn.Module):
         return out
 
 
-def load_for_export(source: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the net of a checkpoint or ``save_pretrained`` directory, in eval mode, on the CPU.
-
-    Returns:
-        ``(net, extras)`` where ``extras`` holds ``"preprocessor"`` (the datamodule's preprocessing config or
-        ``None``) and ``"inference"`` (``{"roi_size": ..., "postprocess": ...}`` or ``None``), the settings
-        ``segzoo infer`` reads next to a pretrained directory.
-    """
-    source = Path(source)
-    extras: dict[str, Any] = {"preprocessor": None, "inference": None}
-    if source.is_dir():
-        try:
-            net = from_pretrained(source)
-        except (FileNotFoundError, ValueError) as e:
-            raise DataError(f"--ckpt {source}: {e}") from None
-        for key, name in (("preprocessor", "preprocessor.json"), ("inference", "inference.json")):
-            if (source / name).is_file():
-                extras[key] = json.loads((source / name).read_text())
-    elif source.is_file():
-        try:
-            ckpt = torch.load(source, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise DataError(f"--ckpt {source}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-        if not isinstance(ckpt, dict) or "segzoo_net" not in ckpt or "state_dict" not in ckpt:
-            raise DataError(
-                f"--ckpt {source}: not a segzoo checkpoint (expected 'segzoo_net' and 'state_dict' entries, "
-                "as written by `segzoo fit`)"
-            )
-        net = build_net(ckpt["segzoo_net"])
-        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
-        for value in ckpt.values():
-            if isinstance(value, dict) and "preprocessor" in value:
-                extras["preprocessor"] = value["preprocessor"]
-        roi = ckpt.get("segzoo_inferer", {}).get("roi_size")
-        post = ckpt.get("segzoo_postprocess")
-        if roi is not None or post is not None:
-            extras["inference"] = {"roi_size": roi, "postprocess": post}
-    else:
-        raise DataError(f"--ckpt {source}: no such checkpoint file or save_pretrained directory")
-    return net.eval(), extras
-
-
-def default_shape(net: nn.Module, extras: dict[str, Any] | None = None) -> tuple[int, ...]:
+def default_shape(net: nn.Module, roi_size: Sequence[int] | None = None) -> tuple[int, ...]:
     """Example input ``(1, C, *spatial)``: the registry's example shape, else the checkpoint's window size."""
     from segzoo.nets import net_example_shape
 
@@ -95,10 +49,9 @@ def default_shape(net: nn.Module, extras: dict[str, Any] | None = None) -> tuple
     shape = net_example_shape(name) if name else ()
     if shape:
         return (1, *shape)
-    roi = ((extras or {}).get("inference") or {}).get("roi_size")
     in_ch = getattr(net, "init_config", {}).get("init_args", {}).get("in_channels")
-    if roi and in_ch:
-        return (1, int(in_ch), *map(int, roi))
+    if roi_size and in_ch:
+        return (1, int(in_ch), *map(int, roi_size))
     raise DataError("cannot tell the net's input shape; pass --shape B C *spatial (e.g. --shape 1 1 32 128 128)")
 
 
@@ -197,22 +150,6 @@ def export_torchscript(net: nn.Module, out: str | os.PathLike, shape: Sequence[i
     return out
 
 
-def export_pretrained(net: nn.Module, extras: dict[str, Any], out: str | os.PathLike) -> Path:
-    """Write a ``save_pretrained`` directory plus ``preprocessor.json`` / ``inference.json`` for ``segzoo infer``."""
-    if not hasattr(net, "save_pretrained"):
-        raise DataError(f"{type(net).__name__} is not a segzoo SegNet; it cannot be saved as a pretrained directory")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out}: exists and is not a directory")
-    net.save_pretrained(out)
-    for key, name in (("preprocessor", "preprocessor.json"), ("inference", "inference.json")):
-        if extras.get(key) is not None:
-            atomic_write_text(out / name, json.dumps(extras[key], indent=2, default=float))
-        elif (out / name).is_file():  # a stale file from an earlier export would mislead `segzoo infer`
-            (out / name).unlink()
-    return out
-
-
 def export_net(
     ckpt: str | os.PathLike,
     format: str,
@@ -221,14 +158,23 @@ def export_net(
     dynamic: bool = True,
     opset: int = 17,
     exporter: str = "torchscript",
+    trust: bool = False,
 ) -> Path:
-    """Export the net of a checkpoint or pretrained directory ``ckpt`` as ``format`` (one of ``EXPORT_FORMATS``)."""
+    """Export the net of a checkpoint or pretrained directory ``ckpt`` as ``format`` (one of ``EXPORT_FORMATS``).
+
+    ``ckpt`` is read by :func:`segzoo.checkpoint.load_checkpoint` (nothing from it runs unless ``trust``); a
+    ``pretrained`` export writes JSON and safetensors only, with the preprocessing, inferer and post-processing
+    records ``segzoo infer`` reads. Raises ``DataError`` (one line naming the file) before anything is written.
+    """
+    from segzoo.checkpoint import load_checkpoint, save_pretrained
+
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
-    net, extras = load_for_export(ckpt)
+    loaded = load_checkpoint(ckpt, trust=trust)
+    net = loaded.net
     if format == "pretrained":
-        return export_pretrained(net, extras, out)
-    shape = tuple(shape) if shape else default_shape(net, extras)
+        return save_pretrained(net, out, loaded.format)
+    shape = tuple(shape) if shape else default_shape(net, loaded.roi_size)
     if len(shape) < 3:
         raise DataError(f"--shape {' '.join(map(str, shape))}: expected B C *spatial (at least 3 numbers)")
     if format == "onnx":

@@ -13,6 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+TRUST_HELP = (
+    "unpickle a checkpoint that segzoo's weights-only loading refuses (it holds objects other than tensors and plain "
+    "data); this can run code from the file: only for checkpoints from a source you trust"
+)
+
 
 def _fail(cmd: str, message: object) -> int:
     print(f"segzoo {cmd}: error: {message}", file=sys.stderr)
@@ -155,6 +160,7 @@ def cmd_export(argv: Sequence[str]) -> int:
     p.add_argument(
         "--dynamic", action=argparse.BooleanOptionalAction, default=True, help="dynamic batch and spatial ONNX axes"
     )
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     args = p.parse_args(argv)
     from segzoo.data.io import DataError
     from segzoo.export import export_net
@@ -168,6 +174,7 @@ def cmd_export(argv: Sequence[str]) -> int:
             dynamic=args.dynamic,
             opset=args.opset,
             exporter=args.exporter,
+            trust=args.trust_checkpoint,
         )
     except DataError as e:
         return _fail("export", e)

@@ -7,20 +7,17 @@ import pytest
 import torch
 
 import segzoo
+from segzoo.checkpoint import checkpoint_format, load_checkpoint
 from segzoo.cli import main
-from segzoo.export import load_for_export
 
 
 def _checkpoint(net, path, roi=None, preprocessor=None):
-    ckpt = {
-        "segzoo_net": {**net.init_config, "registry_name": net.registry_name},
-        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-        "epoch": 3,
-    }
+    """A checkpoint as ``SegmentationTask.on_save_checkpoint`` writes it (``segzoo_format`` + ``net.`` weights)."""
+    fmt = checkpoint_format(net)
     if roi is not None:
-        ckpt["segzoo_inferer"] = {"roi_size": list(roi)}
-    if preprocessor is not None:
-        ckpt["ToyDataModule"] = {"preprocessor": preprocessor}
+        fmt["inferer"] = {"roi_size": list(roi)}
+    fmt["preprocessor"] = preprocessor
+    ckpt = {"segzoo_format": fmt, "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}
     torch.save(ckpt, path)
     return path
 
@@ -107,7 +104,7 @@ def test_drnet_rotation_blocks_export(fmt, tmp_path):
 
 
 def test_pretrained_export_keeps_inference_settings(small_3d, tmp_path):
-    prep = {"target_spacing": [3.0, 1.0, 1.0]}
+    prep = {"type": "ct", "target_spacing": [3.0, 1.0, 1.0]}
     ckpt = _checkpoint(small_3d, tmp_path / "a.ckpt", roi=[16, 32, 32], preprocessor=prep)
     out = tmp_path / "pretrained"
     assert main(["export", "--ckpt", str(ckpt), "--format", "pretrained", "--out", str(out)]) == 0
@@ -118,9 +115,14 @@ def test_pretrained_export_keeps_inference_settings(small_3d, tmp_path):
         "inference.json",
     }
     assert json.loads((out / "preprocessor.json").read_text()) == prep
-    assert json.loads((out / "inference.json").read_text()) == {"roi_size": [16, 32, 32], "postprocess": None}
-    net, extras = load_for_export(out)
-    assert extras["inference"]["roi_size"] == [16, 32, 32]
+    assert json.loads((out / "inference.json").read_text()) == {
+        "inferer": {"roi_size": [16, 32, 32]},
+        "postprocess": None,
+    }
+    loaded = load_checkpoint(out)
+    assert loaded.roi_size == [16, 32, 32]
+    assert loaded.format["preprocessor"] == prep
+    net = loaded.net
     for a, b in zip(net.state_dict().values(), small_3d.state_dict().values()):
         torch.testing.assert_close(a, b)
 
@@ -160,7 +162,7 @@ def test_bad_checkpoint_is_one_line_error(tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     assert main(["export", "--ckpt", str(tmp_path / "foreign.ckpt"), "--format", "onnx", "--out", "x.onnx"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "foreign.ckpt" in err and "segzoo_net" in err
+    assert len(err.splitlines()) == 1 and "foreign.ckpt" in err and "segzoo_format" in err
     assert main(["export", "--ckpt", str(tmp_path / "missing"), "--format", "onnx", "--out", "x.onnx"]) == 2
     assert "missing" in capsys.readouterr().err
     (tmp_path / "pre").mkdir()

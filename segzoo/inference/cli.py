@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def cmd_infer(argv: Sequence[str]) -> int:
+    from segzoo.tools_cli import TRUST_HELP
+
     p = argparse.ArgumentParser(
         prog="segzoo infer",
         description="Predict label maps for NIfTI images; writes OUT/<case>.nii.gz with the input's shape and affine.",
@@ -51,6 +53,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
         help="skip cases whose output already exists and is a readable NIfTI (finish an interrupted run); "
         "without it existing outputs are overwritten",
     )
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     args = p.parse_args(argv)
     for name in ("max_batch", "sw_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -78,6 +81,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
             amp=args.amp,
             max_batch="auto" if args.max_batch is None else args.max_batch,
             memory_budget_gb=args.memory_budget_gb,
+            trust=args.trust_checkpoint,
         )
         out_dir = Path(args.output)
         todo = [(path, out_dir / f"{case_name(path)}.nii.gz") for path in inputs]

@@ -1,17 +1,13 @@
 """Whole-case prediction from a checkpoint alone: NIfTI in, NIfTI label map out with the input's shape and affine.
 
-Used by ``segzoo infer``. A Lightning checkpoint written by :class:`segzoo.tasks.SegmentationTask` carries the net's
-constructor config (``segzoo_net``), the sliding-window size (``segzoo_inferer``), the post-processing
-(``segzoo_postprocess``) and the datamodule's preprocessing (``<DataModule>["preprocessor"]``), so no config is needed.
-A ``save_pretrained`` directory (``config.json`` + ``model.safetensors``, optionally ``preprocessor.json``) works too.
+Used by ``segzoo infer``. A Lightning checkpoint written by :class:`segzoo.tasks.SegmentationTask` carries, as plain
+data under ``segzoo_format``, the net's constructor config, the sliding-window size, the post-processing and the
+datamodule's preprocessing, so no config is needed; a pretrained folder (``config.json`` + ``model.safetensors``,
+optionally ``preprocessor.json`` / ``inference.json``) works too. Both are read by :mod:`segzoo.checkpoint`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import inspect
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,30 +20,8 @@ from torch import nn
 
 from segzoo.checkpoint import labels_on_original_grid
 from segzoo.data.io import DataError, load_nifti, save_nifti
-from segzoo.nets.base import build_net, from_pretrained
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def callable_config(obj: Any) -> dict[str, Any] | None:
-    """``{"class_path", "init_args"}`` of an object whose constructor arguments are kept as same-named attributes
-    (dataclasses, ``SegNet`` subclasses, most plain classes), to rebuild it later with :func:`build_callable`."""
-    if obj is None:
-        return None
-    cls = type(obj)
-    if dataclasses.is_dataclass(obj):
-        args = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
-    elif hasattr(obj, "init_config"):
-        args = obj.init_config.get("init_args", {})
-    else:
-        params = inspect.signature(cls.__init__).parameters
-        args = {n: getattr(obj, n) for n in params if n != "self" and hasattr(obj, n)}
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
-
-
-def build_callable(config: dict[str, Any]) -> Any:
-    module, _, name = config["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**config.get("init_args", {}))
 
 
 def case_name(path: Path) -> str:
@@ -113,12 +87,6 @@ class Predictor:
         return save_nifti(labels, affine, output_path)
 
 
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    """``error`` as one line, shortened to ``limit`` characters (state-dict reports list hundreds of keys)."""
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def load_predictor(
     source: str | os.PathLike,
     device: str = "cpu",
@@ -130,74 +98,43 @@ def load_predictor(
     amp: bool | None = None,
     max_batch: int | str | None = "auto",
     memory_budget_gb: float | None = None,
+    trust: bool = False,
 ) -> Predictor:
-    """Build a :class:`Predictor` from a Lightning checkpoint or a ``save_pretrained`` directory.
+    """Build a :class:`Predictor` from a ``segzoo fit`` checkpoint or a pretrained folder
+    (:func:`segzoo.checkpoint.load_checkpoint`: nothing from the file runs unless ``trust``).
 
     The net runs on ``device``; the stitched output stays there when it fits (``memory_budget_gb``, default half
     the free accelerator memory) and is streamed to the CPU otherwise. ``amp``: bf16 autocast (``None`` = on for
     CUDA, off on a CPU). ``max_batch``: most windows x flips per forward pass (bounds activation memory; ``"auto"``:
-    all flips at once on an accelerator, one per pass on a CPU).
+    all flips at once on an accelerator, one per pass on a CPU). ``trust``: unpickle a checkpoint that weights-only
+    loading refuses (runs any code it holds; warns).
+
+    Raises:
+        segzoo.checkpoint.CheckpointError: (a ``DataError``) one line naming the file and the reason.
     """
+    from segzoo.checkpoint import load_checkpoint
     from segzoo.inference.sliding_window import SlidingWindowTTAInferer
 
-    source = Path(source)
-    dev = torch.device(device)
-    preproc_cfg, post_cfg, roi = None, None, None
-    if source.is_dir():
-        try:
-            net = from_pretrained(source)
-        except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
-            raise DataError(f"{source}: not a loadable save_pretrained directory ({_one_line(e)})") from None
-        if (source / "preprocessor.json").is_file():
-            preproc_cfg = json.loads((source / "preprocessor.json").read_text())
-        if (source / "inference.json").is_file():
-            extra = json.loads((source / "inference.json").read_text())
-            roi, post_cfg = extra.get("roi_size"), extra.get("postprocess")
-    elif source.is_file():
-        try:
-            ckpt = torch.load(source, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise DataError(f"{source}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-        if not isinstance(ckpt, dict) or "segzoo_net" not in ckpt:
-            raise DataError(f"{source}: not a segzoo checkpoint (no 'segzoo_net' entry); train with `segzoo fit`")
-        try:
-            net = build_net(ckpt["segzoo_net"])
-        except (ValueError, TypeError) as e:
-            raise DataError(f"{source}: cannot rebuild the net from its 'segzoo_net' entry ({_one_line(e)})") from None
-        state = {k[len("net.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:  # missing / unexpected keys or shape mismatches: weights of another net
-            raise DataError(
-                f"{source}: the weights do not fit the net {ckpt['segzoo_net'].get('class_path')} recorded in the "
-                f"checkpoint ({_one_line(e)}); expected a checkpoint written by `segzoo fit` for that net"
-            ) from None
-        for value in ckpt.values():
-            if isinstance(value, dict) and "preprocessor" in value:
-                preproc_cfg = value["preprocessor"]
-        roi = ckpt.get("segzoo_inferer", {}).get("roi_size")
-        post_cfg = ckpt.get("segzoo_postprocess")
-    else:
-        raise DataError(f"{source}: no such checkpoint file or pretrained directory")
-    roi = list(roi_size) if roi_size is not None else roi
+    loaded = load_checkpoint(source, trust=trust)
+    roi = list(roi_size) if roi_size is not None else loaded.roi_size
     if roi is None:
         raise DataError(f"{source}: holds no sliding-window size; pass --roi-size")
-    preprocessor = None
-    if preproc_cfg is not None:
-        from segzoo.data.preprocessing import CTPreprocessor
-
-        preprocessor = CTPreprocessor.from_dict(preproc_cfg)
-    spatial = len(roi)
+    dev = torch.device(device)
     inferer = SlidingWindowTTAInferer(
         roi_size=roi,
         sw_batch_size=sw_batch_size,
         overlap=overlap,
-        mirror_axes=tuple(range(spatial)) if tta else None,
+        mirror_axes=tuple(range(len(roi))) if tta else None,
         sw_device=str(dev),
         device="auto",
         amp=dev.type == "cuda" if amp is None else amp,
         max_batch=max_batch,
         memory_budget_gb=memory_budget_gb,
     )
-    post = build_callable(post_cfg) if (postprocess and post_cfg) else None
-    return Predictor(net=net.to(dev).eval(), inferer=inferer, preprocessor=preprocessor, postprocess=post, device=dev)
+    return Predictor(
+        net=loaded.net.to(dev).eval(),
+        inferer=inferer,
+        preprocessor=loaded.preprocessor(),
+        postprocess=loaded.postprocess() if postprocess else None,
+        device=dev,
+    )

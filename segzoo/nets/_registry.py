@@ -57,3 +57,23 @@ def create_net(name: str, **kwargs) -> nn.Module:
 def net_example_shape(name: str) -> tuple[int, ...]:
     """A small ``(C, *spatial)`` input shape the registered net accepts (for tests and parameter listings)."""
     return _NET_DEFAULT_INPUT.get(name, ())
+
+
+def net_classes() -> dict[str, type[nn.Module]]:
+    """``{"module.QualName": class}`` of the classes the registered factories build (their return annotations).
+
+    The allow-list :func:`segzoo.nets.build_net` resolves a saved ``class_path`` against: a file can only name a
+    class that registered code already defined, nothing is imported from the file's string. A factory without a
+    return annotation naming a class contributes nothing (annotate it, as ``def drnet(**kw) -> DRNet``).
+    """
+    import typing
+
+    classes: dict[str, type[nn.Module]] = {}
+    for fn in _NETS.values():
+        try:
+            cls = typing.get_type_hints(fn).get("return")
+        except Exception:  # an annotation that does not resolve: this factory adds no class
+            continue
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            classes[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return classes

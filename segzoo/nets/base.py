@@ -1,23 +1,20 @@
 """Base class for every segzoo net: records constructor arguments so a net can be rebuilt from a file.
 
 Follows segmentation_models_pytorch's hub mixin: ``save_pretrained(dir)`` writes ``config.json`` (class path,
-registry name, constructor arguments) and ``model.safetensors``; :func:`from_pretrained` rebuilds the net.
+registry name, constructor arguments) and ``model.safetensors``; :func:`from_pretrained` rebuilds the net. Reading and
+writing go through :mod:`segzoo.checkpoint` (JSON + safetensors, classes by allow-list, nothing from a file runs).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-from segzoo.utils import atomic_path, atomic_write_text
 
 
 def _jsonable(value: Any) -> Any:
@@ -79,49 +76,38 @@ class SegNet(nn.Module):
         return {"class_path": cfg["class_path"], "init_args": _jsonable(cfg["init_args"])}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically per file)."""
-        from safetensors.torch import save_file
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically per file; JSON and
+        safetensors only, see :func:`segzoo.checkpoint.save_pretrained`)."""
+        from segzoo.checkpoint import save_pretrained
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {**self.init_config, "registry_name": self.registry_name, "segzoo_format": 1}
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp))
-        atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
-        return directory
+        return save_pretrained(self, directory)
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
-    """Rebuild a net from ``{"class_path": ..., "init_args": {...}}`` (as in ``SegNet.init_config``)."""
-    try:
-        module_name, _, cls_name = config["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except (KeyError, ImportError, AttributeError) as e:
-        raise ValueError(f"cannot rebuild net from config {config!r}: {e}") from None
-    net = cls(**config.get("init_args", {}))
-    if config.get("registry_name") and hasattr(net, "registry_name"):
-        net.registry_name = config["registry_name"]
-    return net
+    """Rebuild a net from ``{"class_path": ..., "init_args": {...}}`` (as in ``SegNet.init_config``).
+
+    Only classes of registered nets are built (nothing named in ``config`` is imported); anything else raises
+    :class:`segzoo.checkpoint.CheckpointError`. See :func:`segzoo.checkpoint.build_net`.
+    """
+    from segzoo.checkpoint import build_net as _build_net
+
+    return _build_net(config)
 
 
-def from_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a net saved by :meth:`SegNet.save_pretrained`."""
-    from safetensors.torch import load_file
+def from_pretrained(
+    directory: str | os.PathLike, map_location: str | torch.device = "cpu", trust: bool = False
+) -> nn.Module:
+    """Rebuild the net of a pretrained folder (``save_pretrained``, ``segzoo export --format pretrained``) or of a
+    ``segzoo fit`` checkpoint file, in eval mode, without running code from it (:func:`segzoo.checkpoint.load_checkpoint`).
 
-    directory = Path(directory)
-    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: expected a directory written by save_pretrained()")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    net = build_net(config)
-    try:
-        state = load_file(str(weights), device=str(map_location))
-    except Exception as e:  # safetensors raises its own error types for truncated files
-        raise ValueError(f"{weights} could not be read ({e}); the file is corrupt or truncated") from None
-    net.load_state_dict(state)
-    return net
+    Args:
+        directory: the pretrained folder, or a ``.ckpt`` file.
+        map_location: device to put the net on.
+        trust: unpickle a checkpoint file that weights-only loading refuses (runs any code it holds; warns).
+
+    Raises:
+        segzoo.checkpoint.CheckpointError: one line naming the file and why it was refused or unreadable.
+    """
+    from segzoo.checkpoint import load_checkpoint
+
+    return load_checkpoint(directory, trust=trust).net.to(map_location)

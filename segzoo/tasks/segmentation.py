@@ -257,14 +257,15 @@ class SegmentationTask(pl.LightningModule):
 
     # -------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what ``segzoo infer`` needs to rebuild the net and inferer from the checkpoint alone."""
-        config = getattr(self.net, "init_config", None)
-        if config is not None:
-            checkpoint["segzoo_net"] = {**config, "registry_name": getattr(self.net, "registry_name", None)}
-        roi = getattr(self.inferer, "roi_size", None)
-        if roi is not None:
-            checkpoint["segzoo_inferer"] = {"roi_size": [int(r) for r in roi]}
-        if self.postprocess is not None:
-            from segzoo.inference.predict import callable_config
+        """Store what ``segzoo infer`` needs beside the weights, as plain JSON data under ``segzoo_format``.
 
-            checkpoint["segzoo_postprocess"] = callable_config(self.postprocess)
+        The net's constructor config, the inferer's (its window size), the post-processing's and the datamodule's
+        preprocessing (``trainer.datamodule.preprocessor``, when it has one): see :mod:`segzoo.checkpoint`. Nothing
+        that needs unpickling goes into the checkpoint, so ``torch.load(weights_only=True)`` reads it.
+        """
+        from segzoo.checkpoint import FORMAT_KEY, checkpoint_format
+
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint[FORMAT_KEY] = checkpoint_format(
+            self.net, self.inferer, self.postprocess, getattr(datamodule, "preprocessor", None)
+        )
