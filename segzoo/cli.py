@@ -254,6 +254,7 @@ def _cmd_recipes(argv: Sequence[str]) -> int:
 # name -> (module, function, description); modules are imported only to run their command, so `segzoo --help`
 # stays light. tests/test_cli.py checks this table against segzoo.inference.cli and segzoo.tools_cli.
 _PLAIN_ELSEWHERE = {
+    "demo": ("segzoo.demo", "main", "the KiTS19 method end to end on synthetic data (= python -m segzoo.demo)"),
     "infer": ("segzoo.inference.cli", "cmd_infer", "predict NIfTI files / KiTS case folders with a checkpoint"),
     "show": ("segzoo.tools_cli", "cmd_show", "draw slices of a NIfTI case with label/prediction overlays to a PNG"),
     "curves": ("segzoo.tools_cli", "cmd_curves", "plot learning curves of a run's CSVLogger metrics.csv"),

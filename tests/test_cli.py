@@ -68,7 +68,7 @@ def test_plain_command_table_matches_the_modules():
 
     for name, (function, description) in {**INFERENCE_COMMANDS, **TOOLS_COMMANDS}.items():
         assert _PLAIN_ELSEWHERE[name][1:] == (function.__name__, description)
-    assert set(_PLAIN_ELSEWHERE) == {*INFERENCE_COMMANDS, *TOOLS_COMMANDS}
+    assert set(_PLAIN_ELSEWHERE) == {*INFERENCE_COMMANDS, *TOOLS_COMMANDS, "demo"}
 
 
 def _imports_after(argv: list[str], tmp_path: Path) -> tuple[set[str], str]:
@@ -170,7 +170,7 @@ def test_fit_without_validation_says_so(toy_config, tmp_path, capsys):
     assert "no validation ran" in out and "metrics  " not in out
 
 
-@pytest.mark.parametrize("cmd", ["nets", "synth", "infer", "fit"])
+@pytest.mark.parametrize("cmd", ["nets", "synth", "infer", "fit", "recipes", "demo"])
 def test_subcommand_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
