@@ -61,6 +61,8 @@ def _build_cli_class() -> type:
             config = self.config[self.subcommand] if self.subcommand else self.config
             _loggers_in_run_folder(config)
             _progress_bar_switch(config)
+            if config.model.get("inferer") is None:
+                _drop_links(self._parser(self.subcommand), "model.inferer.")
 
         def before_fit(self) -> None:
             _before_run(self)
@@ -97,6 +99,17 @@ def _before_run(cli) -> None:
         task.example_input_array = torch.zeros(1, int(channels), *(int(s) for s in window))
 
 
+def _drop_links(parser, target_prefix: str) -> None:
+    """Remove the links into a component the config leaves out (``model.inferer: null``).
+
+    jsonargparse skips a link whose target is missing but still reports it as applied, and Lightning then writes the
+    value into the task's saved hyper-parameters under the missing component, which fails.
+    """
+    group = getattr(parser, "_links_group", None)
+    if group is not None:
+        group._group_actions[:] = [a for a in group._group_actions if not a.target[0].startswith(target_prefix)]
+
+
 def _loggers_in_run_folder(config) -> None:
     """Put the loggers' files in the run folder: ``save_dir`` defaults to ``trainer.default_root_dir``."""
     root = config.trainer.get("default_root_dir") or "."
@@ -123,8 +136,9 @@ def _note(message: str) -> None:
     print(f"segzoo: {message}", file=sys.stderr)
 
 
-def expand_args(argv: list[str]) -> list[str]:
+def expand_args(argv: list) -> list[str]:
     """Rewrite recipe names after ``--config`` and registered net names after ``--model.net`` (see module doc)."""
+    argv = [os.fspath(a) if isinstance(a, os.PathLike) else a for a in argv]
     out: list[str] = []
     i = 0
     while i < len(argv):
