@@ -2,8 +2,8 @@
 
 Plain subcommands (``nets``, ``synth``, ``recipes``, ``infer`` ...) are argparse programs registered in
 ``_plain_commands``; the Lightning subcommands are a :class:`SegzooCLI`, the only place where net, task and data meet.
-Lightning is imported only for those four: ``segzoo --version``, ``--help``, ``nets``, ``synth`` and ``recipes``
-start without it.
+Lightning is imported only for those four: ``segzoo --version``, ``--help``, ``recipes`` and ``nets`` start without
+it (``benchmarks/startup.py`` times them).
 
 Two spellings reach LightningCLI rewritten (:func:`expand_args`): ``--config NAME`` with a packaged recipe name
 (:mod:`segzoo.recipes`) becomes the recipe's file(s), and ``--model.net NAME`` with a registered net name becomes
