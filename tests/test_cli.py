@@ -229,3 +229,13 @@ def test_fit_validate_test_leave_run_layout(toy_config, tmp_path, capsys):
         assert len(summary["cases"]) == 2 and all("case_id" in c for c in summary["cases"])
         # the toy problem is easy: three epochs learn the outer box
         assert summary["mean"]["kidney/dice"] > 0.5
+
+
+def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss\n0,1,0.5\n1,2,0.4\n")
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if the [notebooks] extra were not installed
+    assert main(["curves", "--run", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("segzoo curves: error: segzoo curves needs 'pandas'") and "[notebooks] extra" in err
+    assert "pip install segzoo" not in err  # the index name belongs to another project
