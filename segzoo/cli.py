@@ -426,11 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     plain = _plain_commands()
     if argv[0] in plain:
         try:
+            _check_extras(argv)
             return plain[argv[0]][0](argv[1:]) or 0
-        except ImportError as e:
+        except Exception as e:
             from segzoo.extras import missing_extra_message
 
-            message = missing_extra_message(e, f"segzoo {argv[0]}")
+            message = next(
+                (m for err in _chain(e) if (m := missing_extra_message(err, f"segzoo {argv[0]}")) is not None), None
+            )
             if message is None:
                 raise
             print(f"segzoo {argv[0]}: error: {message}", file=sys.stderr)
@@ -442,6 +445,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     return _run_lightning(argv)
+
+
+def _check_extras(argv: Sequence[str]) -> None:
+    """Name a missing extra before a command starts work that needs it (``segzoo export --format onnx``)."""
+    from segzoo.extras import require
+
+    if argv[0] == "export" and ("onnx" in argv or "--format=onnx" in argv):
+        for module in ("onnx", "onnxscript"):
+            require(module, "segzoo export --format onnx")
+
+
+def _chain(error: BaseException):
+    """The error and its causes (a library may wrap the ``ImportError`` of a missing optional package)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def _run_lightning(argv: list[str]) -> int:

@@ -59,7 +59,7 @@ def missing_extra_message(error: BaseException, feature: str) -> str | None:
     """The one-line message for an ``ImportError`` raised by a dependency, if an extra provides the module."""
     if isinstance(error, MissingExtraError):
         return str(error)
+    if not isinstance(error, ImportError):
+        return None
     name = getattr(error, "name", None)
-    if not name and "Module onnx is not installed" in str(error):  # torch.onnx's own message
-        name = "onnx"
     return extra_message(name, feature) if name else None

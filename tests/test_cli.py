@@ -239,3 +239,18 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1
     assert err.startswith("segzoo curves: error: segzoo curves needs 'pandas'") and "[notebooks] extra" in err
     assert "pip install segzoo" not in err  # the index name belongs to another project
+
+
+def test_a_wrapped_missing_module_is_found_in_the_cause_chain():
+    from segzoo.cli import _chain
+    from segzoo.extras import missing_extra_message
+
+    try:
+        try:
+            raise ModuleNotFoundError("No module named 'onnx'", name="onnx")
+        except ImportError as e:
+            raise RuntimeError("Module onnx is not installed!") from e  # as torch.onnx wraps it
+    except RuntimeError as wrapped:
+        messages = [m for err in _chain(wrapped) if (m := missing_extra_message(err, "segzoo export"))]
+    assert len(messages) == 1 and "[onnx] extra" in messages[0]
+    assert missing_extra_message(ModuleNotFoundError("x", name="numpy"), "f") is None  # not an optional package
