@@ -1,6 +1,6 @@
 """``make demo``: the KiTS19 method end to end on synthetic KiTS19-format data, at laptop scale.
 
-1. ``segzoo fit --config configs/kits19_demo.yaml`` (synthetic cases are written on first use),
+1. ``segzoo fit --config kits19_demo`` (the packaged recipe; synthetic cases are written on first use),
 2. ``segzoo infer`` on held-out synthetic cases (a different seed, never seen in training),
 3. KiTS19 kidney / tumour Dice of those predictions, and a slice-overlay picture.
 """
@@ -15,13 +15,11 @@ from pathlib import Path
 
 from segzoo.utils import atomic_write_text, cpu_allocator_from_env
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m segzoo.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="folder for data, run, predictions and pictures")
-    p.add_argument("--config", default=str(ROOT / "configs" / "kits19_demo.yaml"))
+    p.add_argument("--config", default="kits19_demo", help="a recipe name (`segzoo recipes`) or a YAML file")
     p.add_argument("--heldout-cases", type=int, default=4)
     args, extra = p.parse_known_args(argv)  # the rest goes to `segzoo fit`, e.g. --trainer.max_epochs=2
     if argv is None:  # the same opt-in as `segzoo` (SEGZOO_CPU_ALLOCATOR=reuse; `make demo` sets it)

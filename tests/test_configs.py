@@ -1,4 +1,4 @@
-"""Every YAML under configs/ parses and instantiates; the DR-Net configs train end to end on tiny synthetic data."""
+"""Every packaged recipe parses and instantiates; linked values agree; the DR-Net recipes train on tiny synthetic data."""
 
 import json
 from pathlib import Path
@@ -9,34 +9,59 @@ from monai.inferers import SliceInferer
 
 import segzoo
 from segzoo.cli import SegzooCLI, main
+from segzoo.recipes import list_recipes, recipe_files, recipe_root
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
-ZOO_2D = sorted(p for p in CONFIGS if p.parent != CONFIG_DIR)
+RECIPES = list_recipes()
+FAMILIES = ("drnet", "unet2d", "cenet", "denseaspp", "msdual")
+ZOO_2D = [r for r in RECIPES if r.split("/")[-1] in ("chaos", "brats")]
 
 
-def _instantiate(config: Path, tmp_path: Path) -> SegzooCLI:
-    # run=False parses the file and builds trainer, task (net, loss, inferer, metric) and datamodule without fitting
-    return SegzooCLI(args=["--config", str(config), "--trainer.default_root_dir", str(tmp_path)], run=False)
+def _instantiate(recipe: str, tmp_path: Path, *extra: str) -> SegzooCLI:
+    # run=False parses the recipe and builds trainer, task (net, loss, inferer, metric) and datamodule without fitting
+    return SegzooCLI(args=["--config", recipe, "--trainer.default_root_dir", str(tmp_path), *extra], run=False)
 
 
-def test_config_folder_layout():
-    names = {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIGS}
-    for family in ("drnet", "unet2d", "cenet", "denseaspp", "msdual"):
-        assert {f"{family}/chaos.yaml", f"{family}/brats.yaml"} <= names
-    assert "kits19.yaml" in names
+def test_recipes_are_the_repository_configs():
+    assert recipe_root().resolve() == CONFIG_DIR.resolve()
+    for family in FAMILIES:
+        assert {f"{family}/chaos", f"{family}/brats"} <= set(RECIPES)
+        assert recipe_files(f"{family}/brats") == [CONFIG_DIR / "brats.yaml", CONFIG_DIR / "nets" / f"{family}.yaml"]
+    assert {"kits19", "kits19_demo", "chaos", "brats"} <= set(RECIPES)
+    # a net fragment is dataset-free: a few lines, no channel counts (they come from the datamodule)
+    for fragment in (CONFIG_DIR / "nets").glob("*.yaml"):
+        text = "\n".join(line for line in fragment.read_text().splitlines() if not line.startswith("#"))
+        assert "in_channels" not in text and "out_channels" not in text
+        assert len(text.splitlines()) < 20
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
-def test_config_instantiates(config, tmp_path):
-    cli = _instantiate(config, tmp_path)
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_config_instantiates(recipe, tmp_path):
+    cli = _instantiate(recipe, tmp_path)
+    config = recipe
     assert isinstance(cli.model, segzoo.tasks.SegmentationTask)
     assert isinstance(cli.model.net, torch.nn.Module) and isinstance(cli.model.loss, torch.nn.Module)
     assert cli.model.metric is not None
     assert cli.trainer.default_root_dir == str(tmp_path)
     assert not any(tmp_path.iterdir()), "instantiating a config must not write anything"
+    # linked: the window is the training patch (3D) or image (2D); channels and classes are the datamodule's
+    dm, net_args = cli.datamodule, cli.model.net.init_config["init_args"]
+    window = getattr(dm, "patch_size", None) or dm.image_size
+    assert tuple(cli.model.inferer.roi_size) == tuple(window)
+    assert (net_args["in_channels"], net_args["out_channels"]) == (dm.in_channels, dm.num_classes)
     if config in ZOO_2D:
-        _check_2d_config(cli, config.stem)
+        _check_2d_config(cli, config.split("/")[-1])
+
+
+def test_links_follow_the_datamodule(tmp_path):
+    cli = _instantiate(
+        "unet2d/brats", tmp_path, "--data.image_size=[128, 128]", "--data.resize_mode=resize", "--model.net=unet_pfm"
+    )
+    assert tuple(cli.model.inferer.roi_size) == (128, 128)
+    net_args = cli.model.net.init_config["init_args"]
+    assert (net_args["in_channels"], net_args["out_channels"], net_args["block"]) == (4, 4, "pfm")
+    cli = _instantiate("kits19_demo", tmp_path, "--data.patch_size=[16, 64, 64]")
+    assert tuple(cli.model.inferer.roi_size) == (16, 64, 64)
 
 
 def _check_2d_config(cli: SegzooCLI, dataset: str) -> None:
@@ -81,7 +106,7 @@ def test_drnet_config_fits_on_tiny_synthetic_data(dataset, tmp_path, monkeypatch
     args = [
         "fit",
         "--config",
-        str(CONFIG_DIR / "drnet" / f"{dataset}.yaml"),
+        f"drnet/{dataset}",
         "--trainer.default_root_dir",
         str(run),
         "--trainer.max_epochs=1",
@@ -90,7 +115,6 @@ def test_drnet_config_fits_on_tiny_synthetic_data(dataset, tmp_path, monkeypatch
         "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
-        "--model.inferer.init_args.roi_size=[64, 64]",
         "--data.data_dir",
         str(data),
         "--data.image_size=[64, 64]",

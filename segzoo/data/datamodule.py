@@ -268,6 +268,9 @@ class KiTS19DataModule(L.LightningDataModule):
             the patches of the uninterrupted one.
     """
 
+    in_channels = 1  # CT; segzoo.cli links it to the net's in_channels
+    num_classes = 3  # background, kidney, tumour; linked to the net's out_channels
+
     def __init__(
         self,
         data_dir: str,
