@@ -223,6 +223,13 @@ class KiTSPostprocess:
 
     def apply_numpy(self, labels: np.ndarray) -> np.ndarray:
         """The numpy implementation; returns a new array of the same dtype."""
+        return self.apply_subsets(labels, [self.steps])[self.steps]
+
+    def apply_subsets(
+        self, labels: np.ndarray, subsets: Sequence[tuple[str, ...]] | None = None
+    ) -> dict[tuple[str, ...], np.ndarray]:
+        """``{subset: labels post-processed with only those steps}`` for each subset of :attr:`steps` (default all),
+        sharing one component analysis (what validation needs to decide the steps)."""
         if labels.ndim != 3:
             raise ValueError(f"label_map must be a 3D label map (*spatial), got shape {labels.shape}")
         if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
@@ -231,33 +238,40 @@ class KiTSPostprocess:
         bad = np.setdiff1d(np.unique(labels), allowed)
         if bad.size:
             raise ValueError(f"label_map has values {bad.tolist()[:10]} outside the expected labels {allowed}")
-        out = labels.copy()
-        if not self.steps:
-            return out
-        organs, n = self._organs(out > 0)
+        subsets = [tuple(s) for s in (self.subsets() if subsets is None else subsets)]
+        unknown = {step for sub in subsets for step in sub} - set(self.steps)
+        if unknown:
+            raise ValueError(f"steps {sorted(unknown)} are not enabled in {self!r}; choose from {list(self.steps)}")
+        if not any(subsets):
+            return {s: labels.copy() for s in subsets}
+        organs, n = self._organs(labels > 0)
         if n == 0:
-            return out
+            return {s: labels.copy() for s in subsets}
         sizes = np.bincount(organs.ravel(), minlength=n + 1)
-        keep = np.ones(n + 1, dtype=bool)
-        keep[0] = False
         largest = sizes[1:].max()
-        if self.remove_detached_tumour:
-            kidney_voxels = np.bincount(organs[out == self.kidney_label], minlength=n + 1)
-            tumour_only = kidney_voxels == 0
-            keep &= ~(tumour_only & (sizes < self.detached_tumour_fraction * largest))
-        if self.min_relative_size > 0 or self.min_component_size > 0:
-            keep &= (sizes >= self.min_relative_size * largest) & (sizes >= self.min_component_size)
-        if self.keep_largest:
-            ids = np.flatnonzero(keep)
-            ids = ids[np.argsort(-sizes[ids], kind="stable")]  # stable: equal sizes keep scipy's label order
-            keep[ids[self.max_kidney_components :]] = False
-        keep[0] = True  # background stays background
-        out[~keep[organs]] = 0
-        return out
+        kidney_voxels = np.bincount(organs[labels == self.kidney_label], minlength=n + 1)
+        drop = {
+            "remove_detached_tumour": (kidney_voxels == 0) & (sizes < self.detached_tumour_fraction * largest),
+            "remove_small": (sizes < self.min_relative_size * largest) | (sizes < self.min_component_size),
+        }
+        results = {}
+        for subset in subsets:
+            keep = np.ones(n + 1, dtype=bool)
+            for step in ("remove_detached_tumour", "remove_small"):
+                if step in subset:
+                    keep &= ~drop[step]
+            keep[0] = False
+            if "keep_largest" in subset:
+                ids = np.flatnonzero(keep)
+                ids = ids[np.argsort(-sizes[ids], kind="stable")]  # stable: equal sizes keep scipy's label order
+                keep[ids[self.max_kidney_components :]] = False
+            keep[0] = True  # background stays background
+            out = labels.copy()
+            out[~keep[organs]] = 0
+            results[subset] = out
+        return results
 
 
-def score_subsets(
-    post: KiTSPostprocess, labels: np.ndarray, score: Any, subsets: Sequence[tuple[str, ...]] | None = None
-) -> dict[tuple[str, ...], Any]:
-    """``{subset: score(post.with_steps(subset)(labels))}`` for every subset of ``post``'s steps (for :meth:`decide`)."""
-    return {s: score(post.with_steps(s)(labels)) for s in (subsets or post.subsets())}
+def score_subsets(post: KiTSPostprocess, labels: np.ndarray, score: Any) -> dict[tuple[str, ...], Any]:
+    """``{subset: score(labels post-processed with that subset of steps)}`` for every subset (for :meth:`decide`)."""
+    return {s: score(out) for s, out in post.apply_subsets(labels).items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -120,6 +121,22 @@ def test_split_cases():
         split_cases(ids, 1.5)
 
 
+def test_split_train_val_test_disjoint():
+    from segzoo.data.splits import split_train_val_test
+
+    ids = [f"case_{i:05d}" for i in range(20)]
+    train, val, test = split_train_val_test(ids, 3, 5, split_seed=1)
+    assert (len(train), len(val), len(test)) == (12, 3, 5)
+    assert sorted(train + val + test) == ids and not (set(train) & set(val) or set(val) & set(test))
+    assert split_train_val_test(ids, 6, 5, split_seed=1)[2] == test  # the test set never depends on validation
+    assert split_train_val_test(ids, 0.2, 0.25, split_seed=1)[1].__len__() == 3  # 20% of the 15 left
+    assert split_train_val_test(ids, 3, 0, split_seed=1)[:2] == split_cases(ids, 3, split_seed=1)
+    with pytest.raises(DataError, match="leave no training case"):
+        split_train_val_test(ids, 10, 10)
+    with pytest.raises(DataError, match="num_test_cases=-1"):
+        split_train_val_test(ids, 1, -1)
+
+
 @pytest.fixture(scope="module")
 def dm(tmp_path_factory):
     root = tmp_path_factory.mktemp("dm")
@@ -232,7 +249,12 @@ def test_val_and_predict_batches_are_whole_cases(dm):
     preds = list(dm.predict_dataloader())
     assert [p["case_id"][0] for p in preds] == sorted(dm.train_cases + dm.val_cases)
     assert preds[0]["original_shape"].shape == (1, 3) and preds[0]["affine"].shape == (1, 4, 4)
-    assert isinstance(dm.test_dataloader().dataset, KiTS19CaseDataset)
+    # scoring on the original grid: the stored annotation and the geometry travel with the case
+    seg = nib.load(dm.data_dir / dm.val_cases[0] / "segmentation.nii.gz")
+    assert batch["original_label"].shape == (1, *seg.shape) and batch["original_shape"].tolist() == [list(seg.shape)]
+    np.testing.assert_array_equal(batch["original_label"][0].numpy(), np.asarray(seg.dataobj))
+    with pytest.raises(DataError, match="no test cases"):  # this datamodule holds none out
+        dm.test_dataloader()
 
 
 def test_state_dict_round_trip(dm, tmp_path):
