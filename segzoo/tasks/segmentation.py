@@ -258,11 +258,11 @@ class SegmentationTask(pl.LightningModule):
                 scores = {k: self.metric.score_case(v, target, sp) for k, v in variants.items()}
                 self._case_scores.append({"case_id": case_id, "scores": scores})
         if len(self.overlays) < self.num_overlays and "label" in batch:
-            if on_original:
-                self._keep_overlay(
-                    {"image": None, "label": batch["original_label"][:, None], "case_id": ids, "raw": True},
-                    torch.as_tensor(np.stack(preds)),
-                )
+            if on_original:  # the picture is drawn on the preprocessed grid, where the image is
+                grid = out.argmax(1).cpu()
+                if self.postprocess is not None:
+                    grid = torch.stack([torch.as_tensor(np.asarray(self.postprocess(g.numpy()))) for g in grid])
+                self._keep_overlay(batch, grid)
             else:
                 self._keep_overlay(batch, torch.as_tensor(np.stack(preds)))
 
@@ -277,10 +277,8 @@ class SegmentationTask(pl.LightningModule):
         return {"case_id": batch.get("case_id"), "output": probs}
 
     def _keep_overlay(self, batch: dict[str, Any], pred: torch.Tensor) -> None:
-        """Keep the axial slice through the label's highest class (the lesion) of the batch's first case (on the
-        original grid the image is the label map itself: the raw image is not in the batch)."""
-        label, p = batch["label"][0, 0], pred[0]
-        image = batch["image"][0, 0] if batch.get("image") is not None else label
+        """Keep the axial slice through the label's highest class (the lesion) of the batch's first case."""
+        image, label, p = batch["image"][0, 0], batch["label"][0, 0], pred[0]
         if image.ndim == 3:
             top = label == label.max()
             z = int(top.nonzero()[:, 0].float().mean().round()) if top.any() else image.shape[0] // 2
