@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 
 import nibabel as nib
@@ -290,3 +291,21 @@ def test_epoch_shuffle_sampler():
     assert list(EpochShuffleSampler(4, shuffle=False)) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="size"):
         EpochShuffleSampler(0)
+
+
+def test_three_disjoint_splits_and_test_batches_on_the_original_grid(dm, tmp_path):
+    shutil.copytree(dm.data_dir, tmp_path / "data")
+    three = KiTS19DataModule(
+        str(tmp_path / "data"), target_spacing=(3.0, 2.5, 2.5), num_val_cases=1, num_test_cases=1, num_workers=0
+    )
+    three.prepare_data()
+    three.setup("test")
+    train, val, test = three.train_cases, three.val_cases, three.test_cases
+    assert (len(train), len(val), len(test)) == (2, 1, 1) and not (set(train) & set(val) or set(test) & set(train + val))
+    assert three.fingerprint["train_cases"] == train  # statistics from the training cases only
+    split = json.loads((three.cache_dir / "split.json").read_text())
+    assert split == {"train": train, "val": val, "test": test}
+    (batch,) = list(three.test_dataloader())
+    assert batch["case_id"] == test
+    seg = np.asarray(nib.load(tmp_path / "data" / test[0] / "segmentation.nii.gz").dataobj)
+    np.testing.assert_array_equal(batch["original_label"][0].numpy(), seg)
