@@ -66,6 +66,33 @@ def load_dynunet(ckpt_path: Path):
     return net.eval(), CTPreprocessor.from_dict(pre)
 
 
+def summary_table(out: Path) -> str:
+    """Markdown rows: net, post-processing, seeds, then mean +- std over seeds of each regime's kidney / tumour Dice."""
+    from segzoo.data.synthetic.kits19 import HELDOUT
+
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(out.glob("*_seed*/heldout_metrics.json")):
+        res = json.loads(path.read_text())
+        for variant, block in res["results"].items():
+            runs.setdefault((res["net"], variant), []).append({"seed": res["seed"], **block["mean"], **res})
+    cols = ["all", *HELDOUT]
+    lines = [
+        "| net | post-processing | seeds | " + " | ".join(f"{c} kidney | {c} tumour" for c in cols) + " | fit (s) |",
+        "|---" * (4 + 2 * len(cols)) + "|",
+    ]
+    for (net, variant), rows in runs.items():
+        cells = []
+        for c in cols:
+            for key in ("kidney/dice", "tumour/dice"):
+                vals = np.array([r[c][key] for r in rows if c in r])
+                cells.append(f"{vals.mean():.3f} +- {vals.std():.3f}" if len(vals) > 1 else f"{vals.mean():.3f}")
+        fit = np.mean([r["timing_s"]["fit"] for r in rows])
+        seeds = ",".join(str(r["seed"]) for r in rows)
+        pp = "validated" if variant == "post" else "none"
+        lines.append(f"| {net} | {pp} | {seeds} | " + " | ".join(cells) + f" | {fit:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/heldout")
@@ -75,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout-cases", type=int, default=6)
     p.add_argument("--heldout-seed", type=int, default=10_000)
     p.add_argument("--skip-fit", action="store_true", help="score the existing OUT/<net>_seed<S> run again")
+    p.add_argument("--summary", action="store_true", help="print the markdown table of every run under OUT and exit")
     args, extra = p.parse_known_args(argv)
+    if args.summary:
+        print(summary_table(Path(args.out)))
+        return 0
 
     import nibabel as nib
 
