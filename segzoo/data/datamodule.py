@@ -30,7 +30,8 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segzoo.data.augment import AugmentConfig, resolve_augment
-from segzoo.data.io import DataError
+from segzoo.data.geometry import Reorientation
+from segzoo.data.io import DataError, load_nifti
 from segzoo.data.kits19 import KiTS19Case, find_kits19_cases
 from segzoo.data.sampling import EpochShuffleSampler, crop_padded, draw_patch_origin
 from segzoo.data.preprocessing import (
@@ -44,44 +45,13 @@ from segzoo.data.preprocessing import (
     preprocess_dataset,
     save_fingerprint,
 )
+from segzoo.data.splits import split_cases, split_train_val_test  # noqa: F401  (split_cases: re-exported)
 from segzoo.data.transforms import RandSpatialAugmentd, augmentation_input_size, build_kits19_transforms
 
 
 def _plain(x: Any) -> torch.Tensor:
     """MONAI MetaTensor -> plain tensor (cheaper to collate and pin)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-
-def split_cases(
-    case_ids: Sequence[str], num_val_cases: int | float, split_seed: int = 0
-) -> tuple[list[str], list[str]]:
-    """Split labelled case ids into ``(train, val)`` by a seeded permutation.
-
-    Args:
-        case_ids: labelled case ids.
-        num_val_cases: an int is a count; a float in [0, 1) a fraction (rounded, at least 1 when > 0).
-        split_seed: permutation seed.
-
-    Raises:
-        DataError: the split would leave no training case.
-    """
-    ids = sorted(case_ids)
-    n = len(ids)
-    if isinstance(num_val_cases, float) and not isinstance(num_val_cases, bool):
-        if not 0.0 <= num_val_cases < 1.0:
-            raise DataError(f"num_val_cases={num_val_cases}: a float must be a fraction in [0, 1)")
-        n_val = max(1, round(num_val_cases * n)) if num_val_cases > 0 else 0
-    else:
-        n_val = int(num_val_cases)
-    if n_val < 0 or n_val >= n:
-        raise DataError(
-            f"num_val_cases={num_val_cases}: {n} labelled cases leave no training case; expected fewer validation "
-            f"cases than labelled cases (int = count, float = fraction)"
-        )
-    perm = np.random.default_rng(split_seed).permutation(n)
-    val = sorted(ids[i] for i in perm[:n_val])
-    train = sorted(ids[i] for i in perm[n_val:])
-    return train, val
 
 
 class KiTS19PatchDataset(Dataset):
@@ -206,13 +176,23 @@ class KiTS19CaseDataset(Dataset):
     Args:
         cache_dir: preprocessing cache.
         case_ids: cases to serve.
-        with_geometry: add ``original_shape`` and ``affine`` (predict).
+        with_geometry: add ``original_shape`` and ``affine`` (predict, and scoring on the original grid).
+        original_labels: ``{case_id: segmentation.nii.gz path}``; those cases also get ``original_label``, the
+            reference label map ``(*original spatial)`` as stored, so a prediction restored to the original grid is
+            scored against the annotation itself (not its resampled copy).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, case_ids: Sequence[str], with_geometry: bool = False) -> None:
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        case_ids: Sequence[str],
+        with_geometry: bool = False,
+        original_labels: dict[str, Path] | None = None,
+    ) -> None:
         self.cache_dir = Path(cache_dir)
         self.case_ids = list(case_ids)
         self.with_geometry = with_geometry
+        self.original_labels = dict(original_labels or {})
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -235,6 +215,15 @@ class KiTS19CaseDataset(Dataset):
             item["oriented_shape"] = torch.tensor(props["oriented_shape"], dtype=torch.int64)
             item["orientation_transform"] = torch.tensor(props["orientation_transform"], dtype=torch.int64)
             item["source_image"] = props["source_image"]
+        if case_id in self.original_labels:
+            # scored where the net saw the case: the stored label brought to the training orientation by the case's
+            # exact permutation/flip (the same voxels, so the same Dice/HD95 as on the file's own axes)
+            label, _ = load_nifti(self.original_labels[case_id])
+            r = Reorientation.from_transform(props["orientation_transform"], props["original_shape"])
+            item["original_label"] = torch.from_numpy(np.ascontiguousarray(r.apply(np.asarray(label))).astype(np.int64))
+            item["original_shape"] = torch.tensor(props["original_shape"], dtype=torch.int64)
+            item["oriented_shape"] = torch.tensor(props["oriented_shape"], dtype=torch.int64)
+            item["original_spacing"] = torch.tensor(props["original_spacing"], dtype=torch.float32)
         return item
 
 
@@ -249,8 +238,11 @@ class KiTS19DataModule(L.LightningDataModule):
         patch_size: training patch ``(D, H, W)``.
         batch_size: training batch size.
         iterations_per_epoch: batches per training epoch.
-        num_val_cases: hold-out size among the labelled cases (int = count, float = fraction); also the test split.
-        split_seed: seed of the case split.
+        num_val_cases: validation cases (checkpoint selection, LR schedule, post-processing decisions), taken out of
+            the training split (int = count, float = fraction of the cases the test split leaves).
+        num_test_cases: held-out test cases among the labelled cases (int = count, float = fraction; the paper: 42 of
+            210), scored by ``segzoo test`` only; 0 = no test split.
+        split_seed: seed of the case split (:func:`segzoo.data.splits.split_train_val_test`).
         foreground_oversample: fraction of training patches centred on a foreground voxel.
         augment: the augmentation of the training patches in the DataLoader workers
             (:func:`build_kits19_transforms`): ``True`` = :class:`~segzoo.data.augment.AugmentConfig` defaults
@@ -263,6 +255,10 @@ class KiTS19DataModule(L.LightningDataModule):
         synthetic_cases: if > 0 and ``data_dir`` is missing or has no case folders, write that many synthetic cases
             there first (:func:`segzoo.data.synthetic.kits19.write_kits19`, size "small").
         synthetic_seed: seed of the synthetic cases.
+        synthetic_regime: appearance regime of the synthetic cases (a name in
+            :data:`segzoo.data.synthetic.kits19.REGIMES`).
+        score_on_original_grid: validation and test batches carry each case's stored label map and geometry, so the
+            task scores predictions restored to the original grid (as ``segzoo infer`` writes them).
         seed: seed of the training patches and their augmentation, passed explicitly (``seed_everything`` seeds
             torch, not the data). Patches are a function of (seed, epoch, rank, position), so a resumed run draws
             the patches of the uninterrupted one.
@@ -279,7 +275,8 @@ class KiTS19DataModule(L.LightningDataModule):
         patch_size: Sequence[int] = (48, 192, 192),
         batch_size: int = 2,
         iterations_per_epoch: int = 250,
-        num_val_cases: int | float = 42,
+        num_val_cases: int | float = 0.2,
+        num_test_cases: int | float = 0,
         split_seed: int = 0,
         foreground_oversample: float = 0.33,
         augment: bool | AugmentConfig = True,
@@ -289,6 +286,8 @@ class KiTS19DataModule(L.LightningDataModule):
         preprocess_num_workers: int = 0,
         synthetic_cases: int = 0,
         synthetic_seed: int = 0,
+        synthetic_regime: str = "all",
+        score_on_original_grid: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -309,7 +308,9 @@ class KiTS19DataModule(L.LightningDataModule):
         self.fingerprint: dict[str, Any] | None = None
         self.train_cases: list[str] = []
         self.val_cases: list[str] = []
+        self.test_cases: list[str] = []
         self.all_cases: list[str] = []
+        self._label_paths: dict[str, Path] = {}
         self._restored: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------------ one-time work
@@ -322,14 +323,17 @@ class KiTS19DataModule(L.LightningDataModule):
             if not has_cases:
                 from segzoo.data.synthetic.kits19 import write_kits19
 
-                write_kits19(self.data_dir, cases=hp.synthetic_cases, seed=hp.synthetic_seed)
+                write_kits19(
+                    self.data_dir, cases=hp.synthetic_cases, seed=hp.synthetic_seed, regime=hp.synthetic_regime
+                )
         return find_kits19_cases(self.data_dir)
 
-    def _split(self, cases: list[KiTS19Case]) -> tuple[list[str], list[str]]:
+    def _split(self, cases: list[KiTS19Case]) -> tuple[list[str], list[str], list[str]]:
         labelled = [c.case_id for c in cases if c.label is not None]
         if not labelled:
             raise DataError(f"{self.data_dir}: no case has segmentation.nii.gz; training needs labelled cases")
-        return split_cases(labelled, self.hparams.num_val_cases, self.hparams.split_seed)
+        hp = self.hparams
+        return split_train_val_test(labelled, hp.num_val_cases, hp.num_test_cases, hp.split_seed)
 
     def _build_preprocessor(self, fingerprint: dict[str, Any]) -> CTPreprocessor:
         if self._restored is not None:  # a checkpoint's preprocessing wins over a recomputed one
@@ -339,7 +343,7 @@ class KiTS19DataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Synthetic data if asked, split, fingerprint (training split only), preprocessing cache. Rank 0 only."""
         cases = self._cases()
-        train, val = self._split(cases)
+        train, val, test = self._split(cases)
         fp_path = self.cache_dir / "fingerprint.json"
         fingerprint = None
         if fp_path.is_file():
@@ -352,14 +356,15 @@ class KiTS19DataModule(L.LightningDataModule):
                 [by_id[c] for c in train], num_workers=self.hparams.preprocess_num_workers
             )
             save_fingerprint(fingerprint, fp_path)
-        atomic_write_text(self.cache_dir / "split.json", json.dumps({"train": train, "val": val}, indent=1))
+        atomic_write_text(self.cache_dir / "split.json", json.dumps({"train": train, "val": val, "test": test}, indent=1))
         preprocessor = self._build_preprocessor(fingerprint)
         preprocess_dataset(cases, self.cache_dir, preprocessor, num_workers=self.hparams.preprocess_num_workers)
 
     def setup(self, stage: str | None = None) -> None:
         """Read split, fingerprint and cache written by :meth:`prepare_data` (every rank)."""
         cases = find_kits19_cases(self.data_dir)
-        self.train_cases, self.val_cases = self._split(cases)
+        self.train_cases, self.val_cases, self.test_cases = self._split(cases)
+        self._label_paths = {c.case_id: c.label for c in cases if c.label is not None}
         self.all_cases = [c.case_id for c in cases]
         self.fingerprint = load_fingerprint(self.cache_dir / "fingerprint.json")
         self.preprocessor = self._build_preprocessor(self.fingerprint)
@@ -419,11 +424,23 @@ class KiTS19DataModule(L.LightningDataModule):
         sampler = EpochShuffleSampler(n * world, num_replicas=world, rank=rank, shuffle=False)
         return self._loader(self.train_dataset(), hp.batch_size, hp.num_workers, sampler=sampler)
 
+    def _eval_dataset(self, case_ids: list[str]) -> KiTS19CaseDataset:
+        if not self.hparams.score_on_original_grid:
+            return KiTS19CaseDataset(self.cache_dir, case_ids)
+        labels = {c: self._label_paths[c] for c in case_ids if c in self._label_paths}
+        return KiTS19CaseDataset(self.cache_dir, case_ids, with_geometry=True, original_labels=labels)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader(KiTS19CaseDataset(self.cache_dir, self.val_cases), 1, self.hparams.val_num_workers)
+        return self._loader(self._eval_dataset(self.val_cases), 1, self.hparams.val_num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        """The held-out test cases (never used for a choice: see :func:`segzoo.data.splits.split_train_val_test`)."""
+        if not self.test_cases:
+            raise DataError(
+                f"{self.data_dir}: no test cases (num_test_cases={self.hparams.num_test_cases}); set "
+                "--data.num_test_cases to hold some out before training"
+            )
+        return self._loader(self._eval_dataset(self.test_cases), 1, self.hparams.val_num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         ds = KiTS19CaseDataset(self.cache_dir, self.all_cases, with_geometry=True)

@@ -78,3 +78,64 @@ class NiftiPredictionWriter(Callback):
             labels = Reorientation.from_transform(batch["orientation_transform"][i].tolist(), shape).undo(labels)
             header = nib.load(batch["source_image"][i]).header
             save_nifti(labels, None, out_dir / f"{case_id}.nii.gz", header=header)
+
+
+class MovingAverage(Callback):
+    """Logs the moving average of a validation value, for checkpoint selection on a smoothed curve.
+
+    The paper selected its checkpoint on "a moving validation loss" (its Fig. 3); the window is not given, so it is
+    an argument here (docs/training.md). After every validation the mean of the last ``window`` values of
+    ``monitor`` is written to ``trainer.callback_metrics[name]`` (and the loggers), before any ``ModelCheckpoint``
+    reads it (Lightning runs checkpoint callbacks last). The history is part of the callback's checkpoint state, so
+    a resumed run continues the same average.
+
+    Args:
+        monitor: the logged value to average (the task logs ``val/loss``).
+        window: number of validations averaged.
+        name: key of the average; default ``"<monitor>_avg"``.
+    """
+
+    def __init__(self, monitor: str = "val/loss", window: int = 5, name: str | None = None) -> None:
+        if window < 1:
+            raise ValueError(f"MovingAverage: window must be >= 1, got {window}")
+        self.monitor, self.window, self.name = monitor, int(window), name or f"{monitor}_avg"
+        self.history: list[float] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        import torch
+
+        self.history.append(float(trainer.callback_metrics[self.monitor]))
+        value = sum(self.history[-self.window :]) / len(self.history[-self.window :])
+        trainer.callback_metrics[self.name] = torch.tensor(value)
+        for logger in trainer.loggers:
+            logger.log_metrics({self.name: value}, step=trainer.global_step)
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [float(v) for v in state_dict.get("history", [])]
+
+
+class LRFloorStop(Callback):
+    """Stops training once every learning rate has been reduced to ``min_lr`` (the paper trained "until the learning
+    rate reached our limit", ~700 epochs). Pair it with ``ReduceLROnPlateau(min_lr=...)`` at the same value.
+
+    Args:
+        min_lr: the floor; training stops at the end of the first epoch whose learning rates are all <= it
+            (relative tolerance 1e-6).
+    """
+
+    def __init__(self, min_lr: float) -> None:
+        if not min_lr > 0:
+            raise ValueError(f"LRFloorStop: min_lr must be > 0, got {min_lr}")
+        self.min_lr = float(min_lr)
+        self.stopped_epoch: int | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        lrs = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups]
+        if lrs and all(lr <= self.min_lr * (1 + 1e-6) for lr in lrs):
+            self.stopped_epoch = trainer.current_epoch
+            trainer.should_stop = True

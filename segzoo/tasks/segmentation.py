@@ -15,14 +15,31 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
 from monai.inferers import Inferer
 from torch import nn
 
+from segzoo.checkpoint import labels_on_original_grid
 from segzoo.metrics.base import CaseMetric
 from segzoo.utils import atomic_write_text
+
+
+def _subset_key(steps) -> str:
+    """Name of a set of post-processing steps in the per-case score table."""
+    return "+".join(steps) or "none"
+
+
+def _mean_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of every key over rows (NaN ignored), ``case_id`` left out."""
+    keys = [k for k in (rows[0] if rows else {}) if k != "case_id"]
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in rows if r.get(k) is not None and not math.isnan(r[k])]
+        out[k] = float(np.mean(vals)) if vals else float("nan")
+    return out
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,7 +75,9 @@ class SegmentationTask(pl.LightningModule):
         inferer: whole-case inferer for validation/test/predict (``inferer(image, net)`` returning logits or
             probabilities ``(B, K, *spatial)``); ``None`` runs the net on the whole input.
         metric: per-case metric accumulated over validation/test; its mean values are logged as ``val/<key>``.
-        postprocess: optional callable applied to each predicted label map ``(*spatial)`` before scoring.
+        postprocess: optional callable applied to each predicted label map ``(*spatial)`` before scoring. If it has
+            switchable steps (``subsets()``, ``apply_subsets()``, ``decide()`` and ``with_steps()``, as
+            :class:`~segzoo.inference.postprocess.KiTSPostprocess`), validation decides them (``tune_postprocess``).
         optimizer: optimizer factory (default Adam, lr 3e-4 as in the KiTS19 paper).
         scheduler: LR scheduler factory; ``ReduceLROnPlateau`` watches ``scheduler_monitor``.
         scheduler_monitor: logged value a plateau scheduler watches (the paper: the training loss).
@@ -75,6 +94,17 @@ class SegmentationTask(pl.LightningModule):
             same (see ``docs/benchmarks.md`` for the measured effect).
         num_overlays: validation cases per epoch kept as 2D slices (image, label, prediction) in
             ``self.overlays`` for loggers to draw.
+        tune_postprocess: after every validation, keep each post-processing step only if it improves the mean
+            validation score (nnU-Net's rule, ``score_key``); the decided object becomes ``self.postprocess`` (so a
+            checkpoint stores it with its constructor arguments) and is what ``test`` and ``predict`` use.
+
+    Scoring: when validation/test batches carry ``original_label`` and ``original_shape`` (``KiTS19DataModule``),
+    each prediction is restored to the case's original grid with the datamodule's ``preprocessor`` and
+    post-processed there (:func:`segzoo.checkpoint.labels_on_original_grid`, the path of ``segzoo infer``) and
+    scored against the stored annotation; otherwise on the batch's grid. ``metrics.json`` holds the scores with
+    post-processing (``mean``, ``cases``) and without (``without_postprocess``), and the decision
+    (``postprocess``). The validation loss (the loss on the whole-case output, logged as ``val/loss``) is there for
+    checkpoint selection on its moving average (:class:`~segzoo.tasks.callbacks.MovingAverage`).
     """
 
     def __init__(
@@ -93,6 +123,7 @@ class SegmentationTask(pl.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         num_overlays: int = 2,
+        tune_postprocess: bool = True,
     ) -> None:
         super().__init__()
         self.net = net
@@ -100,6 +131,15 @@ class SegmentationTask(pl.LightningModule):
         self.inferer = inferer
         self.metric = metric
         self.postprocess = postprocess
+        self.tune_postprocess = tune_postprocess
+        self._postprocess_candidate = postprocess
+        steps = tuple(getattr(postprocess, "steps", ()) or ())
+        # the validated decision as a tensor, so every checkpoint format and `segzoo test --ckpt_path` restore it:
+        # [decided?, step 1 on?, step 2 on?, ...] over the configured (candidate) steps
+        self.register_buffer("postprocess_decision", torch.zeros(1 + len(steps), dtype=torch.uint8))
+        self._case_scores: list[dict[str, Any]] = []
+        self._eval_losses: list[float] = []
+        self._scored_on_original = False
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
@@ -167,12 +207,65 @@ class SegmentationTask(pl.LightningModule):
             pred = torch.stack([torch.as_tensor(self.postprocess(p)) for p in pred.cpu()]).to(pred.device)
         return pred
 
+    def _tunable(self) -> bool:
+        post = self._postprocess_candidate
+        return self.tune_postprocess and post is not None and hasattr(post, "apply_subsets") and bool(post.steps)
+
+    def _eval_loss(self, out: torch.Tensor, label: torch.Tensor) -> float | None:
+        """The training loss on the whole-case output (probabilities enter as their log, which softmax maps back)."""
+        kind = getattr(self.inferer, "output", "logits") if self.inferer is not None else "logits"
+        if kind == "labels" or out.shape[-label.ndim + 2 :] != label.shape[2:]:
+            return None
+        scores = torch.log(out.float().clamp_min(1e-8)) if kind == "probabilities" else out.float()
+        try:
+            return float(self.loss(scores, label.to(scores.device)))
+        except (TypeError, ValueError, RuntimeError):  # a loss that needs the training output (a list): none
+            return None
+
     def _eval_step(self, batch: dict[str, Any]) -> None:
-        pred = self.predict_labels(batch["image"])
-        if len(self.overlays) < self.num_overlays:
-            self._keep_overlay(batch, pred)
-        if self.metric is not None:
-            self.metric.update(pred, batch["label"][:, 0], batch.get("case_id"), batch.get("spacing"))
+        out = self.predict_logits(batch["image"])
+        if "label" in batch:
+            loss = self._eval_loss(out, batch["label"])
+            if loss is not None:
+                self._eval_losses.append(loss)
+        on_original = "original_label" in batch and "original_shape" in batch
+        self._scored_on_original = on_original
+        preprocessor = getattr(self.trainer.datamodule, "preprocessor", None) if on_original else None
+        ids = batch.get("case_id")
+        tune = self._tunable() and not self.trainer.testing
+        preds = []
+        for i in range(out.shape[0]):
+            if on_original:
+                shape = tuple(int(v) for v in batch.get("oriented_shape", batch["original_shape"])[i])
+                raw = labels_on_original_grid(out[i], shape, preprocessor, None)
+                target = batch["original_label"][i].cpu().numpy()
+                spacing = batch.get("original_spacing", batch.get("spacing"))
+            else:
+                raw = out[i].argmax(0).cpu().numpy()
+                target = batch["label"][i, 0].cpu().numpy() if "label" in batch else None
+                spacing = batch.get("spacing")
+            sp = None if spacing is None else [float(v) for v in torch.as_tensor(spacing[i]).reshape(-1)]
+            if tune:
+                variants = {_subset_key(k): v for k, v in self._postprocess_candidate.apply_subsets(raw).items()}
+                pred = variants[_subset_key(self.postprocess.steps)] if self.postprocess is not None else raw
+            else:
+                variants = {"none": raw}
+                pred = np.asarray(self.postprocess(raw)) if self.postprocess is not None else raw
+                if self.postprocess is not None:
+                    variants["post"] = pred
+            preds.append(pred)
+            if self.metric is not None and target is not None:
+                case_id = str(ids[i]) if ids is not None else str(len(self._case_scores))
+                scores = {k: self.metric.score_case(v, target, sp) for k, v in variants.items()}
+                self._case_scores.append({"case_id": case_id, "scores": scores})
+        if len(self.overlays) < self.num_overlays and "label" in batch:
+            if on_original:  # the picture is drawn on the preprocessed grid, where the image is
+                grid = out.argmax(1).cpu()
+                if self.postprocess is not None:
+                    grid = torch.stack([torch.as_tensor(np.asarray(self.postprocess(g.numpy()))) for g in grid])
+                self._keep_overlay(batch, grid)
+            else:
+                self._keep_overlay(batch, torch.as_tensor(np.stack(preds)))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch)
@@ -203,13 +296,34 @@ class SegmentationTask(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.overlays = []
+        self._case_scores, self._eval_losses = [], []
         if self.metric is not None:
             self.metric.reset()
 
-    on_test_epoch_start = on_validation_epoch_start
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
 
-    def _gather_rows(self) -> list[dict[str, Any]]:
-        rows = self.metric.per_case()
+    def _restore_decision(self) -> None:
+        """Adopt the decision held in ``postprocess_decision`` (e.g. just loaded from a checkpoint)."""
+        post = self._postprocess_candidate
+        flags = self.postprocess_decision.tolist()
+        if post is None or not hasattr(post, "with_steps") or not flags or not flags[0]:
+            return
+        kept = [step for step, on in zip(post.steps, flags[1:]) if on]
+        if self.postprocess is None or tuple(getattr(self.postprocess, "steps", ())) != tuple(kept):
+            self.postprocess = post.with_steps(kept)
+
+    def on_validation_start(self) -> None:
+        self._restore_decision()
+
+    def on_test_start(self) -> None:
+        self._restore_decision()
+
+    def on_predict_start(self) -> None:
+        self._restore_decision()
+
+    def _gather_rows(self, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        rows = self.metric.per_case() if rows is None else rows
         if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
@@ -224,14 +338,59 @@ class SegmentationTask(pl.LightningModule):
     def _finish_eval(self, prefix: str, write_file: bool) -> None:
         if self.metric is None or self.trainer.sanity_checking:
             return
-        self.metric.rows = self._gather_rows()
+        if self._eval_losses:
+            losses = [self._eval_losses]
+            if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+                losses = [None] * self.trainer.world_size
+                torch.distributed.all_gather_object(losses, self._eval_losses)
+            flat = [v for part in losses for v in part]
+            self.log(f"{prefix}/loss", float(np.mean(flat)), sync_dist=False, batch_size=1)
+        table = self._gather_rows(self._case_scores)
+        if not table:
+            return
+        post_info = None
+        if self._tunable() and prefix == "val":
+            candidate = self._postprocess_candidate
+            means = {
+                s: self._score(_mean_rows([r["scores"][_subset_key(s)] for r in table])) for s in candidate.subsets()
+            }
+            if any(v is None for v in means.values()):
+                raise KeyError("tune_postprocess needs a score: set score_key or use a metric with */dice keys")
+            self.postprocess = candidate.decide(means, num_cases=len(table), metric=self.score_key or "mean dice")
+            self.postprocess_decision.copy_(
+                torch.tensor([1, *[s in self.postprocess.steps for s in candidate.steps]], dtype=torch.uint8)
+            )
+        if self.postprocess is None:
+            key = "none"
+        elif self._tunable() and prefix == "val":
+            key = _subset_key(self.postprocess.steps)
+        else:
+            key = "post" if "post" in table[0]["scores"] else _subset_key(self.postprocess.steps)
+        if self.postprocess is not None:
+            post_info = {
+                "class_path": f"{type(self.postprocess).__module__}.{type(self.postprocess).__qualname__}",
+                "steps": list(getattr(self.postprocess, "steps", []) or []),
+                "validation": getattr(self.postprocess, "validation", None),
+            }
+        self.metric.rows = [{"case_id": r["case_id"], **r["scores"][key]} for r in table]
         summary = self.metric.summary()
         means = summary["mean"]
         score = self._score(means)
         if score is not None:
             means = {**means, "score": score}
             summary["mean"] = means
-        self.log_dict({f"{prefix}/{k}": v for k, v in means.items()}, sync_dist=False, batch_size=1)
+        logged = {f"{prefix}/{k}": v for k, v in means.items()}
+        if post_info is not None:
+            raw_rows = [{"case_id": r["case_id"], **r["scores"]["none"]} for r in table]
+            raw_mean = _mean_rows(raw_rows)
+            raw_score = self._score(raw_mean)
+            if raw_score is not None:
+                raw_mean["score"] = raw_score
+            summary["without_postprocess"] = {"mean": raw_mean, "cases": raw_rows}
+            summary["postprocess"] = post_info
+            logged.update({f"{prefix}/no_postprocess/{k}": v for k, v in raw_mean.items()})
+        summary["scored_on"] = "original grid" if self._scored_on_original else "preprocessed grid"
+        self.log_dict(logged, sync_dist=False, batch_size=1)
         self.last_summary = summary
         if write_file and self.metrics_file:
             self._write_summary(summary)

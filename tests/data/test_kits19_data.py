@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,22 @@ def test_split_cases():
         split_cases(ids, 1.5)
 
 
+def test_split_train_val_test_disjoint():
+    from segzoo.data.splits import split_train_val_test
+
+    ids = [f"case_{i:05d}" for i in range(20)]
+    train, val, test = split_train_val_test(ids, 3, 5, split_seed=1)
+    assert (len(train), len(val), len(test)) == (12, 3, 5)
+    assert sorted(train + val + test) == ids and not (set(train) & set(val) or set(val) & set(test))
+    assert split_train_val_test(ids, 6, 5, split_seed=1)[2] == test  # the test set never depends on validation
+    assert split_train_val_test(ids, 0.2, 0.25, split_seed=1)[1].__len__() == 3  # 20% of the 15 left
+    assert split_train_val_test(ids, 3, 0, split_seed=1)[:2] == split_cases(ids, 3, split_seed=1)
+    with pytest.raises(DataError, match="leave no training case"):
+        split_train_val_test(ids, 10, 10)
+    with pytest.raises(DataError, match="num_test_cases=-1"):
+        split_train_val_test(ids, 1, -1)
+
+
 @pytest.fixture(scope="module")
 def dm(tmp_path_factory):
     root = tmp_path_factory.mktemp("dm")
@@ -218,7 +236,12 @@ def test_val_and_predict_batches_are_whole_cases(dm):
     preds = list(dm.predict_dataloader())
     assert [p["case_id"][0] for p in preds] == sorted(dm.train_cases + dm.val_cases)
     assert preds[0]["original_shape"].shape == (1, 3) and preds[0]["affine"].shape == (1, 4, 4)
-    assert isinstance(dm.test_dataloader().dataset, KiTS19CaseDataset)
+    # scoring on the original grid: the stored annotation and the geometry travel with the case
+    seg = nib.load(dm.data_dir / dm.val_cases[0] / "segmentation.nii.gz")
+    assert batch["original_label"].shape == (1, *seg.shape) and batch["original_shape"].tolist() == [list(seg.shape)]
+    np.testing.assert_array_equal(batch["original_label"][0].numpy(), np.asarray(seg.dataobj))
+    with pytest.raises(DataError, match="no test cases"):  # this datamodule holds none out
+        dm.test_dataloader()
 
 
 def test_state_dict_round_trip(dm, tmp_path):
@@ -234,3 +257,21 @@ def test_setup_without_prepare_is_a_clear_error(dm, tmp_path):
     fresh = KiTS19DataModule(str(tmp_path / "data"), num_val_cases=1)
     with pytest.raises(DataError, match="fingerprint"):
         fresh.setup("fit")
+
+
+def test_three_disjoint_splits_and_test_batches_on_the_original_grid(dm, tmp_path):
+    shutil.copytree(dm.data_dir, tmp_path / "data")
+    three = KiTS19DataModule(
+        str(tmp_path / "data"), target_spacing=(3.0, 2.5, 2.5), num_val_cases=1, num_test_cases=1, num_workers=0
+    )
+    three.prepare_data()
+    three.setup("test")
+    train, val, test = three.train_cases, three.val_cases, three.test_cases
+    assert (len(train), len(val), len(test)) == (2, 1, 1) and not (set(train) & set(val) or set(test) & set(train + val))
+    assert three.fingerprint["train_cases"] == train  # statistics from the training cases only
+    split = json.loads((three.cache_dir / "split.json").read_text())
+    assert split == {"train": train, "val": val, "test": test}
+    (batch,) = list(three.test_dataloader())
+    assert batch["case_id"] == test
+    seg = np.asarray(nib.load(tmp_path / "data" / test[0] / "segmentation.nii.gz").dataobj)
+    np.testing.assert_array_equal(batch["original_label"][0].numpy(), seg)

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from segzoo.data.synthetic import write_synthetic
-from segzoo.data.synthetic.kits19 import synth_kits19_case, write_kits19
+from segzoo.data.synthetic.kits19 import KiTS19Regime, synth_kits19_case, write_kits19
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_layout_dtypes_labels(synth_dir):
         assert img.get_data_dtype() == np.int16
         data = np.asarray(img.dataobj)
         d, h, w = data.shape
-        assert 32 <= d <= 44 and (h, w) == (128, 128)  # (slices, H, W)
+        assert d >= 16 and h == w and 96 <= h <= 192  # (slices, H, W)
         assert -1024 <= data.min() and data.max() <= 3071
         seg_path = folder / "segmentation.nii.gz"
         if i == 2:  # the last `unlabelled` cases are inference-only
@@ -47,8 +47,8 @@ def test_affine_convention(synth_dir):
     for folder in folders:
         aff = nib.load(folder / "imaging.nii.gz").affine
         col_norms = np.linalg.norm(aff[:3, :3], axis=0)
-        assert 2.85 <= col_norms[0] <= 3.15  # slice axis first, ~3 mm
-        assert 1.85 <= col_norms[1] <= 2.15 and col_norms[1] == pytest.approx(col_norms[2])
+        assert 1.0 <= col_norms[0] <= 5.0  # slice axis first, 1-5 mm
+        assert 1.25 <= col_norms[1] <= 2.5 and col_norms[1] == pytest.approx(col_norms[2])  # "small": 2.5 x 0.5-1 mm
         # KiTS19 "interpolated" orientation: axis 0 -> -z, axis 1 -> -y, axis 2 -> -x (non-RAS)
         assert aff[2, 0] < 0 and aff[1, 1] < 0 and aff[0, 2] < 0
         assert nib.aff2axcodes(aff) == ("I", "P", "L")
@@ -71,17 +71,57 @@ def test_deterministic_per_seed_and_index(tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_tumour_touches_kidney_and_intensities(seed):
+def test_tumour_touches_kidney_and_distractors(seed):
     image, label, _ = synth_kits19_case(np.random.default_rng((seed, 0)))
     tumour, kidney = label == 2, label == 1
-    assert tumour.sum() > 20
+    assert tumour.sum() > 0
     assert (ndimage.binary_dilation(tumour) & kidney).any()  # protrudes from / touches a kidney
-    # two kidneys: two connected components of label > 0
-    assert ndimage.label(label > 0)[1] == 2
-    t_mean, k_mean = image[tumour].mean(), image[kidney].mean()
-    assert 70 <= t_mean <= 150 and 120 <= k_mean <= 210 and t_mean < k_mean
+    assert 1 <= ndimage.label(label > 0)[1] <= 2  # one component per kidney (with its tumours and cysts)
     assert (image > 350).sum() > 100  # bone distractor
     assert (image < -600).any()  # air / gas
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nephrographic_tumour_is_hypo_enhancing(seed):
+    regime = KiTS19Regime(phases=("nephrographic",), tumour_radius=(10.0, 20.0), noise_sigma=(10.0, 10.0))
+    image, label, _ = synth_kits19_case(np.random.default_rng((seed, 0)), regime=regime)
+    t_mean, k_mean = image[label == 2].mean(), image[label == 1].mean()
+    assert 20 <= t_mean < k_mean <= 230
+
+
+def test_regimes_differ_where_they_should():
+    def draw(name, i):
+        return synth_kits19_case(np.random.default_rng((3, i)), regime=name)
+
+    for i in range(3):
+        _, label, affine = draw("heldout_thickness", i)
+        assert 4.5 <= np.linalg.norm(affine[:3, 0]) <= 5.0
+        _, label, affine = draw("train", i)
+        assert 1.5 <= np.linalg.norm(affine[:3, 0]) <= 4.0
+        # small tumours: every lesion within a 6 mm radius (x 1.2 axes x 1.12 outline x the voxel grid)
+        _, label, affine = draw("heldout_small_tumour", i)
+        voxel = np.prod(np.linalg.norm(affine[:3, :3], axis=0))
+        parts, n = ndimage.label(label == 2)
+        sizes = np.bincount(parts.ravel())[1:] * voxel
+        assert n >= 1 and sizes.max() < 4 / 3 * np.pi * (6 * 1.2 * 1.12 + 5) ** 3
+    # delayed phase: contrast in the collecting system, brighter than any cortex of the training phases
+    image, label, _ = draw("heldout_phase", 0)
+    assert np.percentile(image[label == 1], 99.5) > 280
+
+
+def test_large_geometry_is_real_spacing():
+    from segzoo.data.synthetic.kits19 import REGIMES, _geometry
+
+    for i in range(20):
+        shape, spacing, _ = _geometry(np.random.default_rng(i), REGIMES["all"], "large")
+        assert shape[1:] == (512, 512) and 0.5 <= spacing[1] <= 1.0 and 1.0 <= spacing[0] <= 5.0
+
+
+def test_heldout_cycles_regimes(tmp_path):
+    write_kits19(tmp_path, cases=3, seed=1, regime="heldout", start_index=1)
+    thickness = [np.linalg.norm(nib.load(f).affine[:3, 0]) for f in sorted(tmp_path.glob("case_*/imaging.nii.gz"))]
+    # case i uses HELDOUT[i % 3]: case 1 thick slices, cases 2 and 3 (small tumours, delayed phase) training's
+    assert 4.5 <= thickness[0] <= 5.0 and all(1.5 <= t <= 4.0 for t in thickness[1:])
 
 
 def test_registry_and_bad_arguments(tmp_path):
@@ -91,3 +131,9 @@ def test_registry_and_bad_arguments(tmp_path):
         write_kits19(tmp_path, cases=1, size="huge")
     with pytest.raises(ValueError, match="unlabelled"):
         write_kits19(tmp_path, cases=1, unlabelled=2)
+    with pytest.raises(ValueError, match="regime='nope'"):
+        write_kits19(tmp_path, cases=1, regime="nope")
+    with pytest.raises(ValueError, match="phases"):
+        KiTS19Regime(phases=("portal",))
+    with pytest.raises(ValueError, match="slice_thickness"):
+        KiTS19Regime(slice_thickness=(3.0, 1.0))

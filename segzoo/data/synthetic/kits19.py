@@ -1,23 +1,33 @@
-"""Synthetic KiTS19 cases written in the official layout (``case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz``).
+"""Domain-randomised synthetic KiTS19 cases written in the official layout (``case_XXXXX/imaging.nii.gz`` +
+``segmentation.nii.gz``).
 
 Reference: Heller et al., "The KiTS19 challenge data" (arXiv:1904.00445); used by Zhao et al., "Multi Scale Supervised
 3D U-Net for Kidney and Tumor Segmentation" (KiTS19). The generator is the embedded default data of segzoo: every
-command runs on it on a fresh machine. Layout, dtypes and affine convention follow the "interpolated" KiTS19 release:
+command runs on it on a fresh machine. Layout, dtypes and affine convention follow the KiTS19 release:
 
 - arrays are ``(slices, H, W)``; image int16 Hounsfield units, label uint8 (0 background, 1 kidney, 2 tumour);
 - the affine is non-RAS with the slice axis first, e.g. ``[[0, 0, -dx, 0], [0, -dy, 0, 0], [-dz, 0, 0, 0], [0, 0, 0, 1]]``
-  (array axis 0 carries the slice thickness ``dz`` ~ 3 mm, axes 1 and 2 the in-plane spacing).
+  (array axis 0 carries the slice thickness ``dz``, axes 1 and 2 the in-plane spacing).
 
-The anatomy is drawn in millimetres, so "small" (fast) and "large" (real-sized) cases show the same body:
-body ellipse (fat ~ -100 HU around soft tissue ~ 40 HU), two bean-shaped kidneys (cortex ~ 150-200 HU, medulla
-lower), one tumour per labelled case protruding from a kidney (70-110 HU, hypo-enhancing against the kidney but in the
-liver's range, a necrotic core in large ones,
-radius 6-25 mm), distractors (liver 60-110 HU, vertebra 400-1000 HU, aorta and vena cava 150-250 HU, bowel gas
--800 HU), partial-volume gaussian blur and gaussian noise (sigma 15-25 HU) before quantising to int16.
+So that a model trained on it is not tuned to one appearance, every case draws its appearance from a
+:class:`KiTS19Regime` (ranges, not values): contrast phase (arterial / nephrographic / delayed, each with its own HU
+table), noise level and texture, in-plane spacing and slice thickness, field of view and body size, kidney count
+(1-2), position, size and shape, tumour count (1-3), size (down to < 1 cm), appearance (solid, cystic,
+heterogeneous) and position (exophytic, endophytic), simple renal cysts (labelled kidney, as in KiTS19),
+distractors whose HU overlap kidney and tumour (liver, spleen, contrast-filled bowel, aorta, vena cava, renal
+vessels, spine, gas) and streak and cupping (beam-hardening) artefacts. Named regimes (:data:`REGIMES`) split these
+ranges so a model can be trained on some and tested on held-out ones (another contrast phase, thicker slices,
+smaller tumours); see ``docs/data/kits19.md``.
+
+The anatomy is drawn in millimetres, so "small" (fast) and "large" (real-sized) cases show the same body: "large"
+uses the regime's in-plane spacing (0.5-1.0 mm) on 512 x 512 slices; "small" renders the same field of view 2.5x
+coarser on at most 192 x 192 pixels (laptop scale).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +35,120 @@ from scipy import ndimage
 
 from segzoo.data.io import save_nifti
 
-# size name -> (slice-count range, in-plane pixels, in-plane spacing range mm, slice thickness range mm)
-# "small": ~2 mm in-plane keeps a body-sized 256 mm field of view at 128x128 (fast on a laptop CPU);
-# "large": real KiTS19 in-plane size (512x512 at ~0.78 mm).
-_SIZES = {
-    "small": ((32, 44), 128, (1.9, 2.1), (2.9, 3.1)),
-    "large": ((60, 100), 512, (0.74, 0.82), (2.9, 3.1)),
+SIZES = ("small", "large")
+#: contrast phase -> HU ranges (mean of the structure, drawn per case)
+PHASES: dict[str, dict[str, tuple[float, float]]] = {
+    # late arterial / corticomedullary: bright cortex, dark medulla, hypervascular tumours can be brighter than
+    # the medulla, spleen mottled
+    "arterial": {
+        "cortex": (170, 280),
+        "medulla": (60, 110),
+        "tumour": (70, 190),
+        "aorta": (250, 450),
+        "ivc": (80, 140),
+        "liver": (55, 90),
+        "spleen": (90, 170),
+        "pelvis": (0, 20),
+    },
+    # nephrographic / portal venous: homogeneous kidney, hypo-enhancing tumour in the liver's range
+    "nephrographic": {
+        "cortex": (140, 220),
+        "medulla": (125, 205),
+        "tumour": (60, 130),
+        "aorta": (150, 230),
+        "ivc": (130, 200),
+        "liver": (90, 130),
+        "spleen": (100, 140),
+        "pelvis": (0, 20),
+    },
+    # delayed / excretory: washed-out kidney, contrast in the collecting system, flat vessels
+    "delayed": {
+        "cortex": (95, 150),
+        "medulla": (95, 150),
+        "tumour": (45, 100),
+        "aorta": (100, 150),
+        "ivc": (100, 150),
+        "liver": (70, 110),
+        "spleen": (75, 115),
+        "pelvis": (300, 900),
+    },
 }
+
+
+@dataclass(frozen=True)
+class KiTS19Regime:
+    """Ranges a synthetic KiTS19 case draws its appearance from.
+
+    Args:
+        phases: contrast phases drawn uniformly (keys of :data:`PHASES`).
+        slice_thickness: slice thickness range (mm).
+        inplane_spacing: in-plane spacing range (mm) of a "large" case; "small" cases are 2.5x coarser.
+        body_scale: body size factor range (1 = a 240 x 200 mm abdomen).
+        single_kidney_prob: probability of one kidney (nephrectomy / agenesis).
+        tumour_radius: tumour radius range (mm); a radius < 5 mm is a lesion under 1 cm.
+        tumour_count: ``(min, max)`` tumours per case (every labelled KiTS19 case has one at least).
+        cystic_prob: probability that a tumour is cystic (fluid core, enhancing rim).
+        heterogeneous_prob: probability that a solid tumour has a necrotic core and a strong texture.
+        exophytic_prob: probability that a tumour bulges out of the kidney (else it sits inside it).
+        cyst_count: ``(min, max)`` simple renal cysts per case (labelled kidney).
+        noise_sigma: gaussian noise range (HU).
+        texture_sigma: amplitude range (HU) of a smooth texture field over the body.
+        oral_contrast_prob: probability of contrast-filled bowel loops (150-400 HU).
+        streak_prob: probability of streak artefacts from a dense point.
+        cupping: beam-hardening cupping range (HU darker in the body centre).
+    """
+
+    phases: tuple[str, ...] = ("arterial", "nephrographic", "delayed")
+    slice_thickness: tuple[float, float] = (1.0, 5.0)
+    inplane_spacing: tuple[float, float] = (0.5, 1.0)
+    body_scale: tuple[float, float] = (0.85, 1.2)
+    single_kidney_prob: float = 0.1
+    tumour_radius: tuple[float, float] = (3.0, 30.0)
+    tumour_count: tuple[int, int] = (1, 3)
+    cystic_prob: float = 0.15
+    heterogeneous_prob: float = 0.4
+    exophytic_prob: float = 0.6
+    cyst_count: tuple[int, int] = (0, 2)
+    noise_sigma: tuple[float, float] = (8.0, 35.0)
+    texture_sigma: tuple[float, float] = (0.0, 12.0)
+    oral_contrast_prob: float = 0.4
+    streak_prob: float = 0.3
+    cupping: tuple[float, float] = (0.0, 30.0)
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.phases if p not in PHASES]
+        if bad or not self.phases:
+            raise ValueError(
+                f"KiTS19Regime: phases {bad or '()'} unknown; expected a non-empty subset of {list(PHASES)}"
+            )
+        for name in ("slice_thickness", "inplane_spacing", "body_scale", "tumour_radius", "noise_sigma"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"KiTS19Regime: {name}=({lo}, {hi}) must satisfy 0 < low <= high")
+        if not 1 <= self.tumour_count[0] <= self.tumour_count[1]:
+            raise ValueError(f"KiTS19Regime: tumour_count={self.tumour_count} must satisfy 1 <= min <= max")
+
+
+_TRAIN = KiTS19Regime(phases=("arterial", "nephrographic"), slice_thickness=(1.5, 4.0), tumour_radius=(6.0, 30.0))
+#: named regimes: "all" draws everything; "train" leaves out what the three "heldout_*" regimes test
+REGIMES: dict[str, KiTS19Regime] = {
+    "all": KiTS19Regime(),
+    "train": _TRAIN,
+    "heldout_phase": dataclasses.replace(_TRAIN, phases=("delayed",)),
+    "heldout_thickness": dataclasses.replace(_TRAIN, slice_thickness=(4.5, 5.0)),
+    "heldout_small_tumour": dataclasses.replace(_TRAIN, tumour_radius=(3.0, 6.0)),
+}
+#: "heldout" cycles through the held-out regimes case by case
+HELDOUT = ("heldout_phase", "heldout_thickness", "heldout_small_tumour")
+
+
+def get_regime(regime: str | KiTS19Regime) -> KiTS19Regime:
+    """A :class:`KiTS19Regime` from itself or a name in :data:`REGIMES`."""
+    if isinstance(regime, KiTS19Regime):
+        return regime
+    if regime not in REGIMES:
+        raise ValueError(f"regime='{regime}': expected one of {sorted(REGIMES) + ['heldout']} or a KiTS19Regime")
+    return REGIMES[regime]
 
 
 def _rotation(angle_z: float, angle_y: float) -> np.ndarray:
@@ -49,16 +166,22 @@ class _Canvas:
     def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]):
         self.shape = shape
         self.spacing = np.asarray(spacing, dtype=np.float64)
-        # centre of the volume at 0 mm
-        self.axes = [(np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(shape, spacing)]
+        self.axes = [(np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(shape, spacing)]  # volume centre at 0 mm
 
     def ellipsoid(
-        self, center, semi_axes, rotation: np.ndarray | None = None
+        self,
+        center,
+        semi_axes,
+        rotation: np.ndarray | None = None,
+        wobble: tuple[np.random.Generator, float] | None = None,
     ) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
-        """Return ``(bbox slices, boolean mask inside bbox, normalised radius r in bbox)`` of an ellipsoid (mm)."""
+        """``(bbox slices, boolean mask inside bbox, normalised radius r in bbox)`` of an ellipsoid (mm).
+
+        ``wobble=(rng, amplitude)`` perturbs the radius by a smooth random field (lobulated, irregular outline).
+        """
         center = np.asarray(center, dtype=np.float64)
         semi = np.asarray(semi_axes, dtype=np.float64)
-        reach = semi.max()
+        reach = semi.max() * (1.0 + (wobble[1] if wobble else 0.0))
         sl = []
         for ax, c in zip(self.axes, center):
             lo = np.searchsorted(ax, c - reach)
@@ -77,7 +200,27 @@ class _Canvas:
             lx = rt[2, 0] * z + rt[2, 1] * y + rt[2, 2] * x
             r2 = (lz / semi[0]) ** 2 + (ly / semi[1]) ** 2 + (lx / semi[2]) ** 2
         r = np.sqrt(r2)
+        if wobble is not None and r.size:
+            rng, amp = wobble
+            r = r * (1.0 + amp * _smooth_field(rng, r.shape, max(r.shape) / 3.0))
         return sl, r <= 1.0, r
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], corr: float) -> np.ndarray:
+    """Smooth random field of ``shape`` in [-1, 1] with correlation length ~ ``corr`` voxels (drawn coarse, zoomed)."""
+    factor = max(corr, 1.0)
+    coarse = tuple(max(2, int(np.ceil(n / factor)) + 1) for n in shape)
+    field = rng.uniform(-1.0, 1.0, size=coarse).astype(np.float32)
+    zoomed = ndimage.zoom(field, [n / c for n, c in zip(shape, coarse)], order=1, mode="nearest", grid_mode=True)
+    out = np.zeros(shape, dtype=np.float32)
+    sl = tuple(slice(0, min(a, b)) for a, b in zip(shape, zoomed.shape))
+    out[sl] = zoomed[sl]
+    return out
+
+
+def _grow(sl: tuple[slice, ...], n: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``sl`` widened by ``n`` voxels on each side, inside ``shape``."""
+    return tuple(slice(max(s.start - n, 0), min(s.stop + n, size)) for s, size in zip(sl, shape))
 
 
 def kits19_affine(spacing: tuple[float, float, float]) -> np.ndarray:
@@ -88,121 +231,239 @@ def kits19_affine(spacing: tuple[float, float, float]) -> np.ndarray:
     )
 
 
-def synth_kits19_case(rng: np.random.Generator, size: str = "small") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    return float(rng.uniform(*lo_hi))
+
+
+def _geometry(rng: np.random.Generator, reg: KiTS19Regime, size: str) -> tuple[tuple[int, int, int], tuple, float]:
+    """Grid shape, spacing (mm, array order) and body scale of one case."""
+    body = _u(rng, reg.body_scale)
+    thick = _u(rng, reg.slice_thickness)
+    pix = _u(rng, reg.inplane_spacing)
+    if size == "large":
+        n_xy = 512
+    else:
+        pix *= 2.5
+        fov = 2 * 125 * body * rng.uniform(1.05, 1.35)  # body width plus a margin
+        n_xy = int(np.clip(round(fov / pix), 96, 192))
+        pix = max(pix, fov / n_xy)
+    extent = rng.uniform(130.0, 170.0)  # cranio-caudal coverage (mm) around the kidneys
+    depth = max(int(round(extent / thick)), 16)
+    return (depth, n_xy, n_xy), (thick, pix, pix), body
+
+
+def synth_kits19_case(
+    rng: np.random.Generator, size: str = "small", regime: str | KiTS19Regime = "all"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one synthetic case.
 
     Args:
         rng: random generator (all randomness of the case comes from it).
-        size: ``"small"`` (32-44 slices of 128x128 at ~3 x 2 x 2 mm) or ``"large"`` (60-100 slices of 512x512 at
-            ~3 x 0.78 x 0.78 mm).
+        size: ``"small"`` (<= 192 x 192 pixels per slice, in-plane spacing 2.5x the regime's) or ``"large"``
+            (512 x 512 pixels at the regime's in-plane spacing).
+        regime: a :class:`KiTS19Regime` or a name in :data:`REGIMES`.
 
     Returns:
         ``(image int16 (D, H, W), label uint8 (D, H, W), affine 4x4)``.
     """
-    if size not in _SIZES:
-        raise ValueError(f"size='{size}': expected one of {sorted(_SIZES)}")
-    (zlo, zhi), n_xy, (slo, shi), (tlo, thi) = _SIZES[size]
-    depth = int(rng.integers(zlo, zhi + 1))
-    pix = float(rng.uniform(slo, shi))
-    thick = float(rng.uniform(tlo, thi))
-    shape = (depth, n_xy, n_xy)
-    spacing = (thick, pix, pix)
+    if size not in SIZES:
+        raise ValueError(f"size='{size}': expected one of {list(SIZES)}")
+    reg = get_regime(regime)
+    shape, spacing, scale = _geometry(rng, reg, size)
     cv = _Canvas(shape, spacing)
-    fov_xy = n_xy * pix
-    scale = fov_xy / 256.0  # anatomy is sized for a 256 mm field of view; large cases (~400 mm) get a bigger body
-    scale = float(np.clip(scale, 1.0, 1.35))
+    phase = PHASES[reg.phases[int(rng.integers(len(reg.phases)))]]
+    hu_of = {k: _u(rng, v) for k, v in phase.items()}
 
     hu = np.full(shape, -1000.0, dtype=np.float32)
     label = np.zeros(shape, dtype=np.uint8)
     big_z = 10_000.0  # "infinite" extent along the slice axis for cylinders
+    z_lo, z_hi = cv.axes[0][0], cv.axes[0][-1]
 
     # body: fat ellipse with a soft-tissue core (rows = anterior->posterior, columns = right->left)
-    body_ax = np.array([big_z, rng.uniform(95, 110) * scale, rng.uniform(120, 125) * scale])
-    sl, m, _ = cv.ellipsoid((0, 0, 0), body_ax)
-    hu[sl][m] = -100.0 + rng.normal(0, 8)
-    core = body_ax * np.array([1.0, rng.uniform(0.78, 0.85), rng.uniform(0.8, 0.87)])
+    body_ax = np.array([big_z, rng.uniform(90, 110) * scale, rng.uniform(115, 130) * scale])
+    sl, m, _ = cv.ellipsoid((0, rng.uniform(-10, 10), rng.uniform(-10, 10)), body_ax)
+    hu[sl][m] = rng.uniform(-120, -80)
+    core = body_ax * np.array([1.0, rng.uniform(0.72, 0.86), rng.uniform(0.75, 0.88)])
     sl, m, _ = cv.ellipsoid((0, 0, 0), core)
-    hu[sl][m] = 40.0 + rng.normal(0, 5)
+    hu[sl][m] = rng.uniform(30, 50)
+    body_mask = np.zeros(shape, dtype=bool)
+    sl, m, _ = cv.ellipsoid((0, 0, 0), body_ax)
+    body_mask[sl] = m
 
-    # liver: large ellipsoid on the patient's right (image left), upper slices, anterior-lateral
-    z_top = cv.axes[0][-1]
-    liver_c = (z_top - rng.uniform(0, 25), rng.uniform(-25, -5) * scale, rng.uniform(-60, -45) * scale)
-    liver_ax = (rng.uniform(55, 80), rng.uniform(50, 65) * scale, rng.uniform(55, 70) * scale)
-    sl, m, _ = cv.ellipsoid(liver_c, liver_ax, _rotation(rng.uniform(-0.3, 0.3), 0.0))
-    hu[sl][m] = rng.uniform(60, 110)
+    spine_y = rng.uniform(45, 60) * scale
+    # liver (patient's right = image left, upper slices) and spleen (left, posterior-lateral): HU overlap tumour
+    # and kidney depending on the phase
+    liver_c = (z_hi - rng.uniform(-10, 30), rng.uniform(-25, 0) * scale, rng.uniform(-65, -40) * scale)
+    liver_ax = (rng.uniform(55, 85), rng.uniform(50, 70) * scale, rng.uniform(50, 70) * scale)
+    sl, m, _ = cv.ellipsoid(liver_c, liver_ax, _rotation(rng.uniform(-0.3, 0.3), 0.0), (rng, 0.1))
+    hu[sl][m] = hu_of["liver"]
+    spleen_c = (z_hi - rng.uniform(0, 50), spine_y - rng.uniform(0, 25), rng.uniform(60, 85) * scale)
+    spleen_ax = (rng.uniform(35, 55), rng.uniform(25, 40), rng.uniform(15, 25))
+    sl, m, _ = cv.ellipsoid(spleen_c, spleen_ax, _rotation(rng.uniform(-0.6, 0.0), 0.0), (rng, 0.15))
+    hu[sl][m] = hu_of["spleen"]
 
-    # bowel gas pockets, anterior
+    # bowel: gas pockets and (oral contrast) bright loops, anterior
     for _ in range(int(rng.integers(2, 6))):
-        c = (rng.uniform(cv.axes[0][0], cv.axes[0][-1]), rng.uniform(-75, -35) * scale, rng.uniform(-40, 60) * scale)
+        c = (rng.uniform(z_lo, z_hi), rng.uniform(-75, -30) * scale, rng.uniform(-45, 60) * scale)
         sl, m, _ = cv.ellipsoid(c, (rng.uniform(8, 20), rng.uniform(5, 12), rng.uniform(6, 15)))
-        hu[sl][m] = -800.0
+        hu[sl][m] = rng.uniform(-900, -600)
+    if rng.random() < reg.oral_contrast_prob:
+        for _ in range(int(rng.integers(3, 9))):
+            c = (rng.uniform(z_lo, z_hi), rng.uniform(-60, 10) * scale, rng.uniform(-55, 70) * scale)
+            ax = (rng.uniform(6, 18), rng.uniform(5, 10), rng.uniform(5, 14))
+            sl, m, _ = cv.ellipsoid(c, ax, _rotation(rng.uniform(0, np.pi), rng.uniform(-0.5, 0.5)), (rng, 0.2))
+            hu[sl][m] = rng.uniform(150, 400)
 
-    # kidneys: bean = ellipsoid minus a medial hilum notch; cortex bright, medulla darker
-    spine_y = rng.uniform(48, 58) * scale
+    # kidneys: bean = ellipsoid minus a medial hilum notch, irregular outline, cortex / medulla / renal pelvis
+    sides = [-1.0, 1.0]
+    if rng.random() < reg.single_kidney_prob:
+        sides = [sides[int(rng.integers(2))]]
     kidneys = []
-    for side in (-1.0, 1.0):
+    aorta_x, ivc_x = rng.uniform(10, 22) * scale, -rng.uniform(15, 25) * scale
+    for side in sides:
         c = np.array(
-            [rng.uniform(-12, 12), spine_y - rng.uniform(5, 15), side * rng.uniform(55, 68) * scale], dtype=np.float64
+            [rng.uniform(-20, 20), spine_y - rng.uniform(0, 18), side * rng.uniform(50, 72) * scale], dtype=np.float64
         )
-        ax = np.array([rng.uniform(42, 55), rng.uniform(22, 28), rng.uniform(24, 30)])
-        rot = _rotation(side * rng.uniform(0.2, 0.5), rng.uniform(-0.2, 0.2))
-        sl, m, r = cv.ellipsoid(c, ax, rot)
+        ax = np.array([rng.uniform(40, 58), rng.uniform(20, 30), rng.uniform(22, 32)]) * rng.uniform(0.85, 1.1)
+        rot = _rotation(side * rng.uniform(0.1, 0.6), rng.uniform(-0.3, 0.3))
+        sl, m, r = cv.ellipsoid(c, ax, rot, (rng, 0.06))
         hilum_c = c - rot @ np.array([0.0, 0.0, side * ax[2] * 0.95])
         hsl, hm, _ = cv.ellipsoid(hilum_c, ax * np.array([0.45, 0.55, 0.5]), rot)
         kidney = np.zeros(shape, dtype=bool)
         kidney[sl] = m
         kidney[hsl] &= ~hm
-        cortex_hu, medulla_hu = rng.uniform(160, 200), rng.uniform(125, 150)
+        parts, n_parts = ndimage.label(kidney[sl])
+        if n_parts > 1:  # the notch can cut off a sliver: keep the kidney in one piece
+            kidney[sl] = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
         inner = np.zeros(shape, dtype=bool)
-        inner[sl] = r <= 0.65
-        hu[kidney] = cortex_hu
-        hu[kidney & inner] = medulla_hu
+        inner[sl] = r <= rng.uniform(0.55, 0.72)
+        hu[kidney] = hu_of["cortex"] + rng.normal(0, 8)
+        hu[kidney & inner] = hu_of["medulla"] + rng.normal(0, 8)
+        # renal pelvis / collecting system at the hilum (urine, or contrast in the delayed phase), labelled kidney
+        psl, pm, _ = cv.ellipsoid(c - rot @ np.array([0.0, 0.0, side * ax[2] * 0.35]), ax * [0.35, 0.2, 0.25], rot)
+        pelvis = np.zeros(shape, dtype=bool)
+        pelvis[psl] = pm
+        pelvis &= kidney
+        hu[pelvis] = hu_of["pelvis"]
         label[kidney] = 1
+        # renal vein to the vena cava and artery to the aorta: bright tubes touching the kidney at the hilum
+        for target_x, key, rad in ((ivc_x, "ivc", rng.uniform(4, 7)), (aorta_x, "aorta", rng.uniform(2.5, 4.5))):
+            p0, p1 = hilum_c, np.array([c[0] + rng.uniform(-8, 8), spine_y - 15 * scale, target_x])
+            n_seg = 8
+            for t in np.linspace(0.0, 1.0, n_seg):
+                pc = p0 + t * (p1 - p0)
+                sl2, m2, _ = cv.ellipsoid(pc, (rad, rad, max(rad, np.linalg.norm(p1 - p0) / n_seg)))
+                hu[sl2][m2 & (label[sl2] == 0)] = hu_of[key]
         kidneys.append((c, ax, rot, side, kidney))
 
-    # tumour: centre on the kidney surface (never on the hilum side) so it protrudes and touches the kidney
-    c, ax, rot, side, kidney = kidneys[int(rng.integers(0, 2))]
-    radius = float(rng.choice([rng.uniform(6, 10), rng.uniform(10, 25)]))  # some small, some large
-    for _ in range(100):
+    # simple renal cysts (water, labelled kidney as in KiTS19): the cystic look without being tumour
+    for _ in range(int(rng.integers(reg.cyst_count[0], reg.cyst_count[1] + 1))):
+        c, ax, rot, side, kidney = kidneys[int(rng.integers(len(kidneys)))]
         d = rng.normal(size=3)
         d /= np.linalg.norm(d)
-        if d[2] * side > -0.2:  # lateral / anterior / posterior half, away from the hilum
-            break
-    surface = c + rot @ (d * ax)
-    t_c = surface - rot @ (d * ax) / np.linalg.norm(d * ax) * radius * rng.uniform(0.0, 0.5)
-    t_ax = radius * rng.uniform(0.8, 1.2, size=3)
-    sl, m, r = cv.ellipsoid(t_c, t_ax, _rotation(rng.uniform(0, np.pi), 0.0))
-    tumour = np.zeros(shape, dtype=bool)
-    tumour[sl] = m
-    if not (tumour & kidney).any():  # degenerate draw on very thin volumes: force overlap
-        tumour |= ndimage.binary_dilation(kidney, iterations=1) & ~kidney
-    # hypo-enhancing relative to cortex and medulla (as renal cell carcinoma in the nephrographic phase) but in the
-    # liver's range; larger lesions get a darker necrotic core
-    t_hu = rng.uniform(70, 110)
-    hu[tumour] = t_hu + rng.normal(0, 12, size=int(tumour.sum()))  # heterogeneous lesion
-    if radius > 12:
-        core = np.zeros(shape, dtype=bool)
-        core[sl] = m & (r < 0.5)
-        hu[core & tumour] -= rng.uniform(25, 45)
-    label[tumour] = 2
+        cc = c + rot @ (d * ax * rng.uniform(0.4, 1.0))
+        rad = rng.uniform(3, 14)
+        sl, m, _ = cv.ellipsoid(cc, (rad, rad, rad))
+        cyst = np.zeros(shape, dtype=bool)
+        cyst[sl] = m
+        if not (cyst & kidney).any():  # fell into the hilum notch: not a renal cyst
+            continue
+        hu[cyst] = rng.uniform(-5, 20)
+        label[cyst] = 1
 
-    # spine (cortical ring around cancellous core), aorta and vena cava in front of it
+    # tumours: on / in a kidney, exophytic or endophytic, solid / heterogeneous / cystic
+    n_tumours = int(rng.integers(reg.tumour_count[0], reg.tumour_count[1] + 1))
+    for k in range(n_tumours):
+        c, ax, rot, side, kidney = kidneys[int(rng.integers(len(kidneys)))]
+        radius = _u(rng, reg.tumour_radius)
+        if k > 0:
+            radius = min(radius, _u(rng, reg.tumour_radius))  # further lesions tend to be smaller
+        for _ in range(100):
+            d = rng.normal(size=3)
+            d /= np.linalg.norm(d)
+            if d[2] * side > -0.2:  # lateral / anterior / posterior half, away from the hilum
+                break
+        surface = c + rot @ (d * ax)
+        inward = -(rot @ (d * ax)) / np.linalg.norm(d * ax)
+        if rng.random() < reg.exophytic_prob:
+            depth = radius * rng.uniform(-0.4, 0.5)  # centre up to 0.4 r outside the surface: bulges out
+        else:
+            depth = radius * rng.uniform(0.6, 1.1) + 2.0  # centre inside: mostly within the kidney
+        t_ax = radius * rng.uniform(0.8, 1.2, size=3)
+        t_rot = _rotation(rng.uniform(0, np.pi), rng.uniform(-0.5, 0.5))
+        for _attempt in range(4):  # a renal tumour touches its kidney: move a detached draw inwards
+            sl, m, r = cv.ellipsoid(surface + inward * depth, t_ax, t_rot, (rng, 0.12))
+            tumour = np.zeros(shape, dtype=bool)
+            tumour[sl] = m
+            if not tumour.any():  # below the grid resolution: the nearest voxel
+                t_c = surface + inward * depth
+                idx = tuple(int(np.clip(np.searchsorted(a, v), 0, n - 1)) for a, v, n in zip(cv.axes, t_c, shape))
+                tumour[idx] = True
+            if (tumour[_grow(sl, 1, shape)] & kidney[_grow(sl, 1, shape)]).any() or (
+                ndimage.binary_dilation(tumour) & kidney
+            ).any():
+                break
+            depth += max(radius, 3.0)
+        t_hu = hu_of["tumour"]
+        look = rng.random()
+        n_vox = int(tumour.sum())
+        if look < reg.cystic_prob and radius > 6:
+            hu[tumour] = t_hu + rng.normal(0, 10, size=n_vox)  # enhancing rim ...
+            fluid = np.zeros(shape, dtype=bool)
+            fluid[sl] = m & (r < rng.uniform(0.6, 0.85))
+            hu[fluid & tumour] = rng.uniform(5, 30)  # ... around a fluid core
+        elif look < reg.cystic_prob + reg.heterogeneous_prob:
+            hu[tumour] = t_hu + rng.normal(0, 12, size=n_vox)
+            if m.size:  # blotchy enhancement, a few voxels across
+                hu[sl][m] += rng.uniform(15, 35) * _smooth_field(rng, m.shape, 2.0)[m]
+            if radius > 10:
+                core = np.zeros(shape, dtype=bool)
+                core[sl] = m & (r < rng.uniform(0.3, 0.6))
+                hu[core & tumour] -= rng.uniform(25, 60)  # necrosis
+        else:
+            hu[tumour] = t_hu + rng.normal(0, 6, size=n_vox)  # solid, homogeneous
+        label[tumour] = 2
+
+    # spine (cortical ring around cancellous core), spinous process, aorta and vena cava in front of it
     sp_c = (0.0, spine_y + 10 * scale, rng.uniform(-4, 4))
     sl, m, r = cv.ellipsoid(sp_c, (big_z, 17 * scale, 19 * scale))
-    hu[sl][m] = rng.uniform(400, 550)
+    hu[sl][m] = rng.uniform(300, 550)
     ring = m & (r > 0.8)
-    hu[sl][ring] = rng.uniform(800, 1000)
-    sl, m, _ = cv.ellipsoid((0.0, spine_y + 38 * scale, 0.0), (big_z, 12 * scale, 8 * scale))  # spinous process
-    hu[sl][m] = rng.uniform(500, 900)
-    sl, m, _ = cv.ellipsoid((0.0, spine_y - 15 * scale, 18 * scale), (big_z, 11, 11))
-    hu[sl][m] = rng.uniform(180, 250)
-    sl, m, _ = cv.ellipsoid((0.0, spine_y - 15 * scale, -20 * scale), (big_z, 9, 13))
-    hu[sl][m] = rng.uniform(150, 190)
+    hu[sl][ring] = rng.uniform(700, 1100)
+    sl, m, _ = cv.ellipsoid((0.0, spine_y + 38 * scale, 0.0), (big_z, 12 * scale, 8 * scale))
+    hu[sl][m] = rng.uniform(450, 900)
+    sl, m, _ = cv.ellipsoid((0.0, spine_y - 15 * scale, aorta_x), (big_z, 11 * scale, 11 * scale))
+    hu[sl][m & (label[sl] == 0)] = hu_of["aorta"]
+    sl, m, _ = cv.ellipsoid((0.0, spine_y - 15 * scale, ivc_x), (big_z, 9 * scale, 13 * scale))
+    hu[sl][m & (label[sl] == 0)] = hu_of["ivc"]
 
-    # partial volume (blur ~0.6 mm in-plane, ~1 mm across slices, expressed in voxels) then noise, then quantise
-    sigma = (1.0 / thick, 0.6 / pix + 0.3, 0.6 / pix + 0.3)
-    hu = ndimage.gaussian_filter(hu, sigma=sigma, output=np.float32)
-    hu += rng.normal(0, rng.uniform(15, 25), size=shape).astype(np.float32)
+    # texture over the body (smooth, a few mm), partial volume (blur ~0.6 mm in-plane, slice profile across slices)
+    thick, pix, _ = spacing
+    amp = _u(rng, reg.texture_sigma)
+    if amp > 0:
+        hu += amp * _smooth_field(rng, shape, rng.uniform(2.0, 6.0) / pix) * body_mask
+    hu = ndimage.gaussian_filter(hu, sigma=(0.45, 0.6 / pix + 0.3, 0.6 / pix + 0.3), output=np.float32)
+
+    # artefacts: cupping (beam hardening darkens the body centre) and streaks from a dense point
+    cup = _u(rng, reg.cupping)
+    if cup > 0:
+        yy, xx = np.meshgrid(cv.axes[1] / body_ax[1], cv.axes[2] / body_ax[2], indexing="ij")
+        hu -= (cup * np.clip(1.0 - (yy**2 + xx**2), 0.0, 1.0)).astype(np.float32)[None] * body_mask
+    if rng.random() < reg.streak_prob:
+        src = np.array([rng.uniform(-60, 60) * scale, rng.uniform(-60, 60) * scale])
+        yy, xx = np.meshgrid(cv.axes[1] - src[0], cv.axes[2] - src[1], indexing="ij")
+        pattern = np.zeros(shape[1:], dtype=np.float32)
+        for j, angle in enumerate(rng.uniform(0, np.pi, size=int(rng.integers(3, 9)))):
+            dist = np.abs(-np.sin(angle) * yy + np.cos(angle) * xx)
+            sign = 1.0 if j % 2 == 0 else -1.0
+            pattern += sign * rng.uniform(60, 250) * np.exp(-0.5 * (dist / (1.2 * pix)) ** 2)
+        pattern *= np.exp(-np.hypot(yy, xx) / rng.uniform(60, 150))
+        zc = rng.uniform(z_lo, z_hi)
+        z_w = np.exp(-0.5 * ((cv.axes[0] - zc) / rng.uniform(5, 25)) ** 2).astype(np.float32)
+        hu += z_w[:, None, None] * pattern[None]
+        sl, m, _ = cv.ellipsoid((zc, *src), (3.0, 3.0, 3.0))
+        hu[sl][m] = 2500.0  # the metal clip / dense calcification causing them
+    hu += rng.normal(0, _u(rng, reg.noise_sigma), size=shape).astype(np.float32)
     image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     return image, label, kits19_affine(spacing)
 
@@ -214,35 +475,40 @@ def write_kits19(
     unlabelled: int = 0,
     size: str = "small",
     start_index: int = 0,
+    regime: str | KiTS19Regime = "all",
 ) -> list[Path]:
     """Write synthetic KiTS19 cases in the official layout.
 
     Case ``i`` is drawn from ``np.random.default_rng((seed, i))``, so it is the same whatever ``cases`` and
-    ``start_index`` are (deterministic per seed and index).
+    ``start_index`` are (deterministic per seed, index and regime).
 
     Args:
         out_dir: data folder; ``out_dir/case_XXXXX/`` folders are created.
         cases: number of cases to write (labelled + unlabelled).
         seed: random seed.
         unlabelled: the last ``unlabelled`` cases get no ``segmentation.nii.gz`` (like KiTS19 cases 210-299).
-        size: ``"small"`` (fast: 32-44 slices of 128x128, ~3 x 2 x 2 mm) or ``"large"`` (60-100 slices of 512x512,
-            ~3 x 0.78 x 0.78 mm).
+        size: ``"small"`` (laptop scale) or ``"large"`` (512 x 512 slices at 0.5-1.0 mm).
         start_index: index of the first case (folder ``case_{start_index:05d}``).
+        regime: a :class:`KiTS19Regime`, a name in :data:`REGIMES`, or ``"heldout"`` (case ``i`` uses
+            ``HELDOUT[i % 3]``: other contrast phase, thick slices, small tumours in turn).
 
     Returns:
         The case folders, in index order.
     """
     if cases < 0 or unlabelled < 0 or unlabelled > cases:
         raise ValueError(f"cases={cases}, unlabelled={unlabelled}: expected 0 <= unlabelled <= cases")
-    if size not in _SIZES:
-        raise ValueError(f"size='{size}': expected one of {sorted(_SIZES)}")
+    if size not in SIZES:
+        raise ValueError(f"size='{size}': expected one of {list(SIZES)}")
+    if regime != "heldout":
+        get_regime(regime)  # fail before writing anything
     out_dir = Path(out_dir)
     folders = []
     for k in range(cases):
         index = start_index + k
         rng = np.random.default_rng((seed, index))
         labelled = k < cases - unlabelled
-        image, label, affine = synth_kits19_case(rng, size=size)  # unlabelled cases still hold kidneys + tumour
+        reg = HELDOUT[index % len(HELDOUT)] if regime == "heldout" else regime
+        image, label, affine = synth_kits19_case(rng, size=size, regime=reg)  # unlabelled cases hold anatomy too
         folder = out_dir / f"case_{index:05d}"
         save_nifti(image, affine, folder / "imaging.nii.gz")
         if labelled:
