@@ -220,9 +220,8 @@ class DualRotationBlock(nn.Module):
             )
         parts = torch.chunk(x, self.groups, dim=1)
         # angles that keep (H, W) and angles that swap them are batched separately: one conv call per parity
+        # (no shortcut for square inputs: a traced or exported graph must not depend on the example's shape)
         parities = [[i for i, a in enumerate(self.angles) if (a // 90) % 2 == p] for p in (0, 1)]
-        if x.shape[-1] == x.shape[-2]:
-            parities = [[i for p in parities for i in p]]  # square: every direction in one call
         # shared weights: directions stacked along the batch; own weights: along channels into a grouped conv
         dim = 0 if self.share_weights else 1
         per_group = []
