@@ -3,19 +3,23 @@
 Reference: X. You, Y. Zhu, ... "DR-Net: dual-rotation network with feature map enhancement for medical image
 segmentation", Complex & Intelligent Systems, 2022.
 
-Layout (2D, 5 encoder + 5 decoder stages, widths 32-512 by default):
+Layout (2D, 5 encoder + 5 decoder stages, widths 32-512 by default). ``DRB(x; r)`` is a dual-rotation block on
+``x`` whose residual input ``r`` goes through a 1x1 conv per group and is added to each of the 16 direction maps
+before the outer fusion (the paper's Fig. 4; ``residual_placement="map"``), or, with ``"fused"``, is
+``DRB(x) + Conv1x1(r)`` after the fusion:
 
 - encoder 1: plain block (two 3x3 conv-norm-act) at full resolution;
-- encoder s = 2..5: ``Y_s = DRB_s(P(Y_{s-1})) + Conv1x1(P(Y_{s-1}))`` with ``P`` 2x2 max pooling (the paper's
-  residual: previous output, max-pooled, 1x1 conv, added);
-- decoder 1 (at the bottleneck resolution): ``D_1 = DRB(Y_5) + Conv1x1(Y_5)``;
-- decoder j = 2..4: ``D_j = DRB_j(Y_{6-j} + U(D_{j-1})) + Conv1x1(U(D_{j-1}))`` with ``U`` bilinear x2 (the
-  paper: the decoder gets the matching encoder features and the previous decoder stage, interpolated, fused
-  residually);
-- decoder 5: plain block on ``Y_1 + U(D_4)`` plus the same 1x1 residual, then a 1x1 head to the classes.
+- encoder s = 2..5: ``Y_s = DRB_s(P(Y_{s-1}); P(Y_{s-1}))`` with ``P`` 2x2 max pooling (the paper's residual:
+  previous output, max-pooled, 1x1 conv, added);
+- decoder 1 (at the bottleneck resolution): ``D_1 = DRB(Y_5; Y_5)``;
+- decoder j = 2..4: ``D_j = DRB_j(Y_{6-j} + U(D_{j-1}); U(D_{j-1}))`` with ``U`` bilinear x2 (the paper: the
+  decoder gets the matching encoder features and the previous decoder stage, interpolated, fused residually;
+  ``decoder_inputs`` drops either, the paper's strategies 3 and 4);
+- decoder 5: plain block on ``Y_1 + U(D_4)`` plus ``Conv1x1(U(D_4))``, then a 1x1 head to the classes.
 
 DRB is :class:`~segzoo.nets.blocks.rotation.DualRotationBlock`; DPFM is stacked twice in encoder 4-5 and decoder 1-2.
-Where the paper is silent (decoder 1's input, decoder widths, norm, fusion) we chose; see ``docs/nets/drnet.md``.
+Where the paper is silent (decoder 1's input, decoder widths, norm, fusion, weight sharing, residual placement) we
+chose; see ``docs/nets/drnet.md``, which also says which of the registered ablations are distinct models.
 """
 
 from __future__ import annotations
