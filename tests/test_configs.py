@@ -122,7 +122,8 @@ def test_drnet_config_fits_on_tiny_synthetic_data(dataset, tmp_path, monkeypatch
         "--data.num_workers=0",
         "--data.synthetic_cases=2",
         "--data.synthetic_size=small",
-        "--data.slice_selection=largest2",
+        # CHAOS metrics are volumetric: whole cases only (a slice selection is refused by CHAOSMetric)
+        f"--data.slice_selection={'largest2' if dataset == 'brats' else 'all'}",
     ]
     if dataset == "brats":
         args.append("--data.resize_mode=resize")  # 96x96 synthetic slices do not pad into 64x64

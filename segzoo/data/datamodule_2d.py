@@ -10,7 +10,9 @@ Batches (shared segzoo convention):
 - val/test/predict: one item per case (batch size 1), the case's selected slices as a 3D stack:
   ``image`` (1, C, S, H, W), ``label`` (1, 1, S, H, W), ``spacing`` (1, 3) in mm for the axes (S, H, W)
   (adjusted for the resize), so a 2D net runs slice by slice with
-  ``monai.inferers.SliceInferer(spatial_dim=0)`` and volume metrics are per case.
+  ``monai.inferers.SliceInferer(spatial_dim=0)`` and volume metrics are per case. With a slice selection other
+  than ``"all"`` the slices are not neighbours: the slice spacing is NaN, and the metrics score each slice in 2D
+  (BraTS) or refuse the case (CHAOS, volumetric).
 
 Choices where the paper is silent (docs/data/chaos_brats.md):
 
@@ -342,7 +344,9 @@ class _SliceDataModule(L.LightningDataModule):
         img = torch.from_numpy(np.ascontiguousarray(image[:, keep], dtype=np.float32))
         lab = torch.from_numpy(np.ascontiguousarray(label[keep], dtype=np.uint8))
         img, lab, (fr, fc) = fit_slices(img, lab, self.image_size, self.resize_mode)
-        spacing_t = torch.tensor([spacing[0], spacing[1] * fr, spacing[2] * fc], dtype=torch.float32)
+        # a selection of slices has no slice spacing: NaN tells the metrics to score per slice (docstring above)
+        dz = spacing[0] if self.slice_selection == "all" else float("nan")
+        spacing_t = torch.tensor([dz, spacing[1] * fr, spacing[2] * fc], dtype=torch.float32)
         return SliceCase(case_id, img, lab, spacing_t)
 
     def _train_transform(self) -> SampleAugment | None:

@@ -35,14 +35,26 @@ def check_label_maps(pred: np.ndarray, target: np.ndarray, max_label: int, name:
     return out[0], out[1]
 
 
-def check_spacing(spacing: Sequence[float] | None, ndim: int, name: str) -> tuple[float, ...]:
-    """Spacing in mm per spatial axis (same order as the array axes); ``None`` means 1 mm."""
+def check_spacing(
+    spacing: Sequence[float] | None, ndim: int, name: str, undefined_slices: bool = False
+) -> tuple[float, ...]:
+    """Spacing in mm per spatial axis (same order as the array axes); ``None`` means 1 mm.
+
+    With ``undefined_slices`` the first of 3 values may be NaN: the slices of the stack are a selection, not
+    neighbours (the 2D datamodules mark ``largest<k>`` and ``lesion`` stacks so).
+    """
     if spacing is None:
         return (1.0,) * ndim
     values = tuple(float(s) for s in np.asarray(spacing, dtype=float).reshape(-1))
-    if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
+    checked = values[1:] if undefined_slices and ndim == 3 and len(values) == 3 and np.isnan(values[0]) else values
+    if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in checked):
         raise ValueError(f"{name}: spacing must be {ndim} positive finite values (mm per axis), got {spacing!r}")
     return values
+
+
+def slices_are_a_selection(spacing: Sequence[float]) -> bool:
+    """True when a 3D stack's slice spacing is undefined (NaN): its slices are not neighbours."""
+    return len(spacing) == 3 and bool(np.isnan(spacing[0]))
 
 
 def dice(pred: np.ndarray, ref: np.ndarray, empty_value: float = 1.0) -> float:

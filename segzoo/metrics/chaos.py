@@ -14,6 +14,9 @@ Empty masks (the official code divides by zero or fails there; our choice, see `
 both empty -> Dice 1, RAVD 0, ASSD 0, MSSD 0; reference empty only -> Dice 0, RAVD NaN (undefined, skipped by
 the mean), ASSD = MSSD = ``empty_distance``; prediction empty only -> Dice 0, RAVD 100, ASSD = MSSD =
 ``empty_distance``. ``empty_distance=None`` uses the image diagonal in mm (the largest distance possible in it).
+
+The metrics are volumetric, as in the official evaluation: a stack of selected slices (NaN slice spacing, the 2D
+datamodules' ``largest<k>`` and ``lesion`` selections) is refused; score whole cases (``slice_selection="all"``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segzoo.metrics._common import check_label_maps, check_spacing, dice, image_diagonal, surface_distances
+from segzoo.metrics._common import (
+    check_label_maps,
+    check_spacing,
+    dice,
+    image_diagonal,
+    slices_are_a_selection,
+    surface_distances,
+)
 from segzoo.metrics.base import CaseMetric
 
 CHAOS_MR_ORGANS = ("liver", "right_kidney", "left_kidney", "spleen")
@@ -64,7 +74,12 @@ def chaos_scores(
         ``{"<organ>/dice", "<organ>/ravd", "<organ>/assd", "<organ>/mssd", ..., "mean/dice"}``.
     """
     pred, target = check_label_maps(pred, target, max_label=len(organs), name="CHAOS metric")
-    sp = check_spacing(spacing, pred.ndim, "CHAOS metric")
+    sp = check_spacing(spacing, pred.ndim, "CHAOS metric", undefined_slices=True)
+    if slices_are_a_selection(sp):
+        raise ValueError(
+            "CHAOS metric: the slices of this case are a selection (slice spacing undefined); the CHAOS metrics are "
+            "volumetric (official evaluation), so score whole cases: slice_selection='all'"
+        )
     out: dict[str, float] = {}
     for index, organ in enumerate(organs, start=1):
         for key, value in chaos_organ_scores(pred == index, target == index, sp, empty_distance).items():

@@ -231,7 +231,8 @@ def test_datamodule_largest2(flat_root):
     assert len(list(root.iterdir())) == 3
     for b in dm.val_dataloader():
         assert b["image"].shape == (1, 4, 2, 128, 128) and b["label"].shape == (1, 1, 2, 128, 128)
-        torch.testing.assert_close(b["spacing"], torch.tensor([[3.25, 2.5, 2.5]]))  # (z, x, y), pad keeps it
+        # (z, x, y), pad keeps it; the two slices are not neighbours: no slice spacing (NaN, per-slice metrics)
+        torch.testing.assert_close(b["spacing"], torch.tensor([[float("nan"), 2.5, 2.5]]), equal_nan=True)
         seg = _seg(root / b["case_id"][0])
         area = (seg > 0).sum(axis=(0, 1))
         top2 = np.sort(np.argsort(-area, kind="stable")[:2])

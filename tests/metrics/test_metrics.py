@@ -248,3 +248,106 @@ def test_surface_distances_crop_changes_nothing_even_at_the_image_edge():
         a_to_b, b_to_a = surface_distances(a, b, spacing)
         assert np.allclose(np.sort(a_to_b), np.sort(pairwise.min(1)))
         assert np.allclose(np.sort(b_to_a), np.sort(pairwise.min(0)))
+
+
+# ---------------------------------------------------------------- BraTS: slice selections, HD95 definitions
+def _medpy_style_hd95(pred, ref, spacing):
+    """Reference: medpy.metric.binary.hd95 (pooled), only used if medpy is missing (written from scipy here)."""
+    from scipy import ndimage
+
+    def surface(m):
+        return m & ~ndimage.binary_erosion(m, structure=ndimage.generate_binary_structure(m.ndim, 1))
+
+    p, r = surface(pred), surface(ref)
+    d1 = ndimage.distance_transform_edt(~r, sampling=spacing)[p]
+    d2 = ndimage.distance_transform_edt(~p, sampling=spacing)[r]
+    return float(np.percentile(np.hstack((d1, d2)), 95))
+
+
+def _reference_hd95(pred, ref, spacing):
+    try:
+        from medpy.metric.binary import hd95 as medpy_hd95
+    except ImportError:  # pragma: no cover - medpy is a dev dependency
+        return _medpy_style_hd95(pred, ref, spacing)
+    return float(medpy_hd95(pred, ref, voxelspacing=spacing))
+
+
+def test_swapped_lesions_of_two_non_adjacent_slices_score_per_slice():
+    # the paper's protocol keeps the 2 largest-lesion slices: stacked, they look adjacent although they are not
+    target = np.zeros((2, 64, 64), dtype=np.int64)
+    target[0, 5:15, 5:15] = 2  # a lesion top left on slice 0
+    target[1, 40:60, 40:60] = 2  # another one bottom right on slice 1
+    pred = target[::-1].copy()  # the prediction swaps the two slices' lesions
+    per_slice = brats_scores(pred, target, spacing=(float("nan"), 1.0, 1.0))
+    assert per_slice["WT/dice"] == 0.0
+    # per slice the lesions are far apart: the 2D HD95 of each slice (MONAI, directed max), averaged
+    expected = np.mean([_monai(pred[s] > 0, target[s] > 0, [1.0, 1.0])[2] for s in range(2)])
+    assert per_slice["WT/hd95"] == pytest.approx(expected) and per_slice["WT/hd95"] > 30.0
+    # scored as one volume the two slices would be 1 mm apart: what the stacked protocol got wrong
+    assert brats_scores(pred, target, spacing=(1.0, 1.0, 1.0))["WT/hd95"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="selection"):
+        brats_scores(pred, target, spacing=(float("nan"), 1.0, 1.0), per_slice=False)
+    # the metric object decides from the spacing the datamodule sends
+    metric = BraTSMetric()
+    metric.update(pred[None], target[None], ["a"], np.array([[np.nan, 1.0, 1.0]]))
+    assert metric.compute()["WT/hd95"] == pytest.approx(expected)
+    pooled = brats_scores(pred, target, spacing=(float("nan"), 1.0, 1.0), hd95_definition="pooled")["WT/hd95"]
+    assert pooled == pytest.approx(np.mean([_reference_hd95(pred[s] > 0, target[s] > 0, (1, 1)) for s in range(2)]))
+
+
+def test_per_slice_scores_are_the_mean_of_2d_scores_with_in_plane_spacing():
+    target = np.zeros((3, 32, 40), dtype=np.int64)
+    pred = np.zeros_like(target)
+    for s in range(3):
+        target[s, 4 + s : 20 + s, 6:30] = 1 + s  # labels 1, 2, 3 (index 3 = ET)
+        pred[s, 6 + s : 22 + s, 8 + 2 * s : 28] = 1 + s
+    pred[1, 25:28, 2:5] = 3  # an ET false positive on a slice without ET
+    spacing = (float("nan"), 0.8, 1.3)
+    got = brats_scores(pred, target, spacing=spacing)
+    rows = [brats_scores(pred[s], target[s], spacing=spacing[1:]) for s in range(3)]
+    for key in got:
+        assert got[key] == pytest.approx(np.mean([r[key] for r in rows]))
+    # forcing per-slice on a complete stack gives the same numbers; the volume ones differ
+    forced = brats_scores(pred, target, spacing=(3.0, 0.8, 1.3), per_slice=True)
+    assert forced == pytest.approx(got)
+    assert brats_scores(pred, target, spacing=(3.0, 0.8, 1.3))["WT/hd95"] != pytest.approx(got["WT/hd95"])
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.7, 1.9), (2.0, 1.0, 1.5)])
+def test_pooled_hd95_matches_medpy(spacing):
+    rng = np.random.default_rng(len(spacing) + int(10 * spacing[0]))
+    shape = (40, 48) if len(spacing) == 2 else (12, 30, 34)
+    pred = np.zeros(shape, dtype=bool)
+    ref = np.zeros(shape, dtype=bool)
+    core = tuple(slice(n // 4, 3 * n // 4) for n in shape)
+    ref[core] = True
+    ref &= rng.random(shape) > 0.1  # ragged surfaces
+    pred[tuple(slice(n // 4 + 2, 3 * n // 4 + 1) for n in shape)] = True
+    pred[(0,) * len(shape)] = True  # an outlier at the image corner (the image edge is surface there)
+    label = lambda m: m.astype(np.int64)  # noqa: E731
+    pooled = brats_scores(label(pred), label(ref), spacing=spacing, label_map=(0, 2), hd95_definition="pooled")
+    assert pooled["WT/hd95"] == pytest.approx(_reference_hd95(pred, ref, spacing), rel=1e-9)
+    assert pooled["WT/hd95"] == pytest.approx(_medpy_style_hd95(pred, ref, spacing), rel=1e-9)
+    directed = brats_scores(label(pred), label(ref), spacing=spacing, label_map=(0, 2))["WT/hd95"]
+    assert directed == pytest.approx(_monai(pred, ref, list(spacing))[2])
+
+
+def test_pooled_and_directed_max_differ_as_defined():
+    # ref: a 10x10 square; pred: the same square plus a far blob. Directed pred->ref has a heavy tail, ref->pred none
+    ref = np.zeros((60, 60), dtype=np.int64)
+    ref[10:20, 10:20] = 1
+    pred = ref.copy()
+    pred[45:55, 45:55] = 1
+    directed = brats_scores(pred, ref, label_map=(0, 2))["WT/hd95"]
+    pooled = brats_scores(pred, ref, label_map=(0, 2), hd95_definition="pooled")["WT/hd95"]
+    assert directed > pooled  # pooling dilutes the tail with the zero distances of the other direction
+    with pytest.raises(ValueError, match="hd95 must be one of"):
+        BraTSMetric(hd95="max")
+
+
+def test_chaos_refuses_a_slice_selection():
+    pred = np.zeros((2, 16, 16), dtype=np.int64)
+    pred[:, 4:8, 4:8] = 1
+    with pytest.raises(ValueError, match="volumetric"):
+        chaos_scores(pred, pred, spacing=(float("nan"), 1.0, 1.0))
+    assert chaos_scores(pred, pred, spacing=(5.0, 1.0, 1.0))["liver/dice"] == 1.0

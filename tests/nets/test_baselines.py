@@ -111,4 +111,40 @@ def test_denseaspp_output_stride_8_and_dense_head():
     feat = net.backbone(torch.randn(1, 1, 64, 64))
     assert feat.shape[-2:] == (8, 8)
     assert net.classifier[1].in_channels == feat.shape[1] + 5 * 4  # 5 atrous layers of aspp_out=4 channels
-    assert [layer[5].dilation[0] for layer in net.aspp] == [3, 6, 12, 18, 24]
+    convs = [[m for m in layer if isinstance(m, nn.Conv2d)] for layer in net.aspp]
+    assert [c[1].dilation[0] for c in convs] == [3, 6, 12, 18, 24]
+    # original code: the first atrous layer starts with its 1x1 conv (bn_start=False), the others with BN-ReLU
+    assert isinstance(net.aspp[0][0], nn.Conv2d) and all(isinstance(layer[0], nn.BatchNorm2d) for layer in net.aspp[1:])
+    # and the backbone ends with a BN, no ReLU: its output has negative values
+    assert isinstance(net.backbone[-1], nn.BatchNorm2d) and (feat < 0).any()
+
+
+def test_unet_dropout_ends_the_contracting_path():
+    net = SMALL["unet2d"](in_channels=1, out_channels=2)
+    assert [type(d).__name__ for d in net.drop] == ["Identity", "Identity", "Identity", "Dropout", "Dropout"]
+    assert net.drop[-1].p == 0.5
+    x = torch.randn(1, 1, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        y = net(x)
+        net.train()
+        assert not torch.allclose(net(x), net(x))  # dropout is active in training
+        assert all(isinstance(d, nn.Identity) for d in SMALL["unet2d"](dropout=0.0).drop)
+    assert y.shape == (1, 2, 32, 32)
+
+
+def test_msdual_follows_the_original_code():
+    net = SMALL["msdual"](in_channels=1, out_channels=3)
+    assert not hasattr(net, "refine") and len(net.step1) == 4
+    # one semantic encoder-decoder per step, shared by the four scales
+    calls = []
+    net.semantic1.register_forward_hook(lambda m, a, o: calls.append(1))
+    net(torch.randn(1, 1, 64, 64))
+    assert len(calls) == 4
+    # PReLU throughout; PAM and CAM between 3x3 conv-norm-act layers
+    assert any(isinstance(m, nn.PReLU) for m in net.modules()) and not any(
+        isinstance(m, nn.ReLU) for m in net.modules()
+    )
+    for branch in (net.step1[0].pam, net.step1[0].cam):
+        assert isinstance(branch[1], PositionAttention | ChannelAttention)
+        assert branch[0][0].kernel_size == (3, 3) and branch[2][0].kernel_size == (3, 3)

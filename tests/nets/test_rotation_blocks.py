@@ -134,3 +134,60 @@ def test_bad_arguments(kwargs, match):
 def test_wrong_input_channels():
     with pytest.raises(ValueError, match=r"expects \(B, 8, H, W\) input, got shape \(1, 4, 8, 8\)"):
         DualRotationBlock(8, 16)(torch.randn(1, 4, 8, 8))
+
+
+@pytest.mark.parametrize("shape", [(9, 12), (10, 10)])
+def test_unshared_direction_maps_match_definition(shape):
+    """Own weights per direction: map[g, a] = rot(-a) conv_{g,a}(rot(a) x_g), by hand from each copy's weights."""
+    torch.manual_seed(0)
+    block = DualRotationBlock(8, 16, share_weights=False, dpfm_depth=2).eval()
+    x = torch.randn(2, 8, *shape)  # non-square: the two rotation parities run as separate grouped convs
+    with torch.no_grad():
+        maps = block.direction_maps(x)
+        for g in range(4):
+            xg = x[:, 2 * g : 2 * g + 2]
+            for a, angle in enumerate(ANGLES):
+                xr = rotate(xg, angle)
+                pfm = block.branches[0][g].conv[0]
+                y = F.conv2d(
+                    xr, pfm.weight.unflatten(0, (4, -1))[a], pfm.bias.unflatten(0, (4, -1))[a], padding=pfm.padding
+                )
+                d1, d2 = block.branches[1][g].conv[0], block.branches[1][g].conv[2]
+                h = F.conv2d(xr, d1.weight.unflatten(0, (4, -1))[a], d1.bias.unflatten(0, (4, -1))[a],
+                             padding=d1.padding, dilation=d1.dilation)  # fmt: skip
+                h = F.conv2d(F.relu(h), d2.weight.unflatten(0, (4, -1))[a], d2.bias.unflatten(0, (4, -1))[a],
+                             padding=d2.padding, dilation=d2.dilation)  # fmt: skip
+                torch.testing.assert_close(maps[:, g, a], rotate(y + h, -angle), rtol=1e-5, atol=1e-5)
+
+
+def test_unshared_weights_have_one_conv_per_direction():
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    shared, own = DualRotationBlock(16, 32), DualRotationBlock(16, 32, share_weights=False)
+    assert count(own.branches) == 4 * count(shared.branches) and count(own.fuse) == count(shared.fuse)
+    # rotation is no constraint without sharing: directions differ even without rotating
+    same = DualRotationBlock(8, 16, angles=(0, 0, 0, 0), share_weights=False).eval()
+    with torch.no_grad():
+        maps = same.direction_maps(torch.randn(1, 8, 8, 8))
+    assert not torch.allclose(maps[:, :, 0], maps[:, :, 1])
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_per_map_residual_adds_a_group_conv_to_every_direction_map(share):
+    torch.manual_seed(0)
+    block = DualRotationBlock(8, 16, residual_channels=12, share_weights=share).eval()
+    x, res = torch.randn(2, 8, 6, 10), torch.randn(2, 12, 6, 10)
+    with torch.no_grad():
+        plain = block.direction_maps(x, torch.zeros_like(res)) - block.res.bias.view(1, 4, -1, 2, 1, 1)
+        maps = block.direction_maps(x, res)
+        w = block.res.weight.view(4, -1, 2, 3)  # (group, direction copy, C_out/8, C_res/4)
+        for g in range(4):
+            for a in range(4):
+                conv = torch.einsum("oc,bchw->bohw", w[g, 0 if share else a], res[:, 3 * g : 3 * g + 3])
+                bias = block.res.bias.view(4, -1, 2)[g, 0 if share else a].view(1, 2, 1, 1)
+                torch.testing.assert_close(maps[:, g, a], plain[:, g, a] + conv + bias, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="per-map residual expects res of shape"):
+        block(x)
+    with pytest.raises(ValueError, match="residual_channels=6 must be"):
+        DualRotationBlock(8, 16, residual_channels=6)

@@ -4,9 +4,11 @@ Reference: M. Yang, K. Yu, C. Zhang, Z. Li, K. Yang, "DenseASPP for Semantic Seg
 CVPR 2018.
 
 Backbone: DenseNet-121 layout (growth 32, blocks 6/12/24/16) trained from scratch, output stride 8 (the last two
-transitions do not pool; blocks 3 and 4 use dilation 2 and 4). Head: five densely connected atrous layers
-(dilations 3, 6, 12, 18, 24), each BN-ReLU-1x1 conv to ``aspp_mid`` channels then BN-ReLU-3x3 dilated conv to
-``aspp_out`` channels, concatenated to everything before it; dropout, a 1x1 classifier, bilinear x8 upsampling.
+transitions do not pool; blocks 3 and 4 use dilation 2 and 4), ending in a BN without activation (the original
+code's ``norm5``). Head: five densely connected atrous layers (dilations 3, 6, 12, 18, 24), each BN-ReLU-1x1 conv
+to ``aspp_mid`` channels (the first without the leading BN-ReLU: the original code's ``bn_start=False``) then
+BN-ReLU-3x3 dilated conv to ``aspp_out`` channels, concatenated to everything before it; dropout, a 1x1
+classifier, bilinear x8 upsampling.
 Widths are arguments; the defaults follow the DenseNet-121 setting of the paper (mid 128 / out 64 after a 1x1
 reduction of the backbone output to half its channels). See ``docs/nets/baselines.md``.
 """
@@ -118,13 +120,16 @@ class DenseASPP(SegNet):
             if i == 0:
                 layers.append(nn.AvgPool2d(2, stride=2))
             c //= 2
-        layers += [get_norm_layer(norm, spatial_dims=2, channels=c), get_act_layer(act)]
+        # the original code ends the backbone with a BN (norm5) and no activation before the concatenation
+        layers.append(get_norm_layer(norm, spatial_dims=2, channels=c))
         self.backbone = nn.Sequential(*layers)
         self.aspp = nn.ModuleList()
-        for d in aspp_dilations:
+        for i, d in enumerate(aspp_dilations):
+            # bn_start=False for the first atrous layer (original code): its 1x1 conv sees the backbone output as is
+            reduce = _norm_act_conv(c, aspp_mid, 1, norm, act)
             self.aspp.append(
                 nn.Sequential(
-                    *_norm_act_conv(c, aspp_mid, 1, norm, act),
+                    *(reduce[2:] if i == 0 else reduce),
                     *_norm_act_conv(aspp_mid, aspp_out, 3, norm, act, dilation=d, dropout=dropout),
                 )
             )

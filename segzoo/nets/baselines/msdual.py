@@ -3,16 +3,19 @@
 Reference: A. Sinha, J. Dolz, "Multi-scale self-guided attention for medical image segmentation", IEEE JBHI 25(1),
 2021 (arXiv:1906.02849).
 
-Follows the paper's layout: a ResNet backbone gives features at four scales; each is reduced to ``features``
-channels and upsampled to the finest scale (``H / 4``); their concatenation, convolved, is the multi-scale map
-``F_MS``. For every scale s a guided attention module runs two refinement steps on ``cat(F_s, F_MS)`` and then on
-``cat(F_s, A_1 * F_MS)``: each step multiplies dual self-attention (position attention module + channel attention
-module, as in DANet) by the output of a small encoder-decoder (the "semantic guidance" module). The refined map
-``cat(F_s, A_2 * F_MS)`` gives a per-scale prediction; the output is their mean, upsampled to the input size.
+Follows the paper's layout and, where cheap, the original code (github.com/sinAshish/Multi-Scale-Attention): a
+ResNet backbone gives features at four scales; each is reduced to ``features`` channels and upsampled to the finest
+scale (``H / 4``); their concatenation, convolved, is the multi-scale map ``F_MS``. For every scale s a guided
+attention module runs two refinement steps on ``cat(F_s, F_MS)`` and then on ``cat(F_s, A_1 * F_MS)``: each step
+multiplies dual self-attention (position + channel attention modules as in DANet, each between 3x3
+conv-norm-PReLU layers) by the guide of a small encoder-decoder (the "semantic guidance" module, one per step,
+shared by the four scales as in the original code). Each scale predicts from its step-2 output ``A_2``; the output
+is the mean of the four predictions, upsampled to the input size. PReLU throughout, as in the original code.
 
-Departures (see ``docs/nets/baselines.md``): ResNet-34 encoder instead of ResNet-101, trained from scratch; the
-guiding and reconstruction losses of the encoder-decoders and the per-scale deep supervision are training-recipe
-parts that are not built in (``forward`` returns only the averaged logits).
+Departures (see ``docs/nets/baselines.md``): a ResNet-34 encoder trained from scratch instead of the original
+code's ImageNet ResNeXt-101 32x4d; a one-level semantic encoder-decoder; the guiding and reconstruction losses of
+the encoder-decoders and the per-scale deep supervision are training-recipe parts that are not built in
+(``forward`` returns only the averaged logits).
 """
 
 from __future__ import annotations
@@ -82,16 +85,26 @@ class ChannelAttention(nn.Module):
         return x + self.gamma * (attn @ flat).view_as(x)
 
 
-class _GuidedStep(nn.Module):
-    """One refinement step: ``conv((PAM(r) + CAM(r)) * conv(encdec(z)))`` with ``r`` a reduction of ``z``."""
+class _AttentionBranch(nn.Sequential):
+    """The original code's ``PAM_CAM_Layer``: 3x3 conv-norm-act from ``2C`` to ``C``, PAM or CAM, 3x3 conv-norm-act."""
+
+    def __init__(self, channels: int, position: bool, norm: str | tuple, act: str | tuple) -> None:
+        super().__init__(
+            _cna(2 * channels, channels, 3, norm, act),
+            PositionAttention(channels) if position else ChannelAttention(),
+            _cna(channels, channels, 3, norm, act),
+        )
+
+
+class _SemanticModule(nn.Module):
+    """Semantic guidance: a small encoder-decoder on ``z`` (``2C`` channels), then a 3x3 conv to ``C`` (the guide).
+
+    Shared by the four scales of one refinement step, as in the original code.
+    """
 
     def __init__(self, channels: int, norm: str | tuple, act: str | tuple) -> None:
         super().__init__()
         c2 = 2 * channels
-        self.reduce_pam = _cna(c2, channels, 3, norm, act)
-        self.reduce_cam = _cna(c2, channels, 3, norm, act)
-        self.pam = PositionAttention(channels)
-        self.cam = ChannelAttention()
         self.encdec = nn.Sequential(
             _cna(c2, channels, 3, norm, act),
             nn.MaxPool2d(2),
@@ -99,12 +112,23 @@ class _GuidedStep(nn.Module):
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
             _cna(channels, c2, 3, norm, act),
         )
-        self.guide = _cna(c2, channels, 1, norm, act)
-        self.out = _cna(channels, channels, 1, norm, act)
+        self.guide = nn.Conv2d(c2, channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        attn = self.pam(self.reduce_pam(z)) + self.cam(self.reduce_cam(z))
-        return self.out(attn * self.guide(self.encdec(z)))
+        return self.guide(self.encdec(z))
+
+
+class _GuidedStep(nn.Module):
+    """One refinement step of one scale: ``conv1x1((PAM(z) + CAM(z)) * guide)`` with ``guide`` from the shared module."""
+
+    def __init__(self, channels: int, norm: str | tuple, act: str | tuple) -> None:
+        super().__init__()
+        self.pam = _AttentionBranch(channels, True, norm, act)
+        self.cam = _AttentionBranch(channels, False, norm, act)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, z: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        return self.out((self.pam(z) + self.cam(z)) * guide)
 
 
 class MSDual(SegNet):
@@ -118,7 +142,7 @@ class MSDual(SegNet):
         encoder_layers: basic blocks per ResNet stage (ResNet-34: 3, 4, 6, 3).
         features: width of the per-scale maps, ``F_MS`` and the attention modules (the paper: 64).
         norm: MONAI norm spec.
-        act: MONAI activation spec.
+        act: MONAI activation spec (the original code: PReLU throughout).
 
     Shapes:
         input ``(B, in_channels, H, W)`` with H and W divisible by 32; output ``(B, out_channels, H, W)``.
@@ -135,7 +159,7 @@ class MSDual(SegNet):
         encoder_layers: Sequence[int] = (3, 4, 6, 3),
         features: int = 64,
         norm: str | tuple = "batch",
-        act: str | tuple = ("relu", {"inplace": True}),
+        act: str | tuple = "prelu",
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -147,9 +171,8 @@ class MSDual(SegNet):
         self.fuse = _cna(n * c, c, 3, norm, act)
         self.step1 = nn.ModuleList(_GuidedStep(c, norm, act) for _ in range(n))
         self.step2 = nn.ModuleList(_GuidedStep(c, norm, act) for _ in range(n))
-        self.refine = nn.ModuleList(
-            nn.Sequential(_cna(2 * c, c, 3, norm, act), _cna(c, c, 3, norm, act)) for _ in range(n)
-        )
+        self.semantic1 = _SemanticModule(c, norm, act)  # shared by the scales (original code)
+        self.semantic2 = _SemanticModule(c, norm, act)
         self.predict = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,12 +185,12 @@ class MSDual(SegNet):
         ]
         fms = self.fuse(torch.cat(scales, dim=1))
         preds = []
-        for fs, step1, step2, refine, predict in zip(
-            scales, self.step1, self.step2, self.refine, self.predict, strict=True
-        ):
-            a1 = step1(torch.cat([fs, fms], dim=1))
-            a2 = step2(torch.cat([fs, a1 * fms], dim=1))
-            preds.append(predict(refine(torch.cat([fs, a2 * fms], dim=1))))
+        for fs, step1, step2, predict in zip(scales, self.step1, self.step2, self.predict, strict=True):
+            z1 = torch.cat([fs, fms], dim=1)
+            a1 = step1(z1, self.semantic1(z1))
+            z2 = torch.cat([fs, a1 * fms], dim=1)
+            a2 = step2(z2, self.semantic2(z2))
+            preds.append(predict(a2))  # the original predicts from the step-2 output
         logits = torch.stack(preds).mean(dim=0)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 

@@ -4,7 +4,7 @@ Reference: O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks f
 MICCAI 2015. PFM variant: X. You et al., "DR-Net", Complex & Intelligent Systems 2022 (Table 5).
 
 Departures from the 2015 paper, as in most re-implementations: 'same' padding (output at input size) and batch
-norm after every conv. See ``docs/nets/baselines.md``.
+norm after every conv. As in the paper, dropout ends the contracting path (the two deepest levels). See ``docs/nets/baselines.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class UNet2D(SegNet):
             (:class:`~segzoo.nets.blocks.rotation.DualRotationBlock` with one PFM branch and 4 directions).
         kernel_sizes: PFM kernel size per group when ``block="pfm"``.
         angles: PFM rotation angles when ``block="pfm"``.
+        dropout: dropout probability on the outputs of the two deepest contracting levels (the paper: "drop-out
+            layers at the end of the contracting path", 0.5 in the original Caffe model); 0 turns it off.
         norm: MONAI norm spec.
         act: MONAI activation spec.
 
@@ -53,6 +55,7 @@ class UNet2D(SegNet):
         block: str = "conv",
         kernel_sizes: Sequence[int] = (1, 3, 5, 7),
         angles: Sequence[int] = (0, 90, 180, 270),
+        dropout: float = 0.5,
         norm: str | tuple = "batch",
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
@@ -63,6 +66,8 @@ class UNet2D(SegNet):
             raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
         if len(features) < 2:
             raise ValueError(f"features needs at least 2 levels, got {tuple(features)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         f = [int(c) for c in features]
         self.levels = len(f)
         self.divisor = 2 ** (self.levels - 1)  # checked by SegNet before forward
@@ -89,12 +94,16 @@ class UNet2D(SegNet):
         )
         self.up = nn.ModuleList(double(2 * f[i - 1], f[i - 1]) for i in range(self.levels - 1, 0, -1))
         self.head = nn.Conv2d(f[0], out_channels, 1)
+        # the two deepest contracting levels (the bottleneck and the level above it) end in dropout
+        self.drop = nn.ModuleList(
+            nn.Dropout(dropout) if i >= self.levels - 2 and dropout > 0 else nn.Identity() for i in range(self.levels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, H, W)``."""
         skips = []
-        for i, stage in enumerate(self.down):
-            x = stage(x if i == 0 else nn.functional.max_pool2d(x, 2))
+        for i, (stage, drop) in enumerate(zip(self.down, self.drop, strict=True)):
+            x = drop(stage(x if i == 0 else nn.functional.max_pool2d(x, 2)))
             skips.append(x)
         x = skips.pop()
         for upconv, stage in zip(self.upconv, self.up, strict=True):
