@@ -130,15 +130,27 @@ def load_predictor(
     amp: bool | None = None,
     max_batch: int | str | None = "auto",
     memory_budget_gb: float | None = None,
+    crop: str = "none",
+    coarse_to_fine: bool = False,
+    backend: str = "torch",
 ) -> Predictor:
     """Build a :class:`Predictor` from a Lightning checkpoint or a ``save_pretrained`` directory.
 
     The net runs on ``device``; the stitched output stays there when it fits (``memory_budget_gb``, default half
     the free accelerator memory) and is streamed to the CPU otherwise. ``amp``: bf16 autocast (``None`` = on for
     CUDA, off on a CPU). ``max_batch``: most windows x flips per forward pass (bounds activation memory; ``"auto"``:
-    all flips at once on an accelerator, one per pass on a CPU).
+    all flips at once on an accelerator, one per pass on a CPU). ``tta``: ``"all"`` / True, ``"inplane"``, ``"none"`` /
+    False (:func:`~segzoo.inference.sliding_window.tta_mirror_axes`); ``crop``: ``"none"``, ``"exact"``, ``"regrid"``
+    and ``coarse_to_fine`` (see :class:`~segzoo.inference.sliding_window.SlidingWindowTTAInferer`); ``backend``:
+    ``"torch"``, ``"onnxruntime"`` or ``"openvino"`` (the exported net, on the CPU; :mod:`segzoo.inference.backends`).
     """
-    from segzoo.inference.sliding_window import SlidingWindowTTAInferer
+    from segzoo.inference.backends import BACKENDS, backend_net
+    from segzoo.inference.sliding_window import SlidingWindowTTAInferer, crop_arguments, tta_mirror_axes
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "torch" and torch.device(device).type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU; use --device cpu or --backend torch")
 
     source = Path(source)
     dev = torch.device(device)
@@ -192,12 +204,19 @@ def load_predictor(
         roi_size=roi,
         sw_batch_size=sw_batch_size,
         overlap=overlap,
-        mirror_axes=tuple(range(spatial)) if tta else None,
+        mirror_axes=tta_mirror_axes(tta, spatial),
         sw_device=str(dev),
         device="auto",
-        amp=dev.type == "cuda" if amp is None else amp,
+        amp=(dev.type == "cuda" if amp is None else amp) and backend == "torch",
         max_batch=max_batch,
         memory_budget_gb=memory_budget_gb,
+        coarse_to_fine=coarse_to_fine,
+        **crop_arguments(crop),
     )
     post = build_callable(post_cfg) if (postprocess and post_cfg) else None
-    return Predictor(net=net.to(dev).eval(), inferer=inferer, preprocessor=preprocessor, postprocess=post, device=dev)
+    net = net.to(dev).eval()
+    if backend != "torch":
+        args = getattr(net, "init_config", {}).get("init_args", {})
+        shape = (1, int(args.get("in_channels", 1)), *roi)
+        net = backend_net(net, backend, shape, out_channels=args.get("out_channels"))
+    return Predictor(net=net, inferer=inferer, preprocessor=preprocessor, postprocess=post, device=dev)

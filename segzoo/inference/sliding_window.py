@@ -43,6 +43,30 @@ OUTSIDE_LOGIT = -1.0e4
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+TTA_MODES = ("all", "inplane", "none")
+CROP_MODES = ("none", "exact", "regrid")
+
+
+def tta_mirror_axes(tta: bool | str, spatial_dims: int) -> tuple[int, ...] | None:
+    """``mirror_axes`` of a TTA choice: ``"all"`` (or True) every spatial axis (8 flips in 3D), ``"inplane"`` the last
+    two spatial axes (4 flips; the slice axis of KiTS19 arrays is the first), ``"none"`` (or False) no mirroring."""
+    choice = {True: "all", False: "none"}.get(tta, tta) if isinstance(tta, bool) else tta
+    if choice not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES} (or a bool), got {tta!r}")
+    if choice == "none":
+        return None
+    axes = tuple(range(spatial_dims))
+    return axes if choice == "all" else axes[-2:]
+
+
+def crop_arguments(crop: str) -> dict[str, Any]:
+    """Inferer arguments of a crop choice: ``"none"``, ``"exact"`` (the whole case's windows that touch the body
+    box; the same result inside it) or ``"regrid"`` (windows re-placed over the body box)."""
+    if crop not in CROP_MODES:
+        raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
+    return {"crop": crop != "none", "crop_grid": "crop" if crop == "regrid" else "case"}
+
+
 def flip_combinations(mirror_axes: Sequence[int] | None) -> list[tuple[int, ...]]:
     """All subsets of ``mirror_axes`` (spatial axis indices), identity first: ``2**len(mirror_axes)`` entries.
 
