@@ -16,6 +16,7 @@ is mirror-symmetric; see ``docs/inference.md``).
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -220,8 +221,8 @@ class SlidingWindowTTAInferer(Inferer):
         self.coarse_margin = (
             tuple(r // 4 for r in roi) if coarse_margin is None else per_axis(coarse_margin, len(roi), "coarse_margin")
         )
-        #: what the last call did: windows run / windows of the whole-case grid (full pass), coarse-pass windows,
-        #: and the boxes predicted (case coordinates), one entry per case of the batch
+        #: what the last call did, one dict per case of the batch: ``windows_run`` / ``windows_total`` (the full
+        #: pass's grid), ``boxes`` predicted (case coordinates), ``body_box``, ``coarse_windows``, ``coarse_seconds``
         self.last_stats: list[dict[str, Any]] = []
         self._importance_maps: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
@@ -426,8 +427,10 @@ class SlidingWindowTTAInferer(Inferer):
         stats: dict[str, Any] = {"body_box": body}
         regions = [body]
         if self.coarse_to_fine:
+            start = time.perf_counter()
             coarse = self._coarse_regions(x, body, network, args, kwargs, sw_device)
             stats["coarse_windows"] = self._window_stats["windows_run"]
+            stats["coarse_seconds"] = time.perf_counter() - start
             if coarse:
                 regions = [r for r in (_intersect(c, body) for c in coarse) if r is not None] or regions
         if self.crop_grid == "crop" and not self.coarse_to_fine:
