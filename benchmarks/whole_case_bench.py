@@ -162,7 +162,9 @@ def build_methods(net, roi, classes, in_channels, sw_batch_size, one_flip: bool,
         add("tta_inplane", lambda x: inplane(x, net), inplane, (1, 2))
         none = inferer(crop=True, mirror_axes=None)
         add("tta_none", lambda x: none(x, net), none, None)
+    runners = [(net, False)]
     if _cpu_bf16():
+        runners.append((net, True))
         amp = inferer(crop=True, amp=True)
         add("amp", lambda x: amp(x, net), amp)
     from segzoo.inference.backends import backend_net
@@ -174,6 +176,13 @@ def build_methods(net, roi, classes, in_channels, sw_batch_size, one_flip: bool,
             continue
         inf = inferer(crop=True)
         add(backend, lambda x, inf=inf, run=run: inf(x, run), inf)
+        runners.append((run, False))
+    # warm-up of every way the net runs, at both window batch sizes (oneDNN / runtime set-up is not timed)
+    with torch.inference_mode():
+        for run, bf16 in runners:
+            for n in sorted({1, sw_batch_size}):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    run(torch.zeros(n, in_channels, *roi))
     return methods
 
 
