@@ -32,7 +32,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
-BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "data")
+BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "whole_case", "data")
+# the trained checkpoint and held-out cases the whole-case benchmark needs (written by `make demo`)
+DEMO = ROOT / "runs" / "demo"
 # the accelerator-memory check: a 600-slice 512x512 CT, one window per batch, at most 4 windows x flips per pass
 MEM_CASE = ["--shape", "600", "512", "512", "--sw-batch-size", "1", "--max-batch", "4", "--no-peer", "--no-variants"]
 
@@ -77,6 +79,17 @@ def bench_command(name: str, device: str, quick: bool, out: Path) -> list[str] |
         if quick:
             args += ["--net", "mss_unet3d_small", "--shape", "64", "256", "256"]  # later flags win in argparse
         return [py, str(HERE / "inference_bench.py"), *args]
+    if name == "whole_case":
+        if device != "cpu":
+            return None
+        script = [py, str(HERE / "whole_case_bench.py"), "--out", str(out)]
+        if quick:
+            return [*script, "--quick"]
+        ckpt = DEMO / "run" / "checkpoints" / "last.ckpt"
+        if not ckpt.exists():
+            print(f"[bench] whole_case: {ckpt} not found; run `make demo` first", flush=True)
+            return None
+        return [*script, "--ckpt", str(ckpt), "--heldout", str(DEMO / "heldout"), "--paper-net"]
     if name == "data":
         if not (HERE / "data_bench.py").exists():
             return None
@@ -139,6 +152,12 @@ How to read the rows:
   naively once per flip; on a CPU with bf16 kernels also segzoo with `amp=True`. On a GPU also a 600x512x512 case
   alone (`max_batch` 4) for the 8 GB target, with the absolute peak of allocated accelerator memory (net, input,
   output and activations).
+- **Whole case as `segzoo infer` runs it**: a trained demo checkpoint on held-out synthetic cases and on a
+  real-size synthetic CT (512x512 in-plane, 200 slices, ~3 mm), each switch of `segzoo infer` (`--crop exact` the
+  default, `--crop regrid`, `--coarse-to-fine`, `--tta inplane|none`, `--amp`, `--backend onnxruntime|openvino`)
+  against the exact full sliding-window result (Dice), MONAI's sliding window once per flip and nnU-Net v2's
+  `predict_sliding_window_return_logits` with the same net and window; windows run, achieved GFLOP/s of the forward
+  passes against the CPU's fp32 peak, and the paper's net on the real-size CT extrapolated from timed windows.
 - **Data path**: training patches per second per DataLoader worker (one thread) with the full augmentation chain;
   segzoo's preprocessed cache against raw NIfTI through MONAI transforms each iteration; and the crop-only rate of
   the GPU recipe (augmentation on the device).
@@ -225,6 +244,49 @@ FAST_PATHS = [
         "the plan for 600x512x512 (2.9 GiB) at 8 / 4 GiB free and with a budget; equal output on CPU",
         [],
     ),
+    (
+        "`crop: true` (`segzoo infer --crop exact`, its default)",
+        "`SlidingWindowTTAInferer`",
+        "body box (threshold + largest component + margin); the whole case's windows that miss it never run; "
+        "background outside; the same result inside the box",
+        "`tests/inference/test_crop.py` (equal inside the box, background outside, no all-air window runs, kidney on "
+        "the box border)",
+        [("cpu", "whole_case", "crop_exact/full", "time / no crop")],
+    ),
+    (
+        "`crop_grid: crop` (`--crop regrid`)",
+        "`SlidingWindowTTAInferer`",
+        "windows re-placed over the body box (nnU-Net's crop); fewer windows, not bit-equal",
+        "equal to the whole case for a pointwise net; fewer windows",
+        [("cpu", "whole_case", "crop_regrid/full", "time / no crop")],
+    ),
+    (
+        "`coarse_to_fine: true` (`--coarse-to-fine`, off by default)",
+        "`SlidingWindowTTAInferer`",
+        "one-flip, no-overlap pass finds the foreground; the full pass only around it",
+        "exact inside its boxes, Dice 1 on constructed cases, falls back to the crop without foreground",
+        [("cpu", "whole_case", "coarse_to_fine/full", "time / no crop")],
+    ),
+    (
+        "`mirror_axes` (`--tta all|inplane|none`)",
+        "`SlidingWindowTTAInferer`",
+        "8, 4 (in-plane) or 1 prediction per window",
+        "`tests/inference/test_backends.py` (choices), `test_sliding_window.py` (flips)",
+        [
+            ("cpu", "whole_case", "tta_inplane/crop_exact", "4 / 8 flips time"),
+            ("cpu", "whole_case", "tta_none/crop_exact", "1 / 8 flips time"),
+        ],
+    ),
+    (
+        "`--backend onnxruntime|openvino`",
+        "`segzoo infer`",
+        "the exported ONNX graph run by ONNX Runtime / OpenVINO (CPU, float32) inside the same sliding window",
+        "`tests/inference/test_backends.py` (equal to PyTorch within 2e-4)",
+        [
+            ("cpu", "whole_case", "onnxruntime/crop_exact", "ONNX Runtime / PyTorch time"),
+            ("cpu", "whole_case", "openvino/crop_exact", "OpenVINO / PyTorch time"),
+        ],
+    ),
 ]
 
 
@@ -238,6 +300,14 @@ def _measured(results: Path, device: str, bench: str, key: str, label: str) -> s
         else:
             value = data.get("ratios", {}).get(key)
         return None if value is None else f"{device}: {label} {value:.2f}x"
+    if bench == "whole_case":
+        method, base = key.split("/")
+        parts = []
+        for case, c in data["cases"].items():
+            rows, k = c["rows"], "time_8flip_extrapolated_s" if c["one_flip_measured"] else "time_s"
+            if method in rows and base in rows and not (c["one_flip_measured"] and method.startswith("tta_")):
+                parts.append(f"{case} {rows[method][k] / rows[base][k]:.2f}x")
+        return f"{device}: {label} " + ", ".join(parts) if parts else None
     median, peak = data.get("median_s", {}), data.get("peak_memory_bytes", {})
     if key == "amp":
         return f"{device}: {label} {median['segzoo_amp'] / median['segzoo']:.2f}x" if "segzoo_amp" in median else None
@@ -293,6 +363,11 @@ def targets_table(results: Path) -> str:
         amp = inf["median_s"]["segzoo_amp"] / inf["median_s"]["monai_8pass"]
         reached += f"; with `amp` (bf16 kernels of this CPU, peer in fp32) {amp:.2f}x"
     rows.append(("CPU", "TTA inference time / naive MONAI 8-pass, both float32", reached))
+    v = ts["ratios"].get("mss_unet/plainconvunet time") if ts else None
+    rows.append(
+        ("CPU", "MSSUNet train step / PlainConvUNet at equal widths", _fmt(v, "<= 1.0x", v is not None and v <= 1.0))
+    )
+    rows += whole_case_targets(_load(results / "whole_case_cpu.json"))
     data = _load(results / "data_cpu.json")
     v = None
     if data:
@@ -333,6 +408,43 @@ def targets_table(results: Path) -> str:
     lines = ["## Targets", "", "| device | target | reached |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
+
+
+def whole_case_targets(data: dict | None) -> list[tuple[str, str, str]]:
+    """The issue-16 targets from ``whole_case_cpu.json``: per case, the default switches and coarse-to-fine against
+    the naive MONAI 8-pass, with their Dice against the exact full sliding-window result."""
+    if not data:
+        return [
+            (
+                "CPU",
+                "whole case, demo net, 8 flips, default switches / naive MONAI (Dice within 0.001)",
+                "not measured",
+            ),
+            ("CPU", "whole case, coarse-to-fine / naive MONAI (Dice within 0.005)", "not measured"),
+        ]
+    rows = []
+    for method, target, tol, label in (
+        ("crop_exact", 0.5, 0.001, "default switches (`--crop exact`)"),
+        ("coarse_to_fine", 0.2, 0.005, "`--coarse-to-fine`"),
+    ):
+        parts = []
+        for case, c in data["cases"].items():
+            r = c["rows"].get(method)
+            if not r:
+                continue
+            worst = min(r["dice_kidney_vs_full"], r["dice_tumour_vs_full"])
+            ok = r["time_over_monai_8pass"] <= target and worst >= 1 - tol
+            parts.append(
+                f"{case}: {r['time_over_monai_8pass']:.2f}x, Dice >= {worst:.4f} ({'met' if ok else 'not met'})"
+            )
+        rows.append(
+            (
+                "CPU",
+                f"whole case, demo net, 8 flips, {label} / naive MONAI: <= {target}x, Dice within {tol}",
+                "; ".join(parts) or "not measured",
+            )
+        )
+    return rows
 
 
 def _keeps_up(train_step: dict | None, data: dict | None, workers: int = 8) -> str | None:
