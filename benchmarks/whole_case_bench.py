@@ -17,6 +17,7 @@ Methods (overlap 0.5, Gaussian blending, ``sw_batch_size`` 2, softmax probabilit
 - ``nnunet_v2``: nnU-Net v2's ``nnUNetPredictor.predict_sliding_window_return_logits`` with the same net, window,
   step 0.5, Gaussian, mirroring on all axes (it averages logits);
 - ``crop_exact`` (the default of ``segzoo infer``), ``crop_regrid``, ``coarse_to_fine`` (with the exact crop),
+  ``coarse_to_fine_regrid`` (windows re-placed over each coarse box),
   ``tta_inplane`` and ``tta_none`` (with the exact crop), ``amp`` (exact crop, bf16 autocast; only on a CPU with
   bf16 kernels), ``onnxruntime`` and ``openvino`` (exact crop, the exported net run by that runtime).
 
@@ -157,6 +158,8 @@ def build_methods(net, roi, classes, in_channels, sw_batch_size, one_flip: bool,
     add("crop_regrid", lambda x: regrid(x, net), regrid)
     c2f = inferer(crop=True, coarse_to_fine=True)
     add("coarse_to_fine", lambda x: c2f(x, net), c2f)
+    c2f_regrid = inferer(crop=True, crop_grid="crop", coarse_to_fine=True)
+    add("coarse_to_fine_regrid", lambda x: c2f_regrid(x, net), c2f_regrid)
     if not one_flip:
         inplane = inferer(crop=True, mirror_axes=(1, 2))
         add("tta_inplane", lambda x: inplane(x, net), inplane, (1, 2))
@@ -385,6 +388,7 @@ LABELS = {
     "crop_exact": "segzoo infer default: `--crop exact`",
     "crop_regrid": "`--crop regrid`",
     "coarse_to_fine": "`--crop exact --coarse-to-fine`",
+    "coarse_to_fine_regrid": "`--crop regrid --coarse-to-fine`",
     "tta_inplane": "`--crop exact --tta inplane` (4 flips)",
     "tta_none": "`--crop exact --tta none`",
     "amp": "`--crop exact --amp` (bf16 autocast)",

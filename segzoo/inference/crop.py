@@ -148,6 +148,24 @@ def foreground_boxes(
     return boxes
 
 
+def merge_boxes(boxes: Sequence[Box]) -> list[Box]:
+    """Boxes that share a voxel replaced by their common bounding box, until none overlap (order kept otherwise)."""
+    out = list(boxes)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                if intersects(out[i], out[j]):
+                    out[i] = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(out[i], out[j]))
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return out
+
+
 def region_mask(boxes: Sequence[Box], shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """Boolean ``(*shape)`` mask, true inside any of ``boxes``."""
     mask = torch.zeros(tuple(shape), dtype=torch.bool, device=device)

@@ -31,6 +31,7 @@ from segzoo.inference.crop import (
     foreground_boxes,
     full_box,
     intersects,
+    merge_boxes,
     per_axis,
     region_mask,
 )
@@ -114,10 +115,10 @@ class SlidingWindowTTAInferer(Inferer):
         crop: predict only the body: the box of the largest component above ``crop_threshold``, grown by
             ``crop_margin`` (:func:`segzoo.inference.crop.body_box`); voxels outside the box get background
             (probability 1 for class 0; logits 0 for class 0 and ``OUTSIDE_LOGIT`` for the others).
-        crop_grid: ``"case"`` (default): windows are those of the whole case; the ones that miss the box are never
-            run, so every voxel inside the box gets exactly the whole-case result. ``"crop"``: windows are re-placed
-            over the box (nnU-Net's crop-then-predict; fewer windows, results inside the box differ slightly from
-            the whole-case grid's).
+        crop_grid: ``"case"`` (default): windows are those of the whole case; the ones that miss the box (or, with
+            ``coarse_to_fine``, every box) are never run, so every voxel inside gets exactly the whole-case result.
+            ``"crop"``: windows are re-placed over the box (each box, overlapping boxes merged; nnU-Net's
+            crop-then-predict): fewer windows, results inside differ slightly from the whole-case grid's.
         crop_threshold: intensity a body voxel exceeds on the preprocessed case; ``None``: the case's minimum (the
             clip floor that air and fat share after the KiTS19 preprocessing).
         crop_margin: voxels added around the body's bounding box, an int or one per spatial axis.
@@ -433,12 +434,17 @@ class SlidingWindowTTAInferer(Inferer):
             stats["coarse_seconds"] = time.perf_counter() - start
             if coarse:
                 regions = [r for r in (_intersect(c, body) for c in coarse) if r is not None] or regions
-        if self.crop_grid == "crop" and not self.coarse_to_fine:
-            fitted = fit_box(body, self.roi_size, shape)
-            sub = self._sliding(x[(slice(None), slice(None), *fitted)], network, args, kwargs, sw_device, device)
-            out = self._background(sub.shape[1], shape, device)
-            out[(slice(None), slice(None), *fitted)] = sub
-            del sub
+        if self.crop_grid == "crop":  # a grid of its own over each box (overlapping boxes merged first)
+            out, counts = None, {"windows_run": 0, "windows_total": 0}
+            for fitted in merge_boxes([fit_box(r, self.roi_size, shape) for r in regions]):
+                where = (slice(None), slice(None), *fitted)
+                sub = self._sliding(x[where], network, args, kwargs, sw_device, device)
+                if out is None:
+                    out = self._background(sub.shape[1], shape, device)
+                out[where] = sub
+                del sub
+                counts = {k: v + self._window_stats[k] for k, v in counts.items()}
+            self._window_stats = counts
         else:
             out = self._sliding(x, network, args, kwargs, sw_device, device, regions=regions)
         stats.update(self._window_stats)

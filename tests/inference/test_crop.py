@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from segzoo.inference import SlidingWindowTTAInferer
-from segzoo.inference.crop import body_box, expand_box, fit_box, foreground_boxes, intersects, region_mask
+from segzoo.inference.crop import (
+    body_box,
+    expand_box,
+    fit_box,
+    foreground_boxes,
+    intersects,
+    merge_boxes,
+    region_mask,
+)
 
 ROI = (10, 12, 12)  # one window along the slices: 7 x 7 windows on the whole case
 FLOOR = -2.0  # the clip floor of a z-scored CT: air (and fat) sit exactly here
@@ -99,6 +107,9 @@ def test_box_helpers():
     boxes = foreground_boxes(labels, margin=1, offset=(10, 0, 0), shape=(20, 8, 8))
     assert boxes == [(slice(10, 14), slice(0, 5), slice(0, 5)), (slice(15, 18), slice(5, 8), slice(5, 8))]
     assert foreground_boxes(torch.zeros(3, 3, 3), 1) == []
+    a, b, c = (slice(0, 4), slice(0, 4)), (slice(3, 6), slice(2, 9)), (slice(10, 12), slice(0, 2))
+    assert merge_boxes([a, c, b]) == [(slice(0, 6), slice(0, 9)), c]
+    assert merge_boxes([a, (slice(5, 8), slice(5, 8)), (slice(3, 6), slice(3, 6))]) == [(slice(0, 8), slice(0, 8))]
     mask = region_mask(boxes, (20, 8, 8))
     assert mask.sum().item() == 4 * 5 * 5 + 3 * 3 * 3
 
@@ -184,6 +195,24 @@ def test_coarse_to_fine_exact_inside_its_boxes(kidney_at_border):
     crop_only(x, net)
     assert stats["windows_run"] < crop_only.last_stats[0]["windows_run"]
     assert stats["coarse_windows"] < stats["windows_total"]
+
+
+def test_coarse_to_fine_regrid_pastes_each_box():
+    """Re-placed windows around the coarse boxes: equal to the whole case inside them for a pointwise net."""
+    x, _ = phantom()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 3, 1)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([-1.0, 1.0, 0.5]).view(3, 1, 1, 1, 1))
+        net[0].bias.copy_(torch.tensor([1.0, -1.5, -2.0]))  # class 1 where the intensity is above 1.25
+    full = SlidingWindowTTAInferer(ROI, mirror_axes=None)(x, net)
+    inferer = SlidingWindowTTAInferer(ROI, mirror_axes=None, crop=True, crop_grid="crop", coarse_to_fine=True)
+    ours = inferer(x, net)
+    boxes = inferer.last_stats[0]["boxes"]
+    inside = region_mask(boxes, x.shape[2:])
+    torch.testing.assert_close(ours[0][:, inside], full[0][:, inside], atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.argmax(1), full.argmax(1))
+    assert inferer.last_stats[0]["windows_total"] < 49
 
 
 def test_coarse_to_fine_without_foreground_falls_back_to_the_crop():
