@@ -423,7 +423,8 @@ def markdown(result: dict) -> str:
             f"**{name}**: preprocessed {case['shape'][2:]}, {case['foreground_voxels']} foreground voxels in the "
             f"reference"
             + (
-                "; measured with one flip, 8-flip time = 8 x measured (coarse pass once), Dice of the one-flip results."
+                "; measured with one flip, 8-flip time = 8 x measured (coarse pass once), Dice of the one-flip results, "
+                "CPU-time ratio of the one-flip runs."
                 if one
                 else "; every method run with its own flips."
             ),
