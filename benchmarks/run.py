@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
-BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "whole_case", "data")
+BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "window_model", "whole_case", "data")
 # the trained checkpoint and held-out cases the whole-case benchmark needs (written by `make demo`)
 DEMO = ROOT / "runs" / "demo"
 # the accelerator-memory check: a 600-slice 512x512 CT, one window per batch, at most 4 windows x flips per pass
@@ -79,6 +79,10 @@ def bench_command(name: str, device: str, quick: bool, out: Path) -> list[str] |
         if quick:
             args += ["--net", "mss_unet3d_small", "--shape", "64", "256", "256"]  # later flags win in argparse
         return [py, str(HERE / "inference_bench.py"), *args]
+    if name == "window_model":
+        if device != "cpu":
+            return None
+        return [py, str(HERE / "window_model.py"), "--out", str(out)] + (["--large-slices", "40"] if quick else [])
     if name == "whole_case":
         if device != "cpu":
             return None
@@ -152,6 +156,10 @@ How to read the rows:
   naively once per flip; on a CPU with bf16 kernels also segzoo with `amp=True`. On a GPU also a 600x512x512 case
   alone (`max_batch` 4) for the 8 GB target, with the absolute peak of allocated accelerator memory (net, input,
   output and activations).
+- **Work per path**: net forward passes (windows x flips) of each `segzoo infer` switch relative to MONAI's 8-pass,
+  counted exactly as the inferer places its windows, on the real-size synthetic CT and demo-size cases, at the demo's
+  and the paper's spacing and window (`benchmarks/window_model.py`; no net runs, the coarse-to-fine rows assume the
+  coarse pass finds the true kidneys).
 - **Whole case as `segzoo infer` runs it**: a trained demo checkpoint on held-out synthetic cases and on a
   real-size synthetic CT (512x512 in-plane, 200 slices, ~3 mm), each switch of `segzoo infer` (`--crop exact` the
   default, `--crop regrid`, `--coarse-to-fine`, `--tta inplane|none`, `--amp`, `--backend onnxruntime|openvino`)
