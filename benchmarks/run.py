@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
-BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "window_model", "whole_case", "data")
+BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "window_model", "window_speed", "whole_case", "data")
 # the trained checkpoint and held-out cases the whole-case benchmark needs (written by `make demo`)
 DEMO = ROOT / "runs" / "demo"
 # the accelerator-memory check: a 600-slice 512x512 CT, one window per batch, at most 4 windows x flips per pass
@@ -83,6 +83,12 @@ def bench_command(name: str, device: str, quick: bool, out: Path) -> list[str] |
         if device != "cpu":
             return None
         return [py, str(HERE / "window_model.py"), "--out", str(out)] + (["--large-slices", "40"] if quick else [])
+    if name == "window_speed":
+        if device != "cpu":
+            return None
+        return [py, str(HERE / "window_speed.py"), "--out", str(out)] + (
+            ["--repeats", "1"] if quick else ["--nets", "demo", "paper"]
+        )
     if name == "whole_case":
         if device != "cpu":
             return None
@@ -160,6 +166,9 @@ How to read the rows:
   counted exactly as the inferer places its windows, on the real-size synthetic CT and demo-size cases, at the demo's
   and the paper's spacing and window (`benchmarks/window_model.py`; no net runs, the coarse-to-fine rows assume the
   coarse pass finds the true kidneys).
+- **Forward pass per backend**: seconds per window batch of the demo net (and per window of the paper's net) for
+  PyTorch fp32, bf16 autocast, ONNX Runtime and OpenVINO, with achieved GFLOP/s against the CPU's fp32 peak
+  (`benchmarks/window_speed.py`).
 - **Whole case as `segzoo infer` runs it**: a trained demo checkpoint on held-out synthetic cases and on a
   real-size synthetic CT (512x512 in-plane, 200 slices, ~3 mm), each switch of `segzoo infer` (`--crop exact` the
   default, `--crop regrid`, `--coarse-to-fine`, `--tta inplane|none`, `--amp`, `--backend onnxruntime|openvino`)
