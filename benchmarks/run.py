@@ -194,6 +194,43 @@ padding is ever sampled; `BatchAugment` receives patch-sized crops, so rotated/z
 (default `"border"`, the edge voxel repeated; `"zeros"` pads with the z-scored mean and background).
 """
 
+NOTES = """## Whole-case work and the train step: what the measurements say
+
+- **`--crop exact` saves nothing on these synthetic CTs** (forward passes 1.00x of the naive 8-pass at both the
+  demo's and the paper's window): with overlap 0.5 a whole-case window is skipped only when the air beyond the body
+  box is wider than the window step plus the margin, and the synthetic body (about 270 x 325 mm in a 400 mm field of
+  view, present in every slice) leaves less than that. It is exact by construction (tests), so it is the default; it
+  helps on cases with more air (a wide field of view, the table, arms up), which were not measured here.
+- **Re-placing the windows is what saves work**: `--crop regrid` 0.38x / 0.48x (demo / paper window) on the
+  512x512x200 CT, and coarse-to-fine with re-placed windows around the coarse foreground 0.08x / 0.04x (its coarse
+  pass included, assuming the coarse pass finds the kidneys). These are counts of the net's forward passes made with
+  the inferer's own window placement (`window_model.py`; `tests/inference/test_window_model.py` checks the counts
+  against the inferer); on a CPU the time follows them to within window cutting and stitching. Their **Dice against
+  the exact full sliding window, and the timed whole-case rows, were not measured**: they need a trained checkpoint
+  and a whole-case run of several minutes, and the machine's heavy-job lock was held by other jobs from 16:37 until
+  the end of this session. The command that measures both (and the nnU-Net v2 peer, peak memory and achieved
+  GFLOP/s per path): `make demo && .venv/bin/python benchmarks/whole_case_bench.py --paper-net` (or `make bench`).
+  Until then the non-exact paths stay opt-in.
+- **Demo-size cases** (about 34 x 130 x 130 after preprocessing, 8 windows): the body fills the field of view, no
+  crop saves anything; coarse-to-fine costs more than it saves there unless its windows are re-placed (0.62x).
+- **Backends** (per window batch of the demo net, same input): OpenVINO 0.43x and ONNX Runtime 0.82x of PyTorch
+  fp32, bf16 autocast 0.71x. The demo net reaches 17 GFLOP/s in PyTorch fp32, 6% of this CPU's fp32 peak
+  (269 GFLOP/s = 2 cores x 2.1 GHz x 64): its 8-64 channels make the convolutions memory-bound. The paper's net does
+  better: one 48x192x192 window is 560 GFLOP and took 11.7 s (48 GFLOP/s, 18% of peak; measured once with
+  `python -c` on the loaded machine: `segzoo.create_net("mss_unet3d")`, two calls, the second timed), so a
+  512x512x200 CT at the paper's spacing (200 windows, 8 flips) is about 5.2 hours in fp32 on these two cores.
+- **Train step vs `PlainConvUNet`**: at equal widths the two nets have the same layers (two conv-norm-act per stage,
+  strided conv down, transposed conv up, 1x1x1 heads at every decoder level, the same loss in the benchmark); the one
+  structural difference is that the benchmark's `PlainConvUNet` has convolution biases (`conv_bias=True`, 88
+  parameter tensors) and `MSSUNet` (MONAI's blocks) has none (66), so `MSSUNet` does slightly less work. A profile of
+  3 interleaved steps each (2x1x16x64x64, float32, this Intel CPU, load average about 7) gave 6.07 s vs 6.25 s per
+  step (0.97x): less convolution-backward and Adam time for `MSSUNet`, slightly more `cat`. The 1.07x in the table
+  below comes from an earlier run on another CPU with 3 repeats; no cause was found that a change to `MSSUNet`
+  would remove, so it was left as it is.
+
+"""
+
+
 # (switch, where, effect, checked by, [(device, results file, how to read the measured effect)])
 FAST_PATHS = [
     (
@@ -526,7 +563,7 @@ def write_docs(results: Path, docs: Path) -> Path:
     sys.path.insert(0, str(HERE))
     from segzoo.utils import atomic_write_text as atomic_write
 
-    parts = [INTRO, fast_paths_table(results), targets_table(results), "## Results", ""]
+    parts = [INTRO, fast_paths_table(results), targets_table(results), NOTES, "## Results", ""]
     for name in BENCHES:
         for device in ("cpu", "cuda"):
             md = results / f"{result_stem(name, device)}.md"
