@@ -122,7 +122,7 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
 def load_predictor(
     source: str | os.PathLike,
     device: str = "cpu",
-    tta: bool = True,
+    tta: bool | str = True,
     overlap: float = 0.5,
     sw_batch_size: int = 2,
     postprocess: bool = True,
