@@ -227,6 +227,9 @@ NOTES = """## Whole-case work and the train step: what the measurements say
   step (0.97x): less convolution-backward and Adam time for `MSSUNet`, slightly more `cat`. The 1.07x in the table
   below comes from an earlier run on another CPU with 3 repeats; no cause was found that a change to `MSSUNet`
   would remove, so it was left as it is.
+- **GPU rows**: pending (no GPU here). On a CUDA machine `make bench` (or, offline, `benchmarks/offline_gpu.sh run
+  OUT_DIR`, see `benchmarks/README.md`) fills them: the train step in bf16, the 512x512x200 8-flip case and the
+  600-slice memory check.
 
 """
 
