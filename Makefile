@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	# nnU-Net's PlainConvUNet (benchmark peer) imports without its timm/torchvision requirements
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps dynamic-network-architectures
+	# nnU-Net v2's predictor (inference peer) with only the light modules its import needs; OpenVINO backend
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps nnunetv2 acvl_utils batchgenerators blosc2 msgpack \
+		ndindex numexpr threadpoolctl
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[onnx,openvino]'
 	@touch $@
 
 install: $(STAMP)

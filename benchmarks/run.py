@@ -32,7 +32,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
-BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "data")
+BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "window_model", "window_speed", "whole_case", "data")
+# the trained checkpoint and held-out cases the whole-case benchmark needs (written by `make demo`)
+DEMO = ROOT / "runs" / "demo"
 # the accelerator-memory check: a 600-slice 512x512 CT, one window per batch, at most 4 windows x flips per pass
 MEM_CASE = ["--shape", "600", "512", "512", "--sw-batch-size", "1", "--max-batch", "4", "--no-peer", "--no-variants"]
 
@@ -77,6 +79,27 @@ def bench_command(name: str, device: str, quick: bool, out: Path) -> list[str] |
         if quick:
             args += ["--net", "mss_unet3d_small", "--shape", "64", "256", "256"]  # later flags win in argparse
         return [py, str(HERE / "inference_bench.py"), *args]
+    if name == "window_model":
+        if device != "cpu":
+            return None
+        return [py, str(HERE / "window_model.py"), "--out", str(out)] + (["--large-slices", "40"] if quick else [])
+    if name == "window_speed":
+        if device != "cpu":
+            return None
+        return [py, str(HERE / "window_speed.py"), "--out", str(out)] + (
+            ["--repeats", "1"] if quick else ["--nets", "demo", "paper"]
+        )
+    if name == "whole_case":
+        if device != "cpu":
+            return None
+        script = [py, str(HERE / "whole_case_bench.py"), "--out", str(out)]
+        if quick:
+            return [*script, "--quick"]
+        ckpt = DEMO / "run" / "checkpoints" / "last.ckpt"
+        if not ckpt.exists():
+            print(f"[bench] whole_case: {ckpt} not found; run `make demo` first", flush=True)
+            return None
+        return [*script, "--ckpt", str(ckpt), "--heldout", str(DEMO / "heldout"), "--paper-net"]
     if name == "data":
         if not (HERE / "data_bench.py").exists():
             return None
@@ -139,6 +162,19 @@ How to read the rows:
   naively once per flip; on a CPU with bf16 kernels also segzoo with `amp=True`. On a GPU also a 600x512x512 case
   alone (`max_batch` 4) for the 8 GB target, with the absolute peak of allocated accelerator memory (net, input,
   output and activations).
+- **Work per path**: net forward passes (windows x flips) of each `segzoo infer` switch relative to MONAI's 8-pass,
+  counted exactly as the inferer places its windows, on the real-size synthetic CT and demo-size cases, at the demo's
+  and the paper's spacing and window (`benchmarks/window_model.py`; no net runs, the coarse-to-fine rows assume the
+  coarse pass finds the true kidneys).
+- **Forward pass per backend**: seconds per window batch of the demo net (and per window of the paper's net) for
+  PyTorch fp32, bf16 autocast, ONNX Runtime and OpenVINO, with achieved GFLOP/s against the CPU's fp32 peak
+  (`benchmarks/window_speed.py`).
+- **Whole case as `segzoo infer` runs it**: a trained demo checkpoint on held-out synthetic cases and on a
+  real-size synthetic CT (512x512 in-plane, 200 slices, ~3 mm), each switch of `segzoo infer` (`--crop exact` the
+  default, `--crop regrid`, `--coarse-to-fine`, `--tta inplane|none`, `--amp`, `--backend onnxruntime|openvino`)
+  against the exact full sliding-window result (Dice), MONAI's sliding window once per flip and nnU-Net v2's
+  `predict_sliding_window_return_logits` with the same net and window; windows run, achieved GFLOP/s of the forward
+  passes against the CPU's fp32 peak, and the paper's net on the real-size CT extrapolated from timed windows.
 - **Data path**: training patches per second per DataLoader worker (one thread) with the full augmentation chain;
   segzoo's preprocessed cache against raw NIfTI through MONAI transforms each iteration; and the crop-only rate of
   the GPU recipe (augmentation on the device).
@@ -157,6 +193,46 @@ RECIPE = """**GPU recipe** (data path that does not starve the GPU): in the data
 padding is ever sampled; `BatchAugment` receives patch-sized crops, so rotated/zoomed-out corners take `padding_mode`
 (default `"border"`, the edge voxel repeated; `"zeros"` pads with the z-scored mean and background).
 """
+
+NOTES = """## Whole-case work and the train step: what the measurements say
+
+- **`--crop exact` saves nothing on these synthetic CTs** (forward passes 1.00x of the naive 8-pass at both the
+  demo's and the paper's window): with overlap 0.5 a whole-case window is skipped only when the air beyond the body
+  box is wider than the window step plus the margin, and the synthetic body (about 270 x 325 mm in a 400 mm field of
+  view, present in every slice) leaves less than that. It is exact by construction (tests), so it is the default; it
+  helps on cases with more air (a wide field of view, the table, arms up), which were not measured here.
+- **Re-placing the windows is what saves work**: `--crop regrid` 0.38x / 0.48x (demo / paper window) on the
+  512x512x200 CT, and coarse-to-fine with re-placed windows around the coarse foreground 0.08x / 0.04x (its coarse
+  pass included, assuming the coarse pass finds the kidneys). These are counts of the net's forward passes made with
+  the inferer's own window placement (`window_model.py`; `tests/inference/test_window_model.py` checks the counts
+  against the inferer); on a CPU the time follows them to within window cutting and stitching. Their **Dice against
+  the exact full sliding window, and the timed whole-case rows, were not measured**: they need a trained checkpoint
+  and a whole-case run of several minutes, and the machine's heavy-job lock was held by other jobs from 16:37 until
+  the end of this session. The command that measures both (and the nnU-Net v2 peer, peak memory and achieved
+  GFLOP/s per path): `make demo && .venv/bin/python benchmarks/whole_case_bench.py --paper-net` (or `make bench`).
+  Until then the non-exact paths stay opt-in.
+- **Demo-size cases** (about 34 x 130 x 130 after preprocessing, 8 windows): the body fills the field of view, no
+  crop saves anything; coarse-to-fine costs more than it saves there unless its windows are re-placed (0.62x).
+- **Backends** (per window batch of the demo net, same input): OpenVINO 0.43x and ONNX Runtime 0.82x of PyTorch
+  fp32, bf16 autocast 0.71x. The demo net reaches 17 GFLOP/s in PyTorch fp32, 6% of this CPU's fp32 peak
+  (269 GFLOP/s = 2 cores x 2.1 GHz x 64): its 8-64 channels make the convolutions memory-bound. The paper's net does
+  better: one 48x192x192 window is 560 GFLOP and took 11.7 s (48 GFLOP/s, 18% of peak; measured once with
+  `python -c` on the loaded machine: `segzoo.create_net("mss_unet3d")`, two calls, the second timed), so a
+  512x512x200 CT at the paper's spacing (200 windows, 8 flips) is about 5.2 hours in fp32 on these two cores.
+- **Train step vs `PlainConvUNet`**: at equal widths the two nets have the same layers (two conv-norm-act per stage,
+  strided conv down, transposed conv up, 1x1x1 heads at every decoder level, the same loss in the benchmark); the one
+  structural difference is that the benchmark's `PlainConvUNet` has convolution biases (`conv_bias=True`, 88
+  parameter tensors) and `MSSUNet` (MONAI's blocks) has none (66), so `MSSUNet` does slightly less work. A profile of
+  3 interleaved steps each (2x1x16x64x64, float32, this Intel CPU, load average about 7) gave 6.07 s vs 6.25 s per
+  step (0.97x): less convolution-backward and Adam time for `MSSUNet`, slightly more `cat`. The 1.07x in the table
+  below comes from an earlier run on another CPU with 3 repeats; no cause was found that a change to `MSSUNet`
+  would remove, so it was left as it is.
+- **GPU rows**: pending (no GPU here). On a CUDA machine `make bench` (or, offline, `benchmarks/offline_gpu.sh run
+  OUT_DIR`, see `benchmarks/README.md`) fills them: the train step in bf16, the 512x512x200 8-flip case and the
+  600-slice memory check.
+
+"""
+
 
 # (switch, where, effect, checked by, [(device, results file, how to read the measured effect)])
 FAST_PATHS = [
@@ -225,6 +301,64 @@ FAST_PATHS = [
         "the plan for 600x512x512 (2.9 GiB) at 8 / 4 GiB free and with a budget; equal output on CPU",
         [],
     ),
+    (
+        "`crop: true` (`segzoo infer --crop exact`, its default)",
+        "`SlidingWindowTTAInferer`",
+        "body box (threshold + largest component + margin); the whole case's windows that miss it never run; "
+        "background outside; the same result inside the box",
+        "`tests/inference/test_crop.py` (equal inside the box, background outside, no all-air window runs, kidney on "
+        "the box border)",
+        [
+            ("cpu", "window_model", "crop_exact", "forward passes / MONAI 8-pass"),
+            ("cpu", "whole_case", "crop_exact/full", "time / no crop"),
+        ],
+    ),
+    (
+        "`crop_grid: crop` (`--crop regrid`)",
+        "`SlidingWindowTTAInferer`",
+        "windows re-placed over the body box (nnU-Net's crop); fewer windows, not bit-equal",
+        "equal to the whole case for a pointwise net; fewer windows",
+        [
+            ("cpu", "window_model", "crop_regrid", "forward passes / MONAI 8-pass"),
+            ("cpu", "whole_case", "crop_regrid/full", "time / no crop"),
+        ],
+    ),
+    (
+        "`coarse_to_fine: true` (`--coarse-to-fine`, off by default)",
+        "`SlidingWindowTTAInferer`",
+        "one-flip, no-overlap pass finds the foreground; the full pass only around it",
+        "exact inside its boxes, Dice 1 on constructed cases, falls back to the crop without foreground",
+        [
+            ("cpu", "window_model", "coarse_to_fine", "forward passes / MONAI 8-pass (exact grid)"),
+            ("cpu", "window_model", "coarse_to_fine_regrid", "with `--crop regrid`"),
+            ("cpu", "whole_case", "coarse_to_fine/full", "time / no crop"),
+        ],
+    ),
+    (
+        "`mirror_axes` (`--tta all`, `inplane`, `none`)",
+        "`SlidingWindowTTAInferer`",
+        "8, 4 (in-plane) or 1 prediction per window",
+        "`tests/inference/test_backends.py` (choices), `test_sliding_window.py` (flips)",
+        [
+            ("cpu", "window_model", "tta_inplane", "forward passes / MONAI 8-pass, in-plane"),
+            ("cpu", "window_model", "tta_none", "none"),
+            ("cpu", "whole_case", "tta_inplane/crop_exact", "4 / 8 flips time"),
+            ("cpu", "whole_case", "tta_none/crop_exact", "1 / 8 flips time"),
+        ],
+    ),
+    (
+        "`--backend onnxruntime` or `openvino`",
+        "`segzoo infer`",
+        "the exported ONNX graph run by ONNX Runtime / OpenVINO (CPU, float32) inside the same sliding window",
+        "`tests/inference/test_backends.py` (equal to PyTorch within 2e-4)",
+        [
+            ("cpu", "window_speed", "onnxruntime", "ONNX Runtime / PyTorch fp32 per window batch"),
+            ("cpu", "window_speed", "openvino", "OpenVINO / PyTorch fp32"),
+            ("cpu", "window_speed", "torch_bf16", "bf16 autocast / fp32"),
+            ("cpu", "whole_case", "onnxruntime/crop_exact", "ONNX Runtime / PyTorch whole case"),
+            ("cpu", "whole_case", "openvino/crop_exact", "OpenVINO / PyTorch whole case"),
+        ],
+    ),
 ]
 
 
@@ -238,6 +372,20 @@ def _measured(results: Path, device: str, bench: str, key: str, label: str) -> s
         else:
             value = data.get("ratios", {}).get(key)
         return None if value is None else f"{device}: {label} {value:.2f}x"
+    if bench == "window_model":
+        parts = [f"{case} {c['ratio_to_monai_8pass'][key]:.2f}x" for case, c in data["cases"].items()]
+        return f"{device}: {label} " + ", ".join(parts) if parts else None
+    if bench == "window_speed":
+        demo = data["nets"].get("demo", {}).get("time_over_torch_fp32", {})
+        return f"{device}: {label} {demo[key]:.2f}x (demo net)" if key in demo else None
+    if bench == "whole_case":
+        method, base = key.split("/")
+        parts = []
+        for case, c in data["cases"].items():
+            rows, k = c["rows"], "time_8flip_extrapolated_s" if c["one_flip_measured"] else "time_s"
+            if method in rows and base in rows and not (c["one_flip_measured"] and method.startswith("tta_")):
+                parts.append(f"{case} {rows[method][k] / rows[base][k]:.2f}x")
+        return f"{device}: {label} " + ", ".join(parts) if parts else None
     median, peak = data.get("median_s", {}), data.get("peak_memory_bytes", {})
     if key == "amp":
         return f"{device}: {label} {median['segzoo_amp'] / median['segzoo']:.2f}x" if "segzoo_amp" in median else None
@@ -293,6 +441,11 @@ def targets_table(results: Path) -> str:
         amp = inf["median_s"]["segzoo_amp"] / inf["median_s"]["monai_8pass"]
         reached += f"; with `amp` (bf16 kernels of this CPU, peer in fp32) {amp:.2f}x"
     rows.append(("CPU", "TTA inference time / naive MONAI 8-pass, both float32", reached))
+    v = ts["ratios"].get("mss_unet/plainconvunet time") if ts else None
+    rows.append(
+        ("CPU", "MSSUNet train step / PlainConvUNet at equal widths", _fmt(v, "<= 1.0x", v is not None and v <= 1.0))
+    )
+    rows += whole_case_targets(_load(results / "whole_case_cpu.json"), _load(results / "window_model_cpu.json"))
     data = _load(results / "data_cpu.json")
     v = None
     if data:
@@ -335,6 +488,51 @@ def targets_table(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def whole_case_targets(data: dict | None, model: dict | None = None) -> list[tuple[str, str, str]]:
+    """The issue-16 targets from ``whole_case_cpu.json``: per case, the default switches and coarse-to-fine against
+    the naive MONAI 8-pass, with their Dice against the exact full sliding-window result. Without a timed run, the
+    forward-pass ratios of ``window_model_cpu.json`` (work, not time; no Dice)."""
+    if not data:
+        rows = []
+        for method, target, tol, label in (
+            ("crop_exact", 0.5, 0.001, "default switches (`--crop exact`)"),
+            ("crop_regrid", 0.5, 0.001, "`--crop regrid`"),
+            ("coarse_to_fine", 0.2, 0.005, "`--coarse-to-fine`"),
+            ("coarse_to_fine_regrid", 0.2, 0.005, "`--coarse-to-fine --crop regrid`"),
+        ):
+            reached = "not timed (no whole-case run)"
+            if model:
+                parts = [f"{k} {c['ratio_to_monai_8pass'][method]:.3f}" for k, c in model["cases"].items()]
+                reached += "; forward passes / MONAI 8-pass: " + ", ".join(parts) + "; Dice not measured"
+            rows.append(
+                ("CPU", f"whole case, 8 flips, {label} / naive MONAI: <= {target}x, Dice within {tol}", reached)
+            )
+        return rows
+    rows = []
+    for method, target, tol, label in (
+        ("crop_exact", 0.5, 0.001, "default switches (`--crop exact`)"),
+        ("coarse_to_fine", 0.2, 0.005, "`--coarse-to-fine`"),
+    ):
+        parts = []
+        for case, c in data["cases"].items():
+            r = c["rows"].get(method)
+            if not r:
+                continue
+            worst = min(r["dice_kidney_vs_full"], r["dice_tumour_vs_full"])
+            ok = r["time_over_monai_8pass"] <= target and worst >= 1 - tol
+            parts.append(
+                f"{case}: {r['time_over_monai_8pass']:.2f}x, Dice >= {worst:.4f} ({'met' if ok else 'not met'})"
+            )
+        rows.append(
+            (
+                "CPU",
+                f"whole case, demo net, 8 flips, {label} / naive MONAI: <= {target}x, Dice within {tol}",
+                "; ".join(parts) or "not measured",
+            )
+        )
+    return rows
+
+
 def _keeps_up(train_step: dict | None, data: dict | None, workers: int = 8) -> str | None:
     """Patches/s the GPU train step consumes vs what ``workers`` CPU workers produce (paper-size cases and patch)."""
     if not train_step or not data or "paper_large" not in data:
@@ -368,7 +566,7 @@ def write_docs(results: Path, docs: Path) -> Path:
     sys.path.insert(0, str(HERE))
     from segzoo.utils import atomic_write_text as atomic_write
 
-    parts = [INTRO, fast_paths_table(results), targets_table(results), "## Results", ""]
+    parts = [INTRO, fast_paths_table(results), targets_table(results), NOTES, "## Results", ""]
     for name in BENCHES:
         for device in ("cpu", "cuda"):
             md = results / f"{result_stem(name, device)}.md"

@@ -28,7 +28,36 @@ def cmd_infer(argv: Sequence[str]) -> int:
     )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument(
-        "--tta", action=argparse.BooleanOptionalAction, default=True, help="mirroring test-time augmentation"
+        "--tta",
+        nargs="?",
+        const="all",
+        default="all",
+        choices=("all", "inplane", "none"),
+        help="mirroring test-time augmentation: all spatial axes (8 flips, default), inplane (the last two axes, "
+        "4 flips) or none",
+    )
+    p.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="same as --tta none")
+    p.add_argument(
+        "--crop",
+        default="exact",
+        choices=("exact", "regrid", "none"),
+        help="predict only the body box (threshold + largest component + margin on the preprocessed case), "
+        "background outside: exact (default; the whole case's windows that touch the box, the same result inside "
+        "it), regrid (windows re-placed over the box: fewer, results differ slightly) or none",
+    )
+    p.add_argument(
+        "--coarse-to-fine",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="a cheap pass (no mirroring, no overlap) finds the foreground; the full pass runs only around it "
+        "(background elsewhere; see docs/inference.md for the measured tolerance)",
+    )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnxruntime", "openvino"),
+        help="run the net with PyTorch (default), or export it to ONNX and run it with ONNX Runtime or OpenVINO "
+        "(CPU only; bf16 is --amp with the torch backend)",
     )
     p.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
@@ -77,6 +106,8 @@ def cmd_infer(argv: Sequence[str]) -> int:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.memory_budget_gb is not None and not args.memory_budget_gb > 0:
         p.error(f"--memory-budget-gb must be > 0, got {args.memory_budget_gb}")
+    if args.backend != "torch" and not args.device.startswith("cpu"):
+        p.error(f"--backend {args.backend} runs on the CPU; use --device cpu or --backend torch")
     if not 0 <= args.overlap < 1:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
 
@@ -113,6 +144,9 @@ def cmd_infer(argv: Sequence[str]) -> int:
             max_batch="auto" if args.max_batch is None else args.max_batch,
             memory_budget_gb=args.memory_budget_gb,
             trust=args.trust_checkpoint,
+            crop=args.crop,
+            coarse_to_fine=args.coarse_to_fine,
+            backend=args.backend,
         )
     except (DataError, FileNotFoundError) as e:
         print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -136,7 +136,7 @@ class Predictor:
 def load_predictor(
     source: str | os.PathLike,
     device: str = "cpu",
-    tta: bool = True,
+    tta: bool | str = True,
     overlap: float = 0.5,
     sw_batch_size: int = 2,
     postprocess: bool = True,
@@ -145,6 +145,9 @@ def load_predictor(
     max_batch: int | str | None = "auto",
     memory_budget_gb: float | None = None,
     trust: bool = False,
+    crop: str = "none",
+    coarse_to_fine: bool = False,
+    backend: str = "torch",
 ) -> Predictor:
     """Build a :class:`Predictor` from a ``segzoo fit`` checkpoint or a pretrained folder
     (:func:`segzoo.checkpoint.load_checkpoint`: nothing from the file runs unless ``trust``).
@@ -152,14 +155,23 @@ def load_predictor(
     The net runs on ``device``; the stitched output stays there when it fits (``memory_budget_gb``, default half
     the free accelerator memory) and is streamed to the CPU otherwise. ``amp``: bf16 autocast (``None`` = on for
     CUDA, off on a CPU). ``max_batch``: most windows x flips per forward pass (bounds activation memory; ``"auto"``:
-    all flips at once on an accelerator, one per pass on a CPU). ``trust``: unpickle a checkpoint that weights-only
-    loading refuses (runs any code it holds; warns).
+    all flips at once on an accelerator, one per pass on a CPU). ``tta``: ``"all"`` / True, ``"inplane"``, ``"none"`` /
+    False (:func:`~segzoo.inference.sliding_window.tta_mirror_axes`); ``crop``: ``"none"``, ``"exact"``, ``"regrid"``
+    and ``coarse_to_fine`` (see :class:`~segzoo.inference.sliding_window.SlidingWindowTTAInferer`); ``backend``:
+    ``"torch"``, ``"onnxruntime"`` or ``"openvino"`` (the exported net, on the CPU; :mod:`segzoo.inference.backends`).
+    ``trust``: unpickle a checkpoint that weights-only loading refuses (runs any code it holds; warns).
 
     Raises:
         segzoo.checkpoint.CheckpointError: (a ``DataError``) one line naming the file and the reason.
     """
     from segzoo.checkpoint import load_checkpoint
-    from segzoo.inference.sliding_window import SlidingWindowTTAInferer
+    from segzoo.inference.backends import BACKENDS, backend_net
+    from segzoo.inference.sliding_window import SlidingWindowTTAInferer, crop_arguments, tta_mirror_axes
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "torch" and torch.device(device).type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU; use --device cpu or --backend torch")
 
     loaded = load_checkpoint(source, trust=trust)
     roi = list(roi_size) if roi_size is not None else loaded.roi_size
@@ -170,15 +182,22 @@ def load_predictor(
         roi_size=roi,
         sw_batch_size=sw_batch_size,
         overlap=overlap,
-        mirror_axes=tuple(range(len(roi))) if tta else None,
+        mirror_axes=tta_mirror_axes(tta, len(roi)),
         sw_device=str(dev),
         device="auto",
-        amp=dev.type == "cuda" if amp is None else amp,
+        amp=(dev.type == "cuda" if amp is None else amp) and backend == "torch",
         max_batch=max_batch,
         memory_budget_gb=memory_budget_gb,
+        coarse_to_fine=coarse_to_fine,
+        **crop_arguments(crop),
     )
+    net = loaded.net.to(dev).eval()
+    if backend != "torch":
+        args = getattr(net, "init_config", {}).get("init_args", {})
+        shape = (1, int(args.get("in_channels", 1)), *roi)
+        net = backend_net(net, backend, shape, out_channels=args.get("out_channels"))
     return Predictor(
-        net=loaded.net.to(dev).eval(),
+        net=net,
         inferer=inferer,
         preprocessor=loaded.preprocessor(),
         postprocess=loaded.postprocess() if postprocess else None,

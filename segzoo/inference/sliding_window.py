@@ -16,6 +16,7 @@ is mirror-symmetric; see ``docs/inference.md``).
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,10 +24,49 @@ import torch
 from monai.data.utils import compute_importance_map
 from monai.inferers import Inferer, sliding_window_inference
 
+from segzoo.inference.crop import (
+    Box,
+    body_box,
+    fit_box,
+    foreground_boxes,
+    full_box,
+    intersects,
+    merge_boxes,
+    per_axis,
+    region_mask,
+)
+
 OUTPUTS = ("probabilities", "logits", "labels")
 MODES = ("gaussian", "constant")
 PADDING_MODES = ("constant", "reflect", "replicate", "circular")
+CROP_GRIDS = ("case", "crop")
+#: logit of the non-background classes outside the predicted boxes with ``output="logits"`` (softmax: exactly 0)
+OUTSIDE_LOGIT = -1.0e4
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+TTA_MODES = ("all", "inplane", "none")
+CROP_MODES = ("none", "exact", "regrid")
+
+
+def tta_mirror_axes(tta: bool | str, spatial_dims: int) -> tuple[int, ...] | None:
+    """``mirror_axes`` of a TTA choice: ``"all"`` (or True) every spatial axis (8 flips in 3D), ``"inplane"`` the last
+    two spatial axes (4 flips; the slice axis of KiTS19 arrays is the first), ``"none"`` (or False) no mirroring."""
+    choice = {True: "all", False: "none"}.get(tta, tta) if isinstance(tta, bool) else tta
+    if choice not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES} (or a bool), got {tta!r}")
+    if choice == "none":
+        return None
+    axes = tuple(range(spatial_dims))
+    return axes if choice == "all" else axes[-2:]
+
+
+def crop_arguments(crop: str) -> dict[str, Any]:
+    """Inferer arguments of a crop choice: ``"none"``, ``"exact"`` (the whole case's windows that touch the body
+    box; the same result inside it) or ``"regrid"`` (windows re-placed over the body box)."""
+    if crop not in CROP_MODES:
+        raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
+    return {"crop": crop != "none", "crop_grid": "crop" if crop == "regrid" else "case"}
 
 
 def flip_combinations(mirror_axes: Sequence[int] | None) -> list[tuple[int, ...]]:
@@ -72,6 +112,24 @@ class SlidingWindowTTAInferer(Inferer):
             map and the input stay on the window device when together they need at most this many GiB, else the
             output goes to the CPU and windows are streamed to the window device. ``None``: half of the window
             device's free memory (CUDA), no limit on a CPU.
+        crop: predict only the body: the box of the largest component above ``crop_threshold``, grown by
+            ``crop_margin`` (:func:`segzoo.inference.crop.body_box`); voxels outside the box get background
+            (probability 1 for class 0; logits 0 for class 0 and ``OUTSIDE_LOGIT`` for the others).
+        crop_grid: ``"case"`` (default): windows are those of the whole case; the ones that miss the box (or, with
+            ``coarse_to_fine``, every box) are never run, so every voxel inside gets exactly the whole-case result.
+            ``"crop"``: windows are re-placed over the box (each box, overlapping boxes merged; nnU-Net's
+            crop-then-predict): fewer windows, results inside differ slightly from the whole-case grid's.
+        crop_threshold: intensity a body voxel exceeds on the preprocessed case; ``None``: the case's minimum (the
+            clip floor that air and fat share after the KiTS19 preprocessing).
+        crop_margin: voxels added around the body's bounding box, an int or one per spatial axis.
+        coarse_to_fine: first a cheap pass (the same net, no mirroring, windows with ``coarse_overlap``) over the
+            body box finds the foreground; then the full pass runs only the whole-case windows that touch a box
+            around a foreground component grown by ``coarse_margin``; outside those boxes, background. Inside the
+            boxes the result equals the full pass exactly; it differs only where the coarse pass missed
+            foreground by more than the margin. When the coarse pass finds no foreground, the full pass runs as
+            without it. Off by default (see ``docs/inference.md`` for the measured tolerance).
+        coarse_overlap: window overlap of the coarse pass (default 0: each voxel predicted once).
+        coarse_margin: voxels around each coarse foreground component; default a quarter of ``roi_size``.
 
     ``device="auto"`` chooses the output device per case with ``memory_budget_gb`` (see :meth:`output_device`).
 
@@ -99,6 +157,13 @@ class SlidingWindowTTAInferer(Inferer):
         amp: bool = False,
         amp_dtype: str = "bfloat16",
         memory_budget_gb: float | None = None,
+        crop: bool = False,
+        crop_grid: str = "case",
+        crop_threshold: float | None = None,
+        crop_margin: int | Sequence[int] = 4,
+        coarse_to_fine: bool = False,
+        coarse_overlap: float = 0.0,
+        coarse_margin: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         roi = tuple(int(r) for r in roi_size)
@@ -122,6 +187,10 @@ class SlidingWindowTTAInferer(Inferer):
             raise ValueError(f"amp_dtype must be one of {tuple(AMP_DTYPES)}, got {amp_dtype!r}")
         if memory_budget_gb is not None and not memory_budget_gb > 0:
             raise ValueError(f"memory_budget_gb must be > 0 or None, got {memory_budget_gb}")
+        if crop_grid not in CROP_GRIDS:
+            raise ValueError(f"crop_grid must be one of {CROP_GRIDS}, got {crop_grid!r}")
+        if not 0.0 <= coarse_overlap < 1.0:
+            raise ValueError(f"coarse_overlap must be in [0, 1), got {coarse_overlap}")
         axes = tuple(int(a) for a in (mirror_axes or ()))
         if len(set(axes)) != len(axes) or any(a < 0 or a >= len(roi) for a in axes):
             raise ValueError(
@@ -144,6 +213,18 @@ class SlidingWindowTTAInferer(Inferer):
         self.amp = bool(amp)
         self.amp_dtype = amp_dtype
         self.memory_budget_gb = None if memory_budget_gb is None else float(memory_budget_gb)
+        self.crop = bool(crop)
+        self.crop_grid = crop_grid
+        self.crop_threshold = None if crop_threshold is None else float(crop_threshold)
+        self.crop_margin = per_axis(crop_margin, len(roi), "crop_margin")
+        self.coarse_to_fine = bool(coarse_to_fine)
+        self.coarse_overlap = float(coarse_overlap)
+        self.coarse_margin = (
+            tuple(r // 4 for r in roi) if coarse_margin is None else per_axis(coarse_margin, len(roi), "coarse_margin")
+        )
+        #: what the last call did, one dict per case of the batch: ``windows_run`` / ``windows_total`` (the full
+        #: pass's grid), ``boxes`` predicted (case coordinates), ``body_box``, ``coarse_windows``, ``coarse_seconds``
+        self.last_stats: list[dict[str, Any]] = []
         self._importance_maps: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
     def importance_map(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -180,9 +261,11 @@ class SlidingWindowTTAInferer(Inferer):
             budget = free_bytes / 2
         return sw_device if need <= budget else torch.device("cpu")
 
-    def _predictor(self, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[torch.Tensor], Any]:
+    def _predictor(
+        self, network: Callable[..., Any], *args: Any, flips: Sequence[tuple[int, ...]] | None = None, **kwargs: Any
+    ) -> Callable[[torch.Tensor], Any]:
         """Window predictor: sum over flips of (flip back . activation . net . flip); the caller divides once."""
-        dims = [tuple(a + 2 for a in f) for f in self.flips]
+        dims = [tuple(a + 2 for a in f) for f in (self.flips if flips is None else flips)]
         softmax = self.output != "logits"
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
@@ -243,32 +326,175 @@ class SlidingWindowTTAInferer(Inferer):
                 device = self.output_device(x, _num_classes(network), sw_device)
                 if device == sw_device and x.device != sw_device:
                     x = x.to(sw_device)  # the whole case moves once instead of window by window
-            out = sliding_window_inference(
-                x,
-                roi_size=self.roi_size,
-                sw_batch_size=self.sw_batch_size,
-                predictor=self._predictor(network, *args, **kwargs),
-                overlap=self.overlap,
-                mode=self.mode,
-                sigma_scale=self.sigma_scale,
-                padding_mode=self.padding_mode,
-                sw_device=sw_device,
-                device=device,
-                progress=self.progress,
-                roi_weight_map=self.importance_map(sw_device),
-            )
-            if len(self.flips) > 1:
-                out /= len(self.flips)
+            device = torch.device(device) if device is not None else x.device
+            self.last_stats = []
+            if not (self.crop or self.coarse_to_fine):
+                out = self._sliding(x, network, args, kwargs, sw_device, device)
+                self.last_stats.append({"boxes": [full_box(x.shape[2:])], **self._window_stats})
+            else:
+                out = torch.cat(
+                    [
+                        self._predict_regions(x[b : b + 1], network, args, kwargs, sw_device, device)
+                        for b in range(x.shape[0])
+                    ]
+                )
             if self.output == "labels":
                 return out.argmax(dim=1, keepdim=True)
             return out
+
+    def _sliding(
+        self,
+        x: torch.Tensor,
+        network: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        sw_device: torch.device,
+        device: torch.device,
+        regions: Sequence[Box] | None = None,
+        flips: Sequence[tuple[int, ...]] | None = None,
+        overlap: float | None = None,
+    ) -> torch.Tensor:
+        """MONAI's sliding window over ``x`` with the TTA predictor, averaged over the flips.
+
+        ``regions``: run only the windows of ``x``'s grid that touch one of these boxes (coordinates of ``x``); the
+        others contribute zeros (only voxels outside every box are covered by them, and the caller overwrites
+        those).
+        """
+        flips = self.flips if flips is None else flips
+        predict = self._predictor(network, *args, flips=flips, **kwargs)
+        stats = {"windows_run": 0, "windows_total": 0}
+        pad = [max(r - n, 0) // 2 for r, n in zip(self.roi_size, x.shape[2:])]  # MONAI pads small cases centred
+        # output channels, for windows that do not run: from the net's recorded arguments, else from the first
+        # window through the net (an extra window, once, when the first window batch misses every box)
+        known = _num_classes(network, default=None)
+        classes: list[int] = [] if known is None else [known]
+
+        def predictor(windows: torch.Tensor, coords: Sequence[Sequence[slice]]) -> torch.Tensor:
+            n = windows.shape[0]
+            stats["windows_total"] += n
+            keep = list(range(n))
+            if regions is not None:
+                keep = [
+                    i
+                    for i, c in enumerate(coords)
+                    if any(intersects([slice(w.start - p, w.stop - p) for w, p in zip(c[2:], pad)], r) for r in regions)
+                ]
+            stats["windows_run"] += len(keep)
+            if len(keep) == n:
+                out = predict(windows)
+            elif not keep and classes:
+                return windows.new_zeros((n, classes[0], *windows.shape[2:]))
+            else:  # the subset (or, before the class count is known, one window) through the net
+                part = predict(windows[keep] if keep else windows[:1])
+                out = part.new_zeros((n, *part.shape[1:]))
+                if keep:
+                    out[keep] = part
+            if not classes:
+                classes.append(out.shape[1])
+            return out
+
+        out = sliding_window_inference(
+            x,
+            roi_size=self.roi_size,
+            sw_batch_size=self.sw_batch_size,
+            predictor=predictor,
+            overlap=self.overlap if overlap is None else overlap,
+            mode=self.mode,
+            sigma_scale=self.sigma_scale,
+            padding_mode=self.padding_mode,
+            sw_device=sw_device,
+            device=device,
+            progress=self.progress,
+            roi_weight_map=self.importance_map(sw_device),
+            with_coord=True,
+        )
+        if len(flips) > 1:
+            out /= len(flips)
+        self._window_stats = stats
+        return out
+
+    def _predict_regions(
+        self,
+        x: torch.Tensor,
+        network: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        sw_device: torch.device,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """One case ``(1, C, *spatial)`` with the body crop and/or coarse-to-fine: ``(1, K, *spatial)``."""
+        shape = tuple(x.shape[2:])
+        body = body_box(x[0], self.crop_threshold, self.crop_margin) if self.crop else full_box(shape)
+        stats: dict[str, Any] = {"body_box": body}
+        regions = [body]
+        if self.coarse_to_fine:
+            start = time.perf_counter()
+            coarse = self._coarse_regions(x, body, network, args, kwargs, sw_device)
+            stats["coarse_windows"] = self._window_stats["windows_run"]
+            stats["coarse_seconds"] = time.perf_counter() - start
+            if coarse:
+                regions = [r for r in (_intersect(c, body) for c in coarse) if r is not None] or regions
+        if self.crop_grid == "crop":  # a grid of its own over each box (overlapping boxes merged first)
+            out, counts = None, {"windows_run": 0, "windows_total": 0}
+            for fitted in merge_boxes([fit_box(r, self.roi_size, shape) for r in regions]):
+                where = (slice(None), slice(None), *fitted)
+                sub = self._sliding(x[where], network, args, kwargs, sw_device, device)
+                if out is None:
+                    out = self._background(sub.shape[1], shape, device)
+                out[where] = sub
+                del sub
+                counts = {k: v + self._window_stats[k] for k, v in counts.items()}
+            self._window_stats = counts
+        else:
+            out = self._sliding(x, network, args, kwargs, sw_device, device, regions=regions)
+        stats.update(self._window_stats)
+        stats["boxes"] = regions
+        outside = ~region_mask(regions, shape, device=out.device)
+        fill = self._background(out.shape[1], (), torch.device("cpu"))[0].tolist()
+        for k, value in enumerate(fill):
+            out[0, k][outside] = value
+        self.last_stats.append(stats)
+        return out
+
+    def _coarse_regions(
+        self,
+        x: torch.Tensor,
+        body: Box,
+        network: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        sw_device: torch.device,
+    ) -> list[Box]:
+        """Boxes around the foreground components of a cheap pass (no mirroring, ``coarse_overlap``) over the body."""
+        shape = tuple(x.shape[2:])
+        fitted = fit_box(body, self.roi_size, shape)
+        sub = x[(slice(None), slice(None), *fitted)]
+        probs = self._sliding(sub, network, args, kwargs, sw_device, sw_device, flips=[()], overlap=self.coarse_overlap)
+        labels = probs[0].argmax(dim=0)
+        del probs
+        return foreground_boxes(labels, self.coarse_margin, offset=[s.start for s in fitted], shape=shape)
+
+    def _background(self, classes: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+        """``(1, classes, *shape)`` of what a voxel outside the predicted boxes gets: background."""
+        if self.output == "logits":
+            out = torch.full((1, classes, *shape), OUTSIDE_LOGIT, device=device)
+            out[:, 0] = 0.0
+        else:
+            out = torch.zeros((1, classes, *shape), device=device)
+            out[:, 0] = 1.0
+        return out
+
+
+def _intersect(a: Box, b: Box) -> Box | None:
+    box = tuple(slice(max(s.start, t.start), min(s.stop, t.stop)) for s, t in zip(a, b))
+    return box if all(s.start < s.stop for s in box) else None
 
 
 def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return x.flip(dims) if dims else x
 
 
-def _num_classes(network: Any, default: int = 4) -> int:
+def _num_classes(network: Any, default: int | None = 4) -> int | None:
     """Output channels of ``network`` for memory planning: ``out_channels`` of a segzoo net's recorded arguments or
     the net's ``out_channels`` attribute (MONAI nets); ``default`` when neither is there."""
     config = getattr(network, "init_config", None)
