@@ -117,7 +117,8 @@ def _allowed_class(class_path: object, allowed: dict[str, type | str]) -> type |
     ref = allowed.get(class_path)
     if ref is None:  # a re-export path of an allowed class, e.g. "segzoo.nets.MSSUNet", in an already imported module
         module, _, name = class_path.rpartition(".")
-        candidate = getattr(sys.modules.get(module), name, None) if module else None
+        # the module's own namespace only: no import, and no module-level __getattr__ (which may import) is called
+        candidate = vars(sys.modules[module]).get(name) if module in sys.modules else None
         refs = {_class_path(r) if isinstance(r, type) else r for r in allowed.values()}
         if isinstance(candidate, type) and _class_path(candidate) in refs:
             return candidate
