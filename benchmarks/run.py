@@ -368,9 +368,6 @@ FAST_PATHS = [
         "the exported ONNX graph run by ONNX Runtime / OpenVINO (CPU, float32) inside the same sliding window",
         "`tests/inference/test_backends.py` (equal to PyTorch within 2e-4)",
         [
-            ("cpu", "window_speed", "onnxruntime", "ONNX Runtime / PyTorch fp32 per window batch"),
-            ("cpu", "window_speed", "openvino", "OpenVINO / PyTorch fp32"),
-            ("cpu", "window_speed", "torch_bf16", "bf16 autocast / fp32"),
             ("cpu", "whole_case", "onnxruntime/crop_exact", "ONNX Runtime / PyTorch whole case"),
             ("cpu", "whole_case", "openvino/crop_exact", "OpenVINO / PyTorch whole case"),
         ],
