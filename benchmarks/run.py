@@ -168,7 +168,8 @@ How to read the rows:
   coarse pass finds the true kidneys).
 - **Forward pass per backend**: seconds per window batch of the demo net (and per window of the paper's net) for
   PyTorch fp32, bf16 autocast, ONNX Runtime and OpenVINO, with achieved GFLOP/s against the CPU's fp32 peak
-  (`benchmarks/window_speed.py`).
+  (`benchmarks/window_speed.py`; no table yet: the run made here shared the cores with other jobs, so the
+  backend ratios below come from the whole-case run).
 - **Whole case as `segzoo infer` runs it**: a trained demo checkpoint on held-out synthetic cases and on a
   real-size synthetic CT (512x512 in-plane, 200 slices, ~3 mm), each switch of `segzoo infer` (`--crop exact` the
   default, `--crop regrid`, `--coarse-to-fine`, `--tta inplane|none`, `--amp`, `--backend onnxruntime|openvino`)
