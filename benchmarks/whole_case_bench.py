@@ -194,7 +194,7 @@ def build_methods(net, roi, classes, in_channels, sw_batch_size, one_flip: bool,
     return methods
 
 
-def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip) -> dict:
+def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip, truth=None) -> dict:
     rows: dict = {}
     labels: dict = {}
     for method, (fn, inf, flips) in methods.items():
@@ -235,6 +235,9 @@ def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip)
     for method, row in rows.items():
         row["dice_kidney_vs_full"] = dice(labels[method] > 0, ref > 0)
         row["dice_tumour_vs_full"] = dice(labels[method] == 2, ref == 2)
+        if truth is not None:  # the synthetic case's own label, on the preprocessed grid
+            row["dice_kidney_vs_truth"] = dice(labels[method] > 0, truth > 0)
+            row["dice_tumour_vs_truth"] = dice(labels[method] == 2, truth == 2)
         row["label_voxels_differing"] = int((labels[method] != ref).sum())
     key = "time_8flip_extrapolated_s" if one_flip else "time_s"
     peer = rows.get("monai_8pass", rows["full"])  # `full` does the peer's work (same windows x flips)
@@ -321,6 +324,7 @@ def main(argv=None) -> dict:
         help="methods run on the large case besides `full` (the rest are measured on the held-out cases; "
         "`all` for every one)",
     )
+    p.add_argument("--heldout-methods", nargs="+", default=["all"], help="methods run on the held-out cases")
     p.add_argument("--sw-batch-size", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
@@ -337,6 +341,7 @@ def main(argv=None) -> dict:
     from segzoo.data.kits19 import spacing_from_affine
 
     cases: dict[str, torch.Tensor] = {}
+    truths: dict[str, np.ndarray] = {}
     paper = None
     if args.quick:
         import segzoo
@@ -345,8 +350,9 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         net = segzoo.create_net("mss_unet3d_small", base_features=4, max_features=16).eval()
         roi, pre = (8, 32, 32), CTPreprocessor(-50, 300, 100, 60, (6.0, 6.0, 6.0))
-        image, _, spacing = large_case(24, 0)
+        image, label, spacing = large_case(24, 0)
         cases["large"] = torch.from_numpy(pre.preprocess(image, spacing))[None]  # (12, 67, 67)
+        truths["large"] = pre.preprocess_label(label, spacing)[0]
         cases["heldout_quick"] = cases["large"][:, :, :, 8:56, 8:56].clone()
         ckpt = "quick (untrained mss_unet3d_small, widths 4-16)"
     else:
@@ -360,9 +366,13 @@ def main(argv=None) -> dict:
         for case in sorted(args.heldout.glob("case_*"))[: args.cases]:
             image, affine = load_nifti(case / "imaging.nii.gz", dtype=np.float32)
             cases[f"heldout_{case.name}"] = torch.from_numpy(pre.preprocess(image, spacing_from_affine(affine)))[None]
+            if (case / "segmentation.nii.gz").exists():
+                label, _ = load_nifti(case / "segmentation.nii.gz", dtype=np.uint8)
+                truths[f"heldout_{case.name}"] = pre.preprocess_label(label, spacing_from_affine(affine))[0]
         if args.large_slices:
-            image, _, spacing = large_case(args.large_slices, args.large_seed)
+            image, label, spacing = large_case(args.large_slices, args.large_seed)
             cases["large"] = torch.from_numpy(pre.preprocess(image, spacing))[None]
+            truths["large"] = pre.preprocess_label(label, spacing)[0]
             paper = paper_net_rows(image, spacing, pre) if args.paper_net else None
             del image
     config = getattr(net, "init_config", {}).get("init_args", {})
@@ -395,9 +405,10 @@ def main(argv=None) -> dict:
     stem = "whole_case_cpu"
     for name, x in cases.items():
         one_flip = name == "large"
-        only = set(args.large_methods) if one_flip and "all" not in args.large_methods else None
+        chosen = args.large_methods if one_flip else args.heldout_methods
+        only = None if "all" in chosen else set(chosen)
         methods = build_methods(net, roi, classes, in_channels, args.sw_batch_size, one_flip, args.quick, only)
-        results[name] = run_case(name, x, methods, gflop, peak, args.repeats, one_flip)
+        results[name] = run_case(name, x, methods, gflop, peak, args.repeats, one_flip, truths.get(name))
         # after every case, so a run cut short keeps what it measured
         atomic_write_text(args.out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(args.out / f"{stem}.md", markdown(result))
@@ -434,6 +445,7 @@ def markdown(result: dict) -> str:
     ]
     for name, case in result["cases"].items():
         one = case["one_flip_measured"]
+        truth = any("dice_kidney_vs_truth" in r for r in case["rows"].values())
         md += [
             f"**{name}**: preprocessed {case['shape'][2:]}, {case['foreground_voxels']} foreground voxels in the "
             f"reference"
@@ -446,9 +458,11 @@ def markdown(result: dict) -> str:
             "",
             "| method | time (s) | "
             + ("8-flip time (s, extrapolated) | " if one else "")
-            + "time / MONAI 8-pass | CPU time / MONAI 8-pass | peak RSS (MiB) | windows run / grid | kidney Dice vs full | tumour Dice vs full "
-            "| GFLOP/s (% of peak) |",
-            "|---|---|" + ("---|" if one else "") + "---|---|---|---|---|---|---|",
+            + "time / MONAI 8-pass | CPU time / MONAI 8-pass | peak RSS (MiB) | windows run / grid | kidney Dice vs "
+            "full | tumour Dice vs full | "
+            + ("kidney / tumour Dice vs truth | " if truth else "")
+            + "GFLOP/s (% of peak) |",
+            "|---|---|" + ("---|" if one else "") + "---|---|---|---|---|---|" + ("---|" if truth else "") + "---|",
         ]
         for method, r in case["rows"].items():
             windows = f"{r['windows_run']}/{r['windows_total']}" if "windows_run" in r else "-"
@@ -460,7 +474,9 @@ def markdown(result: dict) -> str:
                 + (f"{r['time_8flip_extrapolated_s']:.1f} | " if one else "")
                 + f"{r['time_over_monai_8pass']:.2f} | {r['cpu_over_monai_8pass']:.2f} | {r['peak_rss_mib']:.0f} | "
                 f"{windows} | "
-                f"{r['dice_kidney_vs_full']:.4f} | {r['dice_tumour_vs_full']:.4f} | {gf} |"
+                f"{r['dice_kidney_vs_full']:.4f} | {r['dice_tumour_vs_full']:.4f} | "
+                + (f"{r['dice_kidney_vs_truth']:.3f} / {r['dice_tumour_vs_truth']:.3f} | " if truth else "")
+                + f"{gf} |"
             )
         md.append("")
     paper = result.get("paper_net_large")
