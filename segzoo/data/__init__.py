@@ -21,7 +21,17 @@ _EXPORTS = {
     "write_synthetic": "segzoo.data.synthetic",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BraTSDataModule",
+    "CHAOSDataModule",
+    "DataError",
+    "KiTS19DataModule",
+    "load_nifti",
+    "save_nifti",
+    "split_cases",
+    "synthetic_datasets",
+    "write_synthetic",
+]
 
 if TYPE_CHECKING:  # static tools and IDEs see the real names
     from segzoo.data.datamodule import KiTS19DataModule, split_cases

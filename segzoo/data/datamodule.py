@@ -33,7 +33,6 @@ from segzoo.data.augment import AugmentConfig, resolve_augment
 from segzoo.data.geometry import Reorientation
 from segzoo.data.io import DataError, load_nifti
 from segzoo.data.kits19 import KiTS19Case, find_kits19_cases
-from segzoo.data.sampling import EpochShuffleSampler, crop_padded, draw_patch_origin
 from segzoo.data.preprocessing import (
     FINGERPRINT_VERSION,
     CTPreprocessor,
@@ -45,6 +44,7 @@ from segzoo.data.preprocessing import (
     preprocess_dataset,
     save_fingerprint,
 )
+from segzoo.data.sampling import EpochShuffleSampler, crop_padded, draw_patch_origin
 from segzoo.data.splits import split_cases, split_train_val_test  # noqa: F401  (split_cases: re-exported)
 from segzoo.data.transforms import RandSpatialAugmentd, augmentation_input_size, build_kits19_transforms
 
@@ -356,7 +356,9 @@ class KiTS19DataModule(L.LightningDataModule):
                 [by_id[c] for c in train], num_workers=self.hparams.preprocess_num_workers
             )
             save_fingerprint(fingerprint, fp_path)
-        atomic_write_text(self.cache_dir / "split.json", json.dumps({"train": train, "val": val, "test": test}, indent=1))
+        atomic_write_text(
+            self.cache_dir / "split.json", json.dumps({"train": train, "val": val, "test": test}, indent=1)
+        )
         preprocessor = self._build_preprocessor(fingerprint)
         preprocess_dataset(cases, self.cache_dir, preprocessor, num_workers=self.hparams.preprocess_num_workers)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import JPEG2000Lossless, MPEG2MPML, RLELossless
+from pydicom.uid import MPEG2MPML, JPEG2000Lossless, RLELossless
 
 from segzoo.data.chaos import _read_slice, decoder_hint, load_chaos_case
 from segzoo.data.io import DataError

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from segzoo.data.datamodule import KiTS19CaseDataset, KiTS19DataModule, KiTS19PatchDataset, split_cases
+from segzoo.data.datamodule import KiTS19DataModule, KiTS19PatchDataset, split_cases
 from segzoo.data.geometry import spacing_from_affine
 from segzoo.data.io import DataError, save_nifti
 from segzoo.data.kits19 import find_kits19_cases, load_kits19_case
@@ -267,7 +267,9 @@ def test_three_disjoint_splits_and_test_batches_on_the_original_grid(dm, tmp_pat
     three.prepare_data()
     three.setup("test")
     train, val, test = three.train_cases, three.val_cases, three.test_cases
-    assert (len(train), len(val), len(test)) == (2, 1, 1) and not (set(train) & set(val) or set(test) & set(train + val))
+    assert (len(train), len(val), len(test)) == (2, 1, 1) and not (
+        set(train) & set(val) or set(test) & set(train + val)
+    )
     assert three.fingerprint["train_cases"] == train  # statistics from the training cases only
     split = json.loads((three.cache_dir / "split.json").read_text())
     assert split == {"train": train, "val": val, "test": test}

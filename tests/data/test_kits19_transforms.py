@@ -31,7 +31,9 @@ def _blob(size):
 
 
 def test_no_augmentation_is_an_exact_centre_crop():
-    t = build_kits19_transforms(PATCH, AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=0, flip_prob=0))
+    t = build_kits19_transforms(
+        PATCH, AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=0, flip_prob=0)
+    )
     size = augmentation_input_size(t, PATCH)
     assert size == PATCH  # nothing spatial can fire: no margin needed
     x = torch.randn(1, *size)
@@ -79,7 +81,9 @@ def test_identity_warp_matches_crop_and_rotation_is_aligned():
 
 
 def test_full_chain_shapes_values_and_determinism():
-    t = build_kits19_transforms(PATCH, AugmentConfig(rotate_prob=1, scale_prob=1, elastic_prob=1, gamma_prob=1, flip_prob=0.5))
+    t = build_kits19_transforms(
+        PATCH, AugmentConfig(rotate_prob=1, scale_prob=1, elastic_prob=1, gamma_prob=1, flip_prob=0.5)
+    )
     size = augmentation_input_size(t, PATCH)
     gen = torch.Generator().manual_seed(0)
     x, lab = torch.randn(1, *size, generator=gen) + 3, _blob(size)
@@ -96,13 +100,17 @@ def test_full_chain_shapes_values_and_determinism():
 
 
 def test_gamma_keeps_mean_and_std_and_flip_mirrors():
-    t = build_kits19_transforms(PATCH, AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=1, flip_prob=0))
+    t = build_kits19_transforms(
+        PATCH, AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=1, flip_prob=0)
+    )
     x = torch.rand(1, *PATCH) * 4 - 1
     y = torch.as_tensor(t({"image": x, "label": _blob(PATCH)})["image"])
     assert not torch.allclose(y, x)
     assert y.mean().item() == pytest.approx(x.mean().item(), abs=1e-4)
     assert y.std().item() == pytest.approx(x.std().item(), rel=1e-3)
-    f = build_kits19_transforms(PATCH, AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=0, flip_prob=1))
+    f = build_kits19_transforms(
+        PATCH, AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=0, flip_prob=1)
+    )
     out = f({"image": x, "label": _blob(PATCH)})
     assert torch.equal(torch.as_tensor(out["image"]), x.flip(1, 2, 3))
     assert torch.equal(torch.as_tensor(out["label"]), _blob(PATCH).flip(1, 2, 3))

@@ -44,7 +44,11 @@ def kits(tmp_path_factory):
 def test_fingerprint_records_orientation_and_ignores_storage(kits):
     orig = compute_fingerprint(find_kits19_cases(kits / "orig"), samples_per_case=200)
     mixed = compute_fingerprint(find_kits19_cases(kits / "mixed"), samples_per_case=200)
-    assert orig["orientation"] == ["I", "P", "L"] and mixed["orientation"] == ["I", "P", "L"]  # mixed: a three-way tie, the first case wins
+    assert orig["orientation"] == ["I", "P", "L"] and mixed["orientation"] == [
+        "I",
+        "P",
+        "L",
+    ]  # mixed: a three-way tie, the first case wins
     assert mixed["orientations"]["case_00001"] == ["R", "A", "S"]
     assert mixed["orientations"]["case_00002"] == ["L", "P", "S"]
     for key in ("foreground", "spacings", "shapes", "median_spacing"):

@@ -20,7 +20,6 @@ from segzoo.data.preprocessing import (
 )
 from segzoo.data.synthetic.kits19 import kits19_affine, write_kits19
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -36,7 +36,6 @@ def test_epoch_shuffle_sampler():
         EpochShuffleSampler(0)
 
 
-
 def test_crop_padded_by_hand():
     a = np.arange(2 * 4 * 5).reshape(2, 4, 5)
     inside = crop_padded(a, np.array([1, 2]), np.array([2, 3]), pad_value=-1)
