@@ -100,13 +100,14 @@ def overlay_figure(
     centre = focus_point(label, image.shape)
     lo, hi = np.percentile(image, [1, 99])
     # aspect = height of a row / width of a column, in mm
-    views = [
-        (names[0], lambda a: a[centre[0]], sp[1] / sp[2]),
-        (names[1], lambda a: a[:, centre[1]], sp[0] / sp[2]),
-        (names[2], lambda a: a[:, :, centre[2]], sp[0] / sp[1]),
-    ]
     if single:
         views = [(names[0], lambda a: a[0], cut_aspect[0])]
+    else:
+        views = [
+            (names[0], lambda a: a[centre[0]], sp[1] / sp[2]),
+            (names[1], lambda a: a[:, centre[1]], sp[0] / sp[2]),
+            (names[2], lambda a: a[:, :, centre[2]], sp[0] / sp[1]),
+        ]
     rows = [("image", None)] + [(n, m) for n, m in (("ground truth", label), ("prediction", pred)) if m is not None]
     fig, axes = plt.subplots(len(rows), len(views), figsize=(3.2 * len(views), 3.2 * len(rows)), squeeze=False)
     for c, (vname, cut, aspect) in enumerate(views):

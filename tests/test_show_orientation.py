@@ -67,3 +67,18 @@ def test_every_storage_of_the_same_voxels_draws_the_same_panels():
             for (n, s, a, arr), (rn, rs, ra, rarr) in zip(got, ref):
                 assert (n, s) == (rn, rs) and a == pytest.approx(ra)
                 np.testing.assert_array_equal(arr, rarr)
+
+
+def test_single_slice_and_volume_without_codes():
+    """What the training callback draws: a 2D slice, or a volume in the training orientation without codes."""
+    rng = np.random.default_rng(2)
+    fig = overlay_figure(rng.normal(size=(12, 10)), (rng.random((12, 10)) > 0.5).astype(np.uint8))
+    try:
+        assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["axial"]
+    finally:
+        plt.close(fig)
+    fig = overlay_figure(rng.normal(size=(4, 12, 10)), spacing=(3.0, 1.0, 1.0))
+    try:
+        assert [ax.get_title() for ax in fig.axes] == ["axial", "coronal", "sagittal"]
+    finally:
+        plt.close(fig)

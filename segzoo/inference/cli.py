@@ -203,7 +203,8 @@ def run_folder(todo, predict, desc: str) -> dict[str, list]:
     for path, out in tqdm(todo, desc=desc, unit="case", disable=len(todo) < 2):
         try:
             predict(path, out)  # atomic: a failed or interrupted case leaves no output file
-        except (DataError, ValueError, RuntimeError, OSError, MemoryError) as e:
+        except (DataError, ValueError, RuntimeError, MemoryError) as e:  # this input; an OSError (disk full, no
+            # write permission: reading errors are DataErrors) would fail every file, so it ends the run
             reason = " ".join(str(e).split()) or type(e).__name__
             if not isinstance(e, DataError):  # not a checked input error: say what broke
                 reason = f"{type(e).__name__}: {reason}"
