@@ -213,7 +213,7 @@ def test_fit_validate_test_leave_run_layout(toy_config, tmp_path, capsys):
     assert ckpts, "best checkpoint by val/score missing"
     assert "segzoo fit: done" in capsys.readouterr().out  # the summary block
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    assert ckpt["segzoo_net"]["class_path"] == "segzoo.nets.mss_unet.MSSUNet"
+    assert ckpt["segzoo_format"]["net"]["class_path"] == "segzoo.nets.mss_unet.MSSUNet"
 
     (run / "metrics.json").unlink()
     for cmd in ("validate", "test"):
