@@ -94,6 +94,10 @@ def _before_run(cli) -> None:
     from segzoo._console import drop_unused_wandb_setting
 
     drop_unused_wandb_setting(cli.trainer)
+    for logger in cli.trainer.loggers:  # wandb warns "git root RUN does not exist" when its folder is not there yet
+        save_dir = getattr(logger, "save_dir", None)
+        if isinstance(save_dir, str | os.PathLike) and type(logger).__name__ == "WandbLogger":
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
     task, dm = cli.model, cli.datamodule
     window = getattr(dm, "patch_size", None) or getattr(dm, "image_size", None)
     channels = getattr(dm, "in_channels", None)
@@ -367,9 +371,10 @@ def run_summary(cli: Any, subcommand: str) -> list[str]:
     if subcommand == "fit" and ckpt_cb is not None:
         last, best = getattr(ckpt_cb, "last_model_path", ""), getattr(ckpt_cb, "best_model_path", "")
         if last:
-            lines.append(f"  last checkpoint   {last}")
+            lines.append(f"  last checkpoint   {Path(last).resolve()}")
         if best and best != last:
-            lines.append(f"  best checkpoint   {best} ({ckpt_cb.monitor} = {_fmt(ckpt_cb.best_model_score)})")
+            score = f"{ckpt_cb.monitor} = {_fmt(ckpt_cb.best_model_score)}"
+            lines.append(f"  best checkpoint   {Path(best).resolve()} ({score})")
     configs = []
     try:
         if trainer.log_dir:
