@@ -27,7 +27,8 @@ def _hub():
 
 
 def pretrained_folder(source: str | os.PathLike, revision: str | None = None) -> Path:
-    """The local folder of ``source``: a folder path, or ``hf-hub:ORG/NAME[@REVISION]`` fetched into the hub cache.
+    """The local path of ``source``: a folder (or a ``segzoo fit`` checkpoint file) as given, or
+    ``hf-hub:ORG/NAME[@REVISION]`` fetched into the hub cache.
 
     Raises:
         FileNotFoundError: a local folder that does not exist, or a hub repository that is neither reachable nor
@@ -36,8 +37,8 @@ def pretrained_folder(source: str | os.PathLike, revision: str | None = None) ->
     source = str(source)
     if not source.startswith(HF_PREFIX):
         folder = Path(source).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"pretrained '{source}': no such folder (or use hf-hub:ORG/NAME)")
+        if not folder.exists():
+            raise FileNotFoundError(f"pretrained '{source}': no such folder or checkpoint (or use hf-hub:ORG/NAME)")
         return folder
     repo_id = source[len(HF_PREFIX) :]
     if "@" in repo_id:
@@ -53,7 +54,8 @@ def pretrained_folder(source: str | os.PathLike, revision: str | None = None) ->
 
 
 def from_pretrained(source: str | os.PathLike, map_location: str = "cpu", revision: str | None = None) -> nn.Module:
-    """Rebuild a pretrained net from a folder or ``hf-hub:ORG/NAME`` (see :func:`pretrained_folder`)."""
+    """Rebuild a pretrained net from a folder, a ``segzoo fit`` checkpoint or ``hf-hub:ORG/NAME`` (see
+    :func:`pretrained_folder`), through the safe loader :func:`segzoo.nets.base.from_pretrained`."""
     from segzoo.nets.base import from_pretrained as load_folder
 
     return load_folder(pretrained_folder(source, revision=revision), map_location=map_location)

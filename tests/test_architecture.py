@@ -13,13 +13,13 @@ SEGZOO = Path(__file__).resolve().parents[1] / "segzoo"
 # the segzoo packages (or top-level modules) each layer may import, at module level or inside a function
 ALLOWED = {
     "utils": set(),
-    "nets": {"utils"},
+    "nets": {"utils", "checkpoint"},  # checkpoint: from_pretrained / save_pretrained delegate to the safe loader
     "losses": {"utils"},
     "metrics": {"utils", "data"},  # data: dataset constants only (segzoo.data.brats.BRATS_LABELS), see the page
     "data": {"utils"},
-    "checkpoint": {"utils", "data"},
-    "inference": {"utils", "nets", "data", "checkpoint"},
-    "export": {"utils", "nets", "data"},
+    "checkpoint": {"utils", "data", "nets"},  # nets: resolved by registry name / registered class only
+    "inference": {"utils", "nets", "data", "checkpoint", "export", "tools_cli"},  # export: ONNX for --backend; tools_cli: shared --trust-checkpoint help
+    "export": {"utils", "nets", "data", "checkpoint"},
     "viz": {"utils", "data"},
     "tasks": {"utils", "nets", "losses", "metrics", "data", "inference", "checkpoint", "viz"},
 }

@@ -223,12 +223,12 @@ def test_2d_fit_checkpoint_and_pretrained_predict_the_same(ckpt_2d, tmp_path):
 
 
 def test_registry_nets_round_trip_through_pretrained(tmp_path):
-    net = segzoo.create_net("drnet_rot90", features=[8, 16, 32, 64, 128]).eval()
+    net = segzoo.create_net("drnet_rot0_90", features=[8, 16, 32, 64, 128]).eval()
     net.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["registry_name"] == "drnet_rot90" and config[FORMAT_KEY] == 1
+    assert config["registry_name"] == "drnet_rot0_90" and config[FORMAT_KEY] == 1
     loaded = segzoo.from_pretrained(tmp_path)
-    assert loaded.registry_name == "drnet_rot90"
+    assert loaded.registry_name == "drnet_rot0_90"
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x))

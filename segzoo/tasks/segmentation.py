@@ -223,7 +223,7 @@ class SegmentationTask(pl.LightningModule):
             return None
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
-        out = self.predict_logits(batch["image"])
+        out = self.predict_scores(batch["image"])
         if "label" in batch:
             loss = self._eval_loss(out, batch["label"])
             if loss is not None:

@@ -131,7 +131,7 @@ def test_preprocessor_dict_round_trip_and_hash():
 def test_cache_write_reuse_and_invalidation(tmp_path):
     write_kits19(tmp_path / "data", cases=2, seed=1, unlabelled=1)
     cases = find_kits19_cases(tmp_path / "data")
-    pre = CTPreprocessor(50.0, 250.0, 150.0, 40.0, target_spacing=(3.0, 4.0, 4.0))
+    pre = CTPreprocessor(50.0, 250.0, 150.0, 40.0, target_spacing=(3.0, 2.0, 2.0))
     cache = tmp_path / "cache"
     props = preprocess_dataset(cases, cache, pre, progress=False)
     p0 = cache_paths(cache, "case_00000")
