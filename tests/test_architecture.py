@@ -18,7 +18,8 @@ ALLOWED = {
     "metrics": {"utils", "data"},  # data: dataset constants only (segzoo.data.brats.BRATS_LABELS), see the page
     "data": {"utils"},
     "checkpoint": {"utils", "data", "nets"},  # nets: resolved by registry name / registered class only
-    "inference": {"utils", "nets", "data", "checkpoint", "export", "tools_cli"},  # export: ONNX for --backend; tools_cli: shared --trust-checkpoint help
+    # export: the ONNX graph for --backend; tools_cli: the shared --trust-checkpoint help
+    "inference": {"utils", "nets", "data", "checkpoint", "export", "tools_cli"},
     "export": {"utils", "nets", "data", "checkpoint"},
     "viz": {"utils", "data"},
     "tasks": {"utils", "nets", "losses", "metrics", "data", "inference", "checkpoint", "viz"},
