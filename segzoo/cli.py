@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return _run_lightning(argv)
+    return _run_lightning(argv, from_sys)
 
 
 def _check_extras(argv: Sequence[str]) -> None:
@@ -475,14 +475,21 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
-def _run_lightning(argv: list[str]) -> int:
+def _run_lightning(argv: list[str], from_sys: bool = False) -> int:
     from segzoo._console import quiet_defaults
 
     quiet_defaults()
     saved_argv = sys.argv
-    sys.argv = saved_argv[:1]  # LightningCLI must not see the caller's argv; it gets the rewritten one
+    cli_args: list[str] | None = argv
+    if from_sys:
+        # From the command line the rewritten arguments go into sys.argv: Lightning's DDP launcher re-runs the command
+        # from it for the other ranks (and LightningCLI warns when given both args and a command line).
+        sys.argv = [saved_argv[0], *expand_args(list(argv))]
+        cli_args = None
+    else:  # called from Python (demo, notebooks, tests): LightningCLI must not see the caller's argv
+        sys.argv = saved_argv[:1]
     try:
-        cli = __getattr__("SegzooCLI")(args=argv)
+        cli = __getattr__("SegzooCLI")(args=cli_args)
     except Exception as e:
         from jsonargparse import ArgumentError
 

@@ -100,7 +100,16 @@ def test_wheel_in_a_fresh_virtualenv(tmp_path):
     assert str(venv) in result.stdout  # read from the installed package, not a checkout
 
     fit = [segzoo, "fit", "--config", "kits19_demo", "--trainer.max_steps", "2"]
-    small = ["--data.synthetic_cases", "3", "--data.num_val_cases", "1", "--trainer.enable_progress_bar", "false"]
+    small = [
+        "--data.synthetic_cases",
+        "3",
+        "--data.num_val_cases",
+        "1",
+        "--data.num_test_cases",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     result = _timed([*fit, *small], work, env, timings, "segzoo fit kits19_demo (2 steps)", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "segzoo fit: done" in result.stdout and "no validation ran" in result.stdout
