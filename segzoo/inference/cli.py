@@ -111,13 +111,15 @@ def cmd_infer(argv: Sequence[str]) -> int:
     if not 0 <= args.overlap < 1:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
 
+    from segzoo.checkpoint import load_checkpoint
     from segzoo.data.io import DataError
     from segzoo.inference.predict import case_name, find_inputs, load_predictor
     from segzoo.inference.predict_2d import load_slice_predictor
 
     try:
+        loaded = load_checkpoint(args.ckpt, trust=args.trust_checkpoint)  # read once, for the 2D or the 3D path
         slices = load_slice_predictor(
-            args.ckpt,
+            loaded,
             device=args.device,
             sw_batch_size=args.sw_batch_size or 16,
             trust=args.trust_checkpoint,
@@ -133,7 +135,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
     try:
         inputs = find_inputs(args.input)
         predictor = load_predictor(
-            args.ckpt,
+            loaded,
             device=args.device,
             tta=args.tta,
             overlap=args.overlap,

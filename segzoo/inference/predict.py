@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segzoo.checkpoint import labels_on_original_grid
+from segzoo.checkpoint import LoadedModel, labels_on_original_grid
 from segzoo.data.geometry import Reorientation, spacing_from_affine
 from segzoo.data.io import DataError, is_nifti_name, load_nifti_with_header, save_nifti, strip_nifti_suffix
 
@@ -134,7 +134,7 @@ class Predictor:
 
 
 def load_predictor(
-    source: str | os.PathLike,
+    source: str | os.PathLike | LoadedModel,
     device: str = "cpu",
     tta: bool | str = True,
     overlap: float = 0.5,
@@ -173,10 +173,10 @@ def load_predictor(
     if backend != "torch" and torch.device(device).type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU; use --device cpu or --backend torch")
 
-    loaded = load_checkpoint(source, trust=trust)
+    loaded = source if isinstance(source, LoadedModel) else load_checkpoint(source, trust=trust)
     roi = list(roi_size) if roi_size is not None else loaded.roi_size
     if roi is None:
-        raise DataError(f"{source}: holds no sliding-window size; pass --roi-size")
+        raise DataError(f"{loaded.source}: holds no sliding-window size; pass --roi-size")
     dev = torch.device(device)
     inferer = SlidingWindowTTAInferer(
         roi_size=roi,

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from torch import nn
 from segzoo.data.io import DataError, is_nifti_name, save_nifti
 from segzoo.data.slice2d import SlicePreprocessor
 from segzoo.utils import atomic_path
+
+if TYPE_CHECKING:
+    from segzoo.checkpoint import LoadedModel
 
 CHAOS_PNG_STEP = 63  # Ground grey value of class k is 63 * k (liver 63, right kidney 126, left kidney 189, spleen 252)
 
@@ -214,11 +217,12 @@ def is_2d_preprocessor(config: dict[str, Any] | None) -> bool:
     return isinstance(config, dict) and config.get("type") == "slice2d"
 
 
-def _load_model(source: Path, trust: bool) -> tuple[nn.Module, dict[str, Any] | None]:
-    """``(net, stored preprocessor dict)`` of a checkpoint or pretrained folder, through segzoo's safe loader."""
-    from segzoo.checkpoint import load_checkpoint
+def _load_model(source: Any, trust: bool) -> tuple[nn.Module, dict[str, Any] | None]:
+    """``(net, stored preprocessor dict)`` of a checkpoint or pretrained folder (or an already loaded
+    :class:`~segzoo.checkpoint.LoadedModel`), through segzoo's safe loader."""
+    from segzoo.checkpoint import LoadedModel, load_checkpoint
 
-    loaded = load_checkpoint(source, trust=trust)
+    loaded = source if isinstance(source, LoadedModel) else load_checkpoint(source, trust=trust)
     return loaded.net, loaded.format.get("preprocessor")
 
 
@@ -230,16 +234,19 @@ def _spatial_dims(net: nn.Module) -> int | None:
 
 
 def load_slice_predictor(
-    source: str | os.PathLike, device: str = "cpu", sw_batch_size: int = 16, trust: bool = False
+    source: str | os.PathLike | LoadedModel, device: str = "cpu", sw_batch_size: int = 16, trust: bool = False
 ) -> SlicePredictor | None:
     """A :class:`SlicePredictor` for a 2D checkpoint (its stored preprocessing has ``type: "slice2d"``), else ``None``.
+
+    ``source``: a checkpoint file, a pretrained folder, or what :func:`segzoo.checkpoint.load_checkpoint` returned
+    for one (so ``segzoo infer`` reads the file once, whatever the net's dimensionality).
 
     Raises:
         DataError: an unreadable checkpoint (one line), or a 2D net whose checkpoint holds no 2D preprocessing
             (written before it was stored: it cannot know how its training slices were prepared).
     """
-    source = Path(source)
     net, config = _load_model(source, trust)
+    source = getattr(source, "source", source)  # the file or folder, for messages
     if is_2d_preprocessor(config):
         from segzoo.checkpoint import build_preprocessor  # the allow-listed way back from a stored record
 

@@ -186,3 +186,16 @@ def test_folder_run_reports_bad_files_and_finishes(tmp_path, pretrained, capsys)
     # --continue: the finished ones are skipped, the bad ones fail again
     code = main(["infer", "--ckpt", str(pretrained), "--input", str(inp), "--output", str(out), "--continue"])
     assert code == 1 and "0 written, 2 skipped (already there), 2 failed" in capsys.readouterr().out
+
+
+def test_infer_reads_the_checkpoint_once(tmp_path, pretrained, monkeypatch):
+    import segzoo.checkpoint as checkpoint
+
+    image, affine = kits_like_volume()
+    save_nifti(image, affine, tmp_path / "in" / "a.nii.gz")
+    calls = []
+    real = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: calls.append(a) or real(*a, **k))
+    code = main(["infer", "--ckpt", str(pretrained), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")])
+    assert code == 0 and (tmp_path / "o" / "a.nii.gz").is_file()
+    assert len(calls) == 1  # one read decides 2D or 3D and builds the predictor
