@@ -51,6 +51,13 @@ class AugmentConfig:
         intensity_scale_range: ``r`` of the intensity scaling.
         noise_prob: probability of adding gaussian noise to the image.
         noise_std: the noise std is drawn uniformly in ``[0, noise_std]``.
+        intensity_shift_prob: probability of adding an offset uniform in ``[-r, r]`` to the image (MONAI
+            ``RandShiftIntensity``; the image is z-scored, so ``r`` is in foreground standard deviations).
+        intensity_shift_range: ``r`` of the intensity shift.
+        histogram_shift_prob: probability of a random monotonic piecewise-linear remapping of the image's intensities
+            (MONAI ``RandHistogramShift``): changes the contrast between tissues, not only their level, which a
+            model needs to meet another contrast phase or scanner.
+        histogram_shift_points: ``(min, max)`` number of control points of the remapping (fewer = larger shifts).
         flip_prob: mirroring probability per axis.
         flip_axes: spatial axes that may be mirrored (0 = first spatial axis).
         padding_mode: ``grid_sample`` padding where a warped point leaves the input: ``"border"``, ``"zeros"`` or
@@ -70,6 +77,10 @@ class AugmentConfig:
     intensity_scale_range: float = 0.1
     noise_prob: float = 0.0
     noise_std: float = 0.05
+    intensity_shift_prob: float = 0.0
+    intensity_shift_range: float = 0.1
+    histogram_shift_prob: float = 0.0
+    histogram_shift_points: tuple[int, int] = (5, 10)
     flip_prob: float = 0.5
     flip_axes: tuple[int, ...] = (0, 1, 2)
     padding_mode: str = "border"
@@ -83,6 +94,13 @@ class AugmentConfig:
         self.elastic_magnitude = tuple(float(m) for m in self.elastic_magnitude)
         self.elastic_control_spacing = tuple(int(s) for s in self.elastic_control_spacing)
         self.gamma_range = (float(self.gamma_range[0]), float(self.gamma_range[1]))
+        self.histogram_shift_points = (int(self.histogram_shift_points[0]), int(self.histogram_shift_points[1]))
+        if not 3 <= self.histogram_shift_points[0] <= self.histogram_shift_points[1]:
+            raise ValueError(
+                f"AugmentConfig: histogram_shift_points={self.histogram_shift_points} must satisfy 3 <= min <= max"
+            )
+        if self.intensity_shift_range < 0:
+            raise ValueError(f"AugmentConfig: intensity_shift_range={self.intensity_shift_range} must be >= 0")
         self.flip_axes = tuple(int(a) for a in self.flip_axes)
         if not self.rotate_range:
             raise ValueError("AugmentConfig: rotate_range needs at least one angle")

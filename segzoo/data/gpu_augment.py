@@ -100,11 +100,39 @@ def adjust_gamma(image: torch.Tensor, gamma: torch.Tensor, retain_stats: bool = 
     return out
 
 
+def histogram_shift_batch(image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """MONAI ``RandHistogramShift`` per sample of ``(B, C, *spatial)``: intensities rescaled to ``[0, 1]`` by the
+    sample's min / max, mapped piecewise-linearly from ``linspace(0, 1, n)`` to the sample's control ``points``
+    (``(B, P)`` from :meth:`BatchAugment.draw_histogram_shift`; trailing NaNs pad, a NaN row = unchanged), rescaled back.
+    """
+    out = image
+    for i in range(image.shape[0]):
+        row = points[i]
+        n = int((~torch.isnan(row)).sum())
+        if n < 2:
+            continue
+        fp = row[:n].to(image.device, torch.float32)
+        xp = torch.linspace(0, 1, n, device=image.device, dtype=torch.float32)
+        x = image[i].float()
+        lo, hi = x.min(), x.max()
+        if hi <= lo:
+            continue
+        t = ((x - lo) / (hi - lo)).clamp(0, 1)
+        k = (torch.searchsorted(xp, t.reshape(-1).contiguous()) - 1).clamp(0, n - 2).reshape(t.shape)
+        slope = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1])
+        mapped = fp[k] + slope[k] * (t - xp[k])
+        if out is image:
+            out = image.clone()
+        out[i] = (mapped * (hi - lo) + lo).to(image.dtype)
+    return out
+
+
 class BatchAugment(nn.Module):
     """Random spatial + intensity augmentation of a whole batch dict, on whatever device the batch is on.
 
     Input/output: the segzoo batch dict ``{"image": (B, C, *spatial) float, "label": (B, 1, *spatial) int, ...}``
-    (2D or 3D); other keys pass through unchanged. Order: spatial (one resampling) -> gamma (image) -> mirroring.
+    (2D or 3D); other keys pass through unchanged. Order: spatial (one resampling) -> gamma -> intensity scaling, noise, intensity shift, histogram shift (image; each only
+    when its probability is > 0) -> mirroring.
     Random numbers are drawn on the CPU from ``generator`` (or the one seeded by ``seed``, or torch's global RNG)
     and then moved, so a seed gives the same augmentation on CPU and GPU.
 
@@ -144,8 +172,9 @@ class BatchAugment(nn.Module):
         Returns:
             dict with ``"matrix"`` ``(B, n, n)`` float64, ``"displacement"`` ``(B, n, *ctrl)`` float32 control-point
             displacements in voxels or ``None``, ``"gamma"`` ``(B,)`` float64 (1 = off), ``"flip"`` ``(B, n)`` bool,
-            ``"intensity_scale"`` ``(B,)`` float64 factors (1 = off) and ``"noise_std"`` ``(B,)`` float64 (0 = off),
-            each ``None`` when its probability is 0.
+            ``"intensity_scale"`` ``(B,)`` float64 factors (1 = off), ``"noise_std"`` ``(B,)`` float64 (0 = off),
+            ``"intensity_shift"`` ``(B,)`` float64 offsets (0 = off) and ``"histogram_shift"`` ``(B, P)`` control
+            points (:meth:`draw_histogram_shift`), each ``None`` when its probability is 0.
         """
         g = generator if generator is not None else self.generator
         cfg = self.config
@@ -194,6 +223,12 @@ class BatchAugment(nn.Module):
         if cfg.noise_prob > 0:
             on = self._rand(b, generator=g) < cfg.noise_prob
             noise_std = on * self._rand(b, generator=g) * cfg.noise_std  # std uniform in [0, noise_std] (MONAI)
+        shift = hist = None
+        if cfg.intensity_shift_prob > 0:
+            on = self._rand(b, generator=g) < cfg.intensity_shift_prob
+            shift = on * (2 * self._rand(b, generator=g) - 1) * cfg.intensity_shift_range
+        if cfg.histogram_shift_prob > 0:
+            hist = self.draw_histogram_shift(b, g)
         return {
             "matrix": matrix,
             "displacement": displacement,
@@ -201,7 +236,31 @@ class BatchAugment(nn.Module):
             "flip": flip,
             "intensity_scale": scale_int,
             "noise_std": noise_std,
+            "intensity_shift": shift,
+            "histogram_shift": hist,
         }
+
+    def draw_histogram_shift(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Control points of MONAI ``RandHistogramShift`` per sample: ``(B, P)`` float64 floating points on ``[0, 1]``
+        (the reference points are ``linspace(0, 1, n)``; ``n`` uniform in ``histogram_shift_points``, padded with NaN
+        to ``P = max``); a row of NaN = off. Point ``i`` is uniform between the (already drawn) point ``i - 1`` and the
+        reference point ``i + 1``, as MONAI draws it.
+        """
+        cfg = self.config
+        lo, hi = cfg.histogram_shift_points
+        on = self._rand(batch_size, generator=generator) < cfg.histogram_shift_prob
+        out = torch.full((batch_size, hi), float("nan"), dtype=torch.float64)
+        for i in range(batch_size):
+            n = lo + int(self._rand(1, generator=generator).item() * (hi - lo + 1))
+            n = min(n, hi)
+            ref = torch.linspace(0, 1, n, dtype=torch.float64)
+            pts = ref.clone()
+            u = self._rand(max(n - 2, 0), generator=generator)
+            for k in range(1, n - 1):
+                pts[k] = pts[k - 1] + u[k - 1] * (ref[k + 1] - pts[k - 1])
+            if on[i]:
+                out[i, :n] = pts
+        return out
 
     # ------------------------------------------------------------------ application
     def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -222,6 +281,8 @@ class BatchAugment(nn.Module):
         flip: torch.Tensor | None = None,
         intensity_scale: torch.Tensor | None = None,
         noise_std: torch.Tensor | None = None,
+        intensity_shift: torch.Tensor | None = None,
+        histogram_shift: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Any]:
         """Apply given parameters; see :meth:`draw` for their shapes. ``None`` = that part off.
@@ -250,6 +311,10 @@ class BatchAugment(nn.Module):
         if noise_std is not None and bool((noise_std > 0).any()):
             noise = torch.randn(image.shape, generator=generator, dtype=torch.float32)
             image = image + (noise * noise_std.to(torch.float32).view(view)).to(image.device, image.dtype)
+        if intensity_shift is not None and bool((intensity_shift != 0).any()):
+            image = image + intensity_shift.to(image.device, image.dtype).view(view)
+        if histogram_shift is not None:
+            image = histogram_shift_batch(image, histogram_shift)
         if flip is not None:
             flip_cpu = flip.cpu()  # decide on the host which axes need work: no device sync per axis
             for a in range(n):

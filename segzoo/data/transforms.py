@@ -35,8 +35,10 @@ from monai.transforms import (
     RandAdjustContrastd,
     RandFlipd,
     RandGaussianNoised,
+    RandHistogramShiftd,
     Randomizable,
     RandScaleIntensityd,
+    RandShiftIntensityd,
 )
 from monai.transforms.utils import create_rotate
 
@@ -186,8 +188,8 @@ def build_kits19_transforms(
 
     The input crop must have the size ``transforms.transforms[0].input_size`` (see :func:`augmentation_input_size`);
     the output has ``patch_size``. Order: spatial (rotation + scaling + elastic, one resampling) -> gamma (image only)
-    -> intensity scaling and noise (image only; only when their probability is > 0, off by default) -> mirroring
-    per axis.
+    -> intensity scaling, noise, intensity shift, histogram shift (image only; each only when its probability is > 0,
+    off by default) -> mirroring per axis.
 
     Args:
         patch_size: output patch ``(D, H, W)``.
@@ -210,6 +212,14 @@ def build_kits19_transforms(
         )
     if cfg.noise_prob > 0:
         transforms.append(RandGaussianNoised(image_key, prob=cfg.noise_prob, std=cfg.noise_std))
+    if cfg.intensity_shift_prob > 0:
+        transforms.append(
+            RandShiftIntensityd(image_key, offsets=cfg.intensity_shift_range, prob=cfg.intensity_shift_prob)
+        )
+    if cfg.histogram_shift_prob > 0:
+        transforms.append(
+            RandHistogramShiftd(image_key, num_control_points=cfg.histogram_shift_points, prob=cfg.histogram_shift_prob)
+        )
     transforms += [RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=a) for a in cfg.flip_axes]
     return Compose(transforms)
 

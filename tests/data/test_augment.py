@@ -14,10 +14,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from monai.transforms import RandHistogramShift
 from scipy.stats import ks_2samp
 
 from segzoo.data.augment import AugmentConfig, SliceAugmentConfig, resolve_augment
-from segzoo.data.gpu_augment import BatchAugment, SampleAugment
+from segzoo.data.gpu_augment import BatchAugment, SampleAugment, histogram_shift_batch
 from segzoo.data.transforms import RandSpatialAugmentd, build_kits19_transforms
 
 PATCH = (8, 16, 16)
@@ -229,3 +230,48 @@ def test_augment_is_settable_from_yaml_and_command_line(tmp_path):
     )
     dm2 = parser.instantiate_classes(chaos).data
     assert dm2.augment == SliceAugmentConfig(rotate_prob=0.3)  # the 2D defaults for every other field
+
+
+def test_intensity_and_histogram_shift_match_monai():
+    """BatchAugment's intensity shift and histogram shift draw and map as MONAI's RandShiftIntensity /
+    RandHistogramShift do: offsets and the remapped value of a ramp are compared as distributions, and one set of
+    control points maps a ramp exactly as MONAI's interpolation does."""
+    cfg = AugmentConfig(rotate_prob=0, scale_prob=0, elastic_prob=0, gamma_prob=0, flip_prob=0, flip_axes=(),
+                        intensity_shift_prob=0.6, intensity_shift_range=0.5,
+                        histogram_shift_prob=0.7, histogram_shift_points=(4, 8))  # fmt: skip
+    p = BatchAugment(cfg).draw(N, (8, 8), torch.Generator().manual_seed(0))
+    chain = build_kits19_transforms(PATCH, cfg)
+    chain.set_random_state(seed=0)
+    names = [type(t).__name__ for t in chain.transforms]
+    shift_t, hist_t = (chain.transforms[names.index(k)] for k in ("RandShiftIntensityd", "RandHistogramShiftd"))
+    ramp = torch.linspace(-2, 3, 101).view(1, 1, 101)
+    offsets, mids = [], []
+    for _ in range(N):
+        shift_t.randomize(None)
+        if shift_t._do_transform:
+            shift_t.shifter.randomize(None)
+        offsets.append(shift_t.shifter._offset if shift_t._do_transform else 0.0)
+        mids.append(float(hist_t({"image": ramp.clone()})["image"][0, 0, 37]))
+    offsets, gpu_o = np.array(offsets), p["intensity_shift"].numpy()
+    assert _same_rate(offsets != 0, gpu_o != 0) and _same_values(offsets[offsets != 0], gpu_o[gpu_o != 0])
+    assert gpu_o.min() >= -0.5 and gpu_o.max() <= 0.5
+    gpu_mid = histogram_shift_batch(ramp.expand(N, 1, 101), p["histogram_shift"])[:, 0, 37].numpy()
+    mids, ref = np.array(mids), float(ramp[0, 0, 37])
+    assert _same_rate(~np.isclose(mids, ref), ~np.isclose(gpu_mid, ref))
+    assert _same_values(mids[~np.isclose(mids, ref)], gpu_mid[~np.isclose(gpu_mid, ref)])
+    # the comparison can fail: fewer control points shift further
+    other = BatchAugment(dataclasses.replace(cfg, histogram_shift_points=(3, 3))).draw(N, (8, 8), torch.Generator())
+    far = histogram_shift_batch(ramp.expand(N, 1, 101), other["histogram_shift"])[:, 0, 37].numpy()
+    assert not _same_values(mids[~np.isclose(mids, ref)], far[~np.isclose(far, ref)])
+    # one draw applied: MONAI's interpolation with the same points, the image's min / max kept
+    row = p["histogram_shift"][int(np.flatnonzero(~np.isnan(p["histogram_shift"][:, 0].numpy()))[0])]
+    pts = row[~torch.isnan(row)].numpy()
+    mono = RandHistogramShift(num_control_points=len(pts), prob=1.0)
+    mono.reference_control_points, mono.floating_control_points = np.linspace(0, 1, len(pts)), pts
+    mono._do_transform = True
+    expected = mono(ramp.clone(), randomize=False)
+    got = histogram_shift_batch(ramp.clone(), row[None])
+    torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=0)
+    assert float(got.min()) == pytest.approx(-2) and float(got.max()) == pytest.approx(3)
+    with pytest.raises(ValueError, match="histogram_shift_points"):
+        AugmentConfig(histogram_shift_points=(2, 5))
