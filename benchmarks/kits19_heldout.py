@@ -26,25 +26,37 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DYNUNET = {
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 3,
-    "kernel_size": [[1, 3, 3], 3, 3, 3],
-    "strides": [1, [1, 2, 2], 2, 2],
-    "upsample_kernel_size": [[1, 2, 2], 2, 2],
-    "filters": [8, 16, 32, 64],
-    "norm_name": "instance",
-    "deep_supervision": False,
-    "res_block": False,
-}
+def _config(config: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(config).read_text())
 
 
-def dynunet_override(path: Path) -> Path:
+def dynunet_args(config: str) -> dict:
+    """``DynUNet`` arguments matching the MSS U-Net of ``config``: same kernels, strides and widths (base features
+    doubled per level, capped at max features), instance norm, no deep supervision, no residual blocks."""
+    net = _config(config)["model"]["net"]["init_args"]
+    kernels, strides = net["kernel_size"], net["strides"]
+    base, top = int(net.get("base_features", 32)), int(net.get("max_features", 320))
+    return {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "kernel_size": kernels,
+        "strides": strides,
+        "upsample_kernel_size": strides[1:],
+        "filters": [min(base * 2**i, top) for i in range(len(kernels))],
+        "norm_name": "instance",
+        "deep_supervision": False,
+        "res_block": False,
+    }
+
+
+def dynunet_override(path: Path, config: str) -> Path:
     """A second ``--config`` that replaces net, loss and post-processing of the demo config (JSON is valid YAML)."""
     cfg = {
         "model": {
-            "net": {"class_path": "monai.networks.nets.DynUNet", "init_args": DYNUNET},
+            "net": {"class_path": "monai.networks.nets.DynUNet", "init_args": dynunet_args(config)},
             "loss": {"class_path": "monai.losses.DiceCELoss", "init_args": {"to_onehot_y": True, "softmax": True}},
             "postprocess": None,
         }
@@ -53,14 +65,15 @@ def dynunet_override(path: Path) -> Path:
     return path
 
 
-def load_dynunet(ckpt_path: Path):
+def load_dynunet(ckpt_path: Path, config: str):
+    """The trained peer and its preprocessor; the checkpoint is read as plain data (``weights_only=True``)."""
     import torch
     from monai.networks.nets import DynUNet
 
     from segzoo.data.preprocessing import CTPreprocessor
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    net = DynUNet(**{k: v for k, v in DYNUNET.items()})
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    net = DynUNet(**dynunet_args(config))
     net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
     pre = next(v["preprocessor"] for v in ckpt.values() if isinstance(v, dict) and "preprocessor" in v)
     return net.eval(), CTPreprocessor.from_dict(pre)
@@ -123,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     run = out / f"{args.net}_seed{args.seed}"
     fit_args = ["fit", "--config", args.config]
     if args.net == "dynunet":
-        fit_args += ["--config", str(dynunet_override(out / "dynunet_override.yaml"))]
+        fit_args += ["--config", str(dynunet_override(out / "dynunet_override.yaml", args.config))]
     fit_args += ["--data.data_dir", str(data), "--trainer.default_root_dir", str(run)]
     fit_args += [f"--seed_everything={args.seed}", *extra]
     t0 = time.time()
@@ -139,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         with_pp = load_predictor(ckpt, tta=False, overlap=0.25)
         variants = {"post": with_pp, "none": Predictor(with_pp.net, with_pp.inferer, with_pp.preprocessor, None)}
     else:
-        net, pre = load_dynunet(ckpt)
-        roi = [24, 96, 96]
+        net, pre = load_dynunet(ckpt, args.config)
+        roi = list(_config(args.config)["data"]["init_args"]["patch_size"])
         inferer = SlidingWindowTTAInferer(roi_size=roi, sw_batch_size=2, overlap=0.25, mirror_axes=None)
         variants = {"none": Predictor(net, inferer, pre, None)}
     rows: dict[str, list[dict]] = {k: [] for k in variants}
