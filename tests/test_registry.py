@@ -22,8 +22,8 @@ TINY = {
     "unet2d": {"features": (8, 16, 32, 64, 128)},
     "unet_pfm": {"features": (8, 16, 32, 64, 128)},
     "cenet": {"features": (8, 16, 32, 64), "layers": (1, 1, 1, 1)},
-    "denseaspp": {"growth_rate": 4, "block_config": (1, 1, 1, 1), "init_features": 8, "aspp_mid": 8, "aspp_out": 4},
-    "msdual": {"encoder_features": (8, 16, 32, 64), "encoder_layers": (1, 1, 1, 1), "features": 8},
+    "denseaspp": {"growth_rate": 4, "layers": (1, 1, 1, 1), "init_features": 8, "aspp_mid": 8, "aspp_out": 4},
+    "msdual": {"features": (8, 16, 32, 64), "layers": (1, 1, 1, 1), "attention_features": 8},
 }
 
 

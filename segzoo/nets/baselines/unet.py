@@ -34,7 +34,7 @@ class UNet2D(SegNet):
         features: widths per level (the paper: 64, 128, 256, 512, 1024); ``len(features) - 1`` poolings.
         block: ``"conv"`` (classic) or ``"pfm"``: every 3x3 conv except the very first becomes a PFM block
             (:class:`~segzoo.nets.blocks.rotation.DualRotationBlock` with one PFM branch and 4 directions).
-        kernel_sizes: PFM kernel size per group when ``block="pfm"``.
+        kernel_size: PFM kernel size per group when ``block="pfm"``.
         angles: PFM rotation angles when ``block="pfm"``.
         dropout: dropout probability on the outputs of the two deepest contracting levels (the paper: "drop-out
             layers at the end of the contracting path", 0.5 in the original Caffe model); 0 turns it off.
@@ -53,7 +53,7 @@ class UNet2D(SegNet):
         out_channels: int = 2,
         features: Sequence[int] = (64, 128, 256, 512, 1024),
         block: str = "conv",
-        kernel_sizes: Sequence[int] = (1, 3, 5, 7),
+        kernel_size: Sequence[int] = (1, 3, 5, 7),
         angles: Sequence[int] = (0, 90, 180, 270),
         dropout: float = 0.5,
         norm: str | tuple = "batch",
@@ -74,9 +74,9 @@ class UNet2D(SegNet):
 
         def conv(cin: int, cout: int, first: bool = False) -> nn.Module:
             if block == "pfm" and not first:
-                dilations = (1,) * len(kernel_sizes)  # unused: no DPFM branch
+                dilations = (1,) * len(kernel_size)  # unused: no DPFM branch
                 return DualRotationBlock(
-                    cin, cout, kernel_sizes, dilations, angles=angles, branches=("pfm",), norm=norm, act=act
+                    cin, cout, kernel_size, dilations, angles=angles, branches=("pfm",), norm=norm, act=act
                 )
             return nn.Sequential(
                 nn.Conv2d(cin, cout, 3, padding=1, bias=False),

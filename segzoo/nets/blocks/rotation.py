@@ -108,7 +108,7 @@ class DualRotationBlock(nn.Module):
     Args:
         in_channels: input channels, divisible by ``groups``.
         out_channels: output channels, divisible by ``map_ratio``.
-        kernel_sizes: PFM kernel size per group (the paper: 1, 3, 5, 7).
+        kernel_size: PFM kernel size per group (the paper: 1, 3, 5, 7).
         dilations: DPFM dilation per group (3x3 kernels; the paper: 1, 2, 3, 4).
         dpfm_depth: stacked dilated convs per DPFM group (the paper: 1 in shallow blocks, 2 in the deep ones).
         angles: rotation angles in degrees (multiples of 90); each group is seen in every direction. A single
@@ -140,7 +140,7 @@ class DualRotationBlock(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_sizes: Sequence[int] = (1, 3, 5, 7),
+        kernel_size: Sequence[int] = (1, 3, 5, 7),
         dilations: Sequence[int] = (1, 2, 3, 4),
         dpfm_depth: int = 1,
         angles: Sequence[int] = (0, 90, 180, 270),
@@ -153,10 +153,10 @@ class DualRotationBlock(nn.Module):
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        groups = len(kernel_sizes)
+        groups = len(kernel_size)
         if len(dilations) != groups:
             raise ValueError(
-                f"kernel_sizes {tuple(kernel_sizes)} and dilations {tuple(dilations)} must have one entry per group"
+                f"kernel_size {tuple(kernel_size)} and dilations {tuple(dilations)} must have one entry per group"
             )
         if groups < 1 or in_channels % groups:
             raise ValueError(f"in_channels={in_channels} must be divisible by the number of groups ({groups})")
@@ -184,7 +184,7 @@ class DualRotationBlock(nn.Module):
         self.branches = nn.ModuleList()
         for kind in self.branch_kinds:
             if kind == "pfm":
-                convs = [PartialConv(cin, cmap, kernel_size=k, act=act, copies=copies) for k in kernel_sizes]
+                convs = [PartialConv(cin, cmap, kernel_size=k, act=act, copies=copies) for k in kernel_size]
             else:
                 convs = [
                     PartialConv(cin, cmap, 3, dilation=d, depth=dpfm_depth, act=act, copies=copies) for d in dilations
