@@ -5,7 +5,10 @@ the paper-width builds are marked slow.
 """
 
 import fnmatch
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,6 +115,22 @@ def test_overrides_and_rebuild(name, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(net(x), loaded(x))
         assert net(x).shape[1] == 4
+
+
+# state-dict keys and shapes of every registered net at its tiny widths, as saved checkpoints hold them; a refactor
+# that renames a module (e.g. nesting conv-norm-act in MONAI's Convolution) breaks loading and fails here
+STATE_DICT_KEYS = json.loads((Path(__file__).parent / "nets" / "state_dict_keys.json").read_text())
+
+
+@pytest.mark.parametrize("name", segzoo.list_nets())
+def test_state_dict_keys_are_those_of_saved_checkpoints(name):
+    net = segzoo.create_net(name, **tiny_kwargs(name))
+    text = "\n".join(f"{k} {tuple(v.shape)}" for k, v in net.state_dict().items())
+    assert name in STATE_DICT_KEYS, f"record {name} in {Path(__file__).parent / 'nets' / 'state_dict_keys.json'}"
+    stored = STATE_DICT_KEYS[name]
+    assert (len(net.state_dict()), hashlib.sha256(text.encode()).hexdigest()) == (stored["keys"], stored["sha256"]), (
+        f"{name}: state-dict keys or shapes changed, so checkpoints saved before no longer load"
+    )
 
 
 @pytest.mark.parametrize("name", segzoo.list_nets())

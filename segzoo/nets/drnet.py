@@ -28,26 +28,22 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from segzoo.nets._registry import register_net
 from segzoo.nets.base import SegNet
 from segzoo.nets.baselines.unet import UNet2D
+from segzoo.nets.blocks.conv import conv_norm_act
 from segzoo.nets.blocks.rotation import DualRotationBlock
 
 __all__ = ["DRNet"]
 
 
 def _plain_block(in_channels: int, out_channels: int, norm: str | tuple, act: str | tuple) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for cin in (in_channels, out_channels):
-        layers += [
-            nn.Conv2d(cin, out_channels, 3, padding=1, bias=False),
-            get_norm_layer(norm, spatial_dims=2, channels=out_channels),
-            get_act_layer(act),
-        ]
-    return nn.Sequential(*layers)
+    return nn.Sequential(
+        *conv_norm_act(in_channels, out_channels, norm=norm, act=act),
+        *conv_norm_act(out_channels, out_channels, norm=norm, act=act),
+    )
 
 
 class DRNet(SegNet):

@@ -19,11 +19,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
 from segzoo.nets._registry import register_net
 from segzoo.nets.base import SegNet
+from segzoo.nets.blocks.conv import conv_norm_act
 
 __all__ = ["DenseASPP"]
 
@@ -31,11 +32,7 @@ __all__ = ["DenseASPP"]
 def _norm_act_conv(
     cin: int, cout: int, k: int, norm: str | tuple, act: str | tuple, dilation: int = 1, dropout: float = 0.0
 ) -> list[nn.Module]:
-    layers = [
-        get_norm_layer(norm, spatial_dims=2, channels=cin),
-        get_act_layer(act),
-        nn.Conv2d(cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation, bias=False),
-    ]
+    layers = conv_norm_act(cin, cout, k, dilation=dilation, norm=norm, act=act, preactivation=True)
     if dropout:
         layers.append(nn.Dropout2d(dropout))
     return layers
@@ -105,9 +102,7 @@ class DenseASPP(SegNet):
         if len(layers) != 4:
             raise ValueError(f"layers must list 4 dense blocks, got {tuple(layers)}")
         backbone: list[nn.Module] = [
-            nn.Conv2d(in_channels, init_features, 7, stride=2, padding=3, bias=False),
-            get_norm_layer(norm, spatial_dims=2, channels=init_features),
-            get_act_layer(act),
+            *conv_norm_act(in_channels, init_features, 7, stride=2, norm=norm, act=act),
             nn.MaxPool2d(3, stride=2, padding=1),
         ]
         c = init_features

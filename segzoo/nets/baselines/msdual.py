@@ -24,22 +24,18 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from segzoo.nets._registry import register_net
 from segzoo.nets.base import SegNet
 from segzoo.nets.baselines._resnet import ResNetEncoder
+from segzoo.nets.blocks.conv import conv_norm_act
 
 __all__ = ["ChannelAttention", "MSDual", "PositionAttention"]
 
 
 def _cna(cin: int, cout: int, k: int, norm: str | tuple, act: str | tuple) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-        get_norm_layer(norm, spatial_dims=2, channels=cout),
-        get_act_layer(act),
-    )
+    return nn.Sequential(*conv_norm_act(cin, cout, k, norm=norm, act=act))
 
 
 class PositionAttention(nn.Module):

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from segzoo.nets._registry import register_net
 from segzoo.nets.base import SegNet
+from segzoo.nets.blocks.conv import conv_norm_act
 from segzoo.nets.blocks.rotation import DualRotationBlock
 
 __all__ = ["UNet2D"]
@@ -78,11 +78,7 @@ class UNet2D(SegNet):
                 return DualRotationBlock(
                     cin, cout, kernel_size, dilations, angles=angles, branches=("pfm",), norm=norm, act=act
                 )
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                get_norm_layer(norm, spatial_dims=2, channels=cout),
-                get_act_layer(act),
-            )
+            return nn.Sequential(*conv_norm_act(cin, cout, norm=norm, act=act))
 
         def double(cin: int, cout: int, first: bool = False) -> nn.Sequential:
             return nn.Sequential(conv(cin, cout, first), conv(cout, cout))

@@ -24,8 +24,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.layers.utils import get_act_layer
 from torch import nn
+
+from segzoo.nets.blocks.conv import conv_norm_act
 
 __all__ = ["BRANCH_KINDS", "FUSIONS", "DualRotationBlock", "PartialConv", "rotate"]
 
@@ -197,11 +199,7 @@ class DualRotationBlock(nn.Module):
             else None
         )
         n_maps = groups * (len(self.angles) if fusion == "concat" else 1)
-        self.fuse = nn.Sequential(
-            nn.Conv2d(n_maps * cmap, out_channels, 1, bias=False),
-            get_norm_layer(norm, spatial_dims=2, channels=out_channels),
-            get_act_layer(act),
-        )
+        self.fuse = nn.Sequential(*conv_norm_act(n_maps * cmap, out_channels, 1, norm=norm, act=act))
 
     def direction_maps(self, x: torch.Tensor, res: torch.Tensor | None = None) -> torch.Tensor:
         """The fused (summed over branches, plus the per-map residual) direction maps before the outer fusion.
