@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from segzoo.data.io import DataError, save_nifti
-from segzoo.data.kits19 import find_kits19_cases
+from segzoo.data.kits19 import KiTS19Case, find_kits19_cases
 from segzoo.data.preprocessing import (
     CTPreprocessor,
     cache_paths,
@@ -178,3 +179,63 @@ def test_restore_equals_argmax_of_resampled_channels_and_leaves_input(classes, s
     assert out.dtype == np.uint8 and out.shape == shape
     np.testing.assert_array_equal(out, expected)
     assert torch.equal(probs, kept)  # the running maximum never writes into the caller's scores
+
+
+# ------------------------------------------------------------------ constant intensities and stale cache entries
+SHAPE = (6, 8, 8)
+AFFINE = np.diag([3.0, 0.8, 0.8, 1.0])
+
+
+def test_ct_preprocessor_constant_intensity_fingerprint(tmp_path):
+    folder = tmp_path / "case_00000"
+    label = np.zeros(SHAPE, np.uint8)
+    label[2:4, 2:6, 2:6] = 1
+    save_nifti(np.full(SHAPE, 40.0, np.float32), AFFINE, folder / "imaging.nii.gz")  # std 0 everywhere
+    save_nifti(label, AFFINE, folder / "segmentation.nii.gz")
+    fp = compute_fingerprint([KiTS19Case("case_00000", folder / "imaging.nii.gz", folder / "segmentation.nii.gz")])
+    assert fp["foreground"]["std"] == 0.0
+    pre = CTPreprocessor.from_fingerprint(fp, target_spacing=(3.0, 0.8, 0.8))
+    for image in (np.full(SHAPE, 40.0), np.full(SHAPE, -1000.0), np.linspace(-500, 500, 384).reshape(SHAPE)):
+        out = pre.preprocess(image, (3.0, 0.8, 0.8))
+        assert out.shape == (1, *SHAPE) and np.isfinite(out).all()
+        assert np.array_equal(out, np.zeros_like(out))  # clipped to the one value, which is the mean
+
+
+def test_ct_preprocessor_std_zero_and_resampling_stay_finite():
+    pre = CTPreprocessor(-100.0, 300.0, 120.0, 0.0, target_spacing=(2.0, 1.0, 1.0))
+    out = pre.preprocess(np.full((5, 9, 9), 120.0), (3.0, 0.8, 0.8))
+    assert out.shape == (1, *pre.new_shape((5, 9, 9), (3.0, 0.8, 0.8))) and np.isfinite(out).all()
+    assert np.abs(out).max() == 0.0
+
+
+def test_changed_source_file_invalidates_its_cache_entry(tmp_path):
+    rng = np.random.default_rng(0)
+    cases = []
+    for k in range(2):
+        folder = tmp_path / "data" / f"case_{k:05d}"
+        label = np.zeros(SHAPE, np.uint8)
+        label[2:4, 2:6, 2:6] = 1
+        save_nifti(rng.normal(100, 20, SHAPE).astype(np.float32), AFFINE, folder / "imaging.nii.gz")
+        save_nifti(label, AFFINE, folder / "segmentation.nii.gz")
+        cases.append(KiTS19Case(folder.name, folder / "imaging.nii.gz", folder / "segmentation.nii.gz"))
+    pre = CTPreprocessor(0.0, 200.0, 100.0, 20.0, target_spacing=(3.0, 0.8, 0.8))  # no resampling
+    cache = tmp_path / "cache"
+    preprocess_dataset(cases, cache, pre, progress=False)
+    p0, p1 = cache_paths(cache, "case_00000"), cache_paths(cache, "case_00001")
+    untouched = {p: p.stat().st_mtime_ns for p in p1.values()}
+
+    # the image of case 0 replaced by other data (same shape and size on disk class: only content and mtime differ)
+    new = np.full(SHAPE, 150.0, np.float32)
+    save_nifti(new, AFFINE, cases[0].image)
+    preprocess_dataset(cases, cache, pre, progress=False)
+    np.testing.assert_allclose(np.load(p0["image"])[0], pre.normalize(new))
+    assert {p: p.stat().st_mtime_ns for p in p1.values()} == untouched
+
+    # a touch alone (same bytes, new mtime) also counts as a change: size+mtime key, no stale cache served
+    before = p0["image"].stat().st_mtime_ns
+    stat = cases[0].label.stat()
+    os.utime(cases[0].label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    preprocess_dataset(cases, cache, pre, progress=False)
+    assert p0["image"].stat().st_mtime_ns != before
+    assert {p: p.stat().st_mtime_ns for p in p1.values()} == untouched
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary files left

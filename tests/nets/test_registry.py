@@ -46,7 +46,7 @@ def _example(name, batch=2):
 
 def test_every_registered_net_has_tiny_widths_and_an_example_shape():
     missing = [n for n in segzoo.list_nets() if not any(fnmatch.fnmatch(n, p) for p in TINY)]
-    assert missing == [], f"add tiny widths for {missing} to TINY in tests/test_registry.py"
+    assert missing == [], f"add tiny widths for {missing} to TINY in tests/nets/test_registry.py"
     assert all(net_example_shape(n) for n in segzoo.list_nets())
 
 
@@ -119,14 +119,14 @@ def test_overrides_and_rebuild(name, tmp_path):
 
 # state-dict keys and shapes of every registered net at its tiny widths, as saved checkpoints hold them; a refactor
 # that renames a module (e.g. nesting conv-norm-act in MONAI's Convolution) breaks loading and fails here
-STATE_DICT_KEYS = json.loads((Path(__file__).parent / "nets" / "state_dict_keys.json").read_text())
+STATE_DICT_KEYS = json.loads((Path(__file__).parent / "state_dict_keys.json").read_text())
 
 
 @pytest.mark.parametrize("name", segzoo.list_nets())
 def test_state_dict_keys_are_those_of_saved_checkpoints(name):
     net = segzoo.create_net(name, **tiny_kwargs(name))
     text = "\n".join(f"{k} {tuple(v.shape)}" for k, v in net.state_dict().items())
-    assert name in STATE_DICT_KEYS, f"record {name} in {Path(__file__).parent / 'nets' / 'state_dict_keys.json'}"
+    assert name in STATE_DICT_KEYS, f"record {name} in {Path(__file__).parent / 'state_dict_keys.json'}"
     stored = STATE_DICT_KEYS[name]
     assert (len(net.state_dict()), hashlib.sha256(text.encode()).hexdigest()) == (stored["keys"], stored["sha256"]), (
         f"{name}: state-dict keys or shapes changed, so checkpoints saved before no longer load"
