@@ -60,44 +60,32 @@ def _ckpt(path: Path, net_config: dict, state: dict) -> Path:
     return path
 
 
+def _infer_refuses(ckpt: Path, tmp_path: Path, capsys, expected: str, *extra) -> None:
+    """`segzoo infer` with checkpoint ``ckpt`` on a valid image: one error line naming ``ckpt`` and ``expected``."""
+    image = tmp_path / "ct.nii.gz"
+    save_nifti(np.zeros(SHAPE, np.float32), AFFINE, image)
+    argv = ["infer", "--ckpt", ckpt, "--input", image, "--output", tmp_path / "out", *extra]
+    expect_cli_error(argv, capsys, ckpt, expected)
+
+
 def test_checkpoint_of_another_net(tmp_path, capsys):
     small = MSSUNet(kernel_size=[3, 3, 3], strides=[1, 2, 2], base_features=4, out_channels=3)
     other = MSSUNet(kernel_size=[3, 3, 3], strides=[1, 2, 2], base_features=6, out_channels=2)
     ckpt = _ckpt(tmp_path / "mixed.ckpt", small.init_config, other.state_dict())
-    image = tmp_path / "ct.nii.gz"
-    save_nifti(np.zeros(SHAPE, np.float32), AFFINE, image)
-    expect_cli_error(
-        ["infer", "--ckpt", ckpt, "--input", image, "--output", tmp_path / "out", "--roi-size", 4, 8, 8],
-        capsys,
-        ckpt,
-        "do not fit the net segzoo.nets.mss_unet.MSSUNet",
-    )
+    expected = "do not fit the net segzoo.nets.mss_unet.MSSUNet"
+    _infer_refuses(ckpt, tmp_path, capsys, expected, "--roi-size", 4, 8, 8)
 
 
 def test_non_segzoo_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"model.weight": torch.zeros(3)}, "epoch": 3}, ckpt)
-    image = tmp_path / "ct.nii.gz"
-    save_nifti(np.zeros(SHAPE, np.float32), AFFINE, image)
-    expect_cli_error(
-        ["infer", "--ckpt", ckpt, "--input", image, "--output", tmp_path / "out"],
-        capsys,
-        ckpt,
-        "not a segzoo checkpoint",
-    )
+    _infer_refuses(ckpt, tmp_path, capsys, "not a segzoo checkpoint")
 
 
 def test_random_file_as_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "weights.ckpt"
     ckpt.write_bytes(np.random.default_rng(0).bytes(4096))
-    image = tmp_path / "ct.nii.gz"
-    save_nifti(np.zeros(SHAPE, np.float32), AFFINE, image)
-    expect_cli_error(
-        ["infer", "--ckpt", ckpt, "--input", image, "--output", tmp_path / "out"],
-        capsys,
-        ckpt,
-        "cannot read checkpoint",
-    )
+    _infer_refuses(ckpt, tmp_path, capsys, "cannot read checkpoint")
 
 
 def test_pretrained_directory_with_wrong_weights(tmp_path, pretrained):
