@@ -82,6 +82,7 @@ class DRNet(SegNet):
         output logits ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
     divisor = 16  # checked by SegNet before forward
 
     def __init__(
@@ -105,8 +106,6 @@ class DRNet(SegNet):
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"DRNet is 2D: spatial_dims must be 2, got {spatial_dims}")
         if len(features) != 5:
             raise ValueError(f"features must give the 5 encoder widths, got {tuple(features)}")
         if skip_fusion not in ("add", "concat"):

@@ -151,6 +151,14 @@ def test_input_size_check_from_the_divisor(name):
         net(torch.randn(1, *shape)[0])  # no batch axis
 
 
+@pytest.mark.parametrize("name", segzoo.list_nets())
+def test_spatial_dims_outside_the_supported_ones_are_refused_by_segnet(name):
+    net = segzoo.create_net(name, **tiny_kwargs(name))
+    assert net.spatial_dims in net.supported_spatial_dims
+    with pytest.raises(ValueError, match=rf"{type(net).__name__} is .*D: spatial_dims must be .*, got 4"):
+        segzoo.create_net(name, spatial_dims=4, **tiny_kwargs(name))
+
+
 def test_deep_supervision_contract_is_enforced():
     class Broken(SegNet):
         deep_supervision = True

@@ -109,6 +109,7 @@ class CENet(SegNet):
         input ``(B, in_channels, H, W)`` with H and W divisible by 32; output ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
     divisor = 32  # checked by SegNet before forward
 
     def __init__(
@@ -123,8 +124,6 @@ class CENet(SegNet):
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"CENet is 2D: spatial_dims must be 2, got {spatial_dims}")
         if len(features) != 4 or len(layers) != 4:
             raise ValueError(f"CENet needs 4 encoder stages, got features={tuple(features)} layers={tuple(layers)}")
         f = [int(c) for c in features]

@@ -79,6 +79,7 @@ class DenseASPP(SegNet):
         input ``(B, in_channels, H, W)`` with H and W divisible by 8; output ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
     divisor = 8  # checked by SegNet before forward
 
     def __init__(
@@ -97,8 +98,6 @@ class DenseASPP(SegNet):
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"DenseASPP is 2D: spatial_dims must be 2, got {spatial_dims}")
         if len(layers) != 4:
             raise ValueError(f"layers must list 4 dense blocks, got {tuple(layers)}")
         backbone: list[nn.Module] = [

@@ -144,6 +144,7 @@ class MSDual(SegNet):
         input ``(B, in_channels, H, W)`` with H and W divisible by 32; output ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
     divisor = 32  # checked by SegNet before forward
 
     def __init__(
@@ -158,8 +159,6 @@ class MSDual(SegNet):
         act: str | tuple = "prelu",
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"MSDual is 2D: spatial_dims must be 2, got {spatial_dims}")
         c = int(attention_features)
         self.encoder = ResNetEncoder(in_channels, features, layers, norm, act)
         n = len(features)

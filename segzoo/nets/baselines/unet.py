@@ -46,6 +46,8 @@ class UNet2D(SegNet):
         output ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -60,8 +62,6 @@ class UNet2D(SegNet):
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"UNet2D is 2D: spatial_dims must be 2, got {spatial_dims}")
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
         if len(features) < 2:
