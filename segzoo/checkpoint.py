@@ -52,7 +52,7 @@ PRETRAINED_FILES = ("config.json", "model.safetensors", "preprocessor.json", "in
 # reading a checkpoint imports no more than it needs); keys are the class paths a file may name (canonical
 # ``module.QualName`` and the public re-export). The strings here are constants of this file, never read from a file.
 PREPROCESSORS: dict[str, type | str] = {
-    "ct": "segzoo.data.preprocessing.CTPreprocessor",
+    "ct": "segzoo.data.preprocessor.CTPreprocessor",
     "slice2d": "segzoo.data.slice2d.SlicePreprocessor",  # 2D nets: BraTS / CHAOS slice stacks (segzoo infer)
 }
 INFERERS: dict[str, type | str] = {
