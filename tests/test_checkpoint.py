@@ -29,7 +29,7 @@ from segzoo.checkpoint import (
 )
 from segzoo.cli import main
 from segzoo.data.io import load_nifti, save_nifti
-from segzoo.data.preprocessing import CTPreprocessor
+from segzoo.data.preprocessor import CTPreprocessor
 from segzoo.inference import KiTSPostprocess, SlidingWindowTTAInferer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
