@@ -79,7 +79,7 @@ def model_card(name: str, docs_dir: Path) -> tuple[str, dict]:
     args = cfg["init_args"]
     params = sum(p.numel() for p in net.parameters())
     shape = net_example_shape(name) or (args.get("in_channels", 1), 32, 32)
-    # every segzoo net returns logits at the input's resolution (checked for all nets by tests/test_registry.py)
+    # every segzoo net returns logits at the input's resolution (checked for all nets by tests/nets/test_registry.py)
     out_shape = (int(args["out_channels"]), *shape[1:])
     module = type(net).__module__
     summary = _first_paragraph(sys.modules[module].__doc__)

@@ -52,7 +52,7 @@ PRETRAINED_FILES = ("config.json", "model.safetensors", "preprocessor.json", "in
 # reading a checkpoint imports no more than it needs); keys are the class paths a file may name (canonical
 # ``module.QualName`` and the public re-export). The strings here are constants of this file, never read from a file.
 PREPROCESSORS: dict[str, type | str] = {
-    "ct": "segzoo.data.preprocessing.CTPreprocessor",
+    "ct": "segzoo.data.preprocessor.CTPreprocessor",
     "slice2d": "segzoo.data.slice2d.SlicePreprocessor",  # 2D nets: BraTS / CHAOS slice stacks (segzoo infer)
 }
 INFERERS: dict[str, type | str] = {
@@ -68,6 +68,20 @@ INFERERS: dict[str, type | str] = {
 POSTPROCESSES: dict[str, type | str] = {
     "segzoo.inference.postprocess.KiTSPostprocess": "segzoo.inference.postprocess.KiTSPostprocess",
     "segzoo.inference.KiTSPostprocess": "segzoo.inference.postprocess.KiTSPostprocess",
+}
+# Net constructor arguments renamed after checkpoints were written with them (one spelling per concept across the
+# nets, MONAI's first): per class path, old name -> today's name. A stored config that holds an old-only name is read
+# with the whole map applied at once (MS-Dual's old int `features` is today's `attention_features`, its old
+# `encoder_features` today's `features`). Constants of this file, never read from a file.
+RENAMED_NET_ARGS: dict[str, dict[str, str]] = {
+    "segzoo.nets.drnet.DRNet": {"kernel_sizes": "kernel_size", "deep_dpfm_depth": "dpfm_depth"},
+    "segzoo.nets.baselines.unet.UNet2D": {"kernel_sizes": "kernel_size"},
+    "segzoo.nets.baselines.denseaspp.DenseASPP": {"block_config": "layers"},
+    "segzoo.nets.baselines.msdual.MSDual": {
+        "encoder_features": "features",
+        "encoder_layers": "layers",
+        "features": "attention_features",
+    },
 }
 # run-time placement of an inferer, not a property of the trained model: never stored
 _INFERER_RUNTIME_ARGS = ("sw_device", "device", "progress", "memory_budget_gb")
@@ -170,6 +184,16 @@ def _init_parameters(cls: type) -> list[str]:
         if not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
             break
     return list(dict.fromkeys(names))
+
+
+def current_init_args(cls: type | None, init_args: dict[str, Any]) -> dict[str, Any]:
+    """``init_args`` of net class ``cls`` with the names of :data:`RENAMED_NET_ARGS` mapped to today's, when they
+    hold an old-only name (a config written before the rename); otherwise ``init_args`` unchanged."""
+    renames = RENAMED_NET_ARGS.get(_class_path(cls), {}) if cls is not None else {}
+    old_only = set(renames) - set(_init_parameters(cls)) if renames else set()
+    if not old_only & set(init_args):
+        return init_args
+    return {renames.get(k, k): v for k, v in init_args.items()}
 
 
 def callable_config(obj: Any, strict: bool = True, skip: Sequence[str] = ()) -> dict[str, Any] | None:
@@ -303,7 +327,7 @@ def build_net(config: Any, where: str = "net config") -> nn.Module:
     ``class_path`` the registered name ``registry_name`` is built with ``create_net(name, **init_args)``.
     """
     import segzoo.nets  # noqa: F401  registers segzoo's nets
-    from segzoo.nets._registry import create_net, list_nets, net_classes
+    from segzoo.nets._registry import create_net, list_nets, net_class, net_classes
 
     if not isinstance(config, dict):
         raise CheckpointError(f"{where}: the net config is not a JSON object")
@@ -320,9 +344,9 @@ def build_net(config: Any, where: str = "net config") -> nn.Module:
                     f"{where}: refusing net class '{class_path}': not the class of a registered segzoo net "
                     f"(known: {', '.join(sorted(c.rpartition('.')[2] for c in classes))})"
                 )
-            net = cls(**init_args)
+            net = cls(**current_init_args(cls, init_args))
         elif isinstance(name, str) and name in list_nets():
-            net = create_net(name, **init_args)
+            net = create_net(name, **current_init_args(net_class(name), init_args))
         else:
             raise CheckpointError(f"{where}: names no net (expected a 'class_path' or a registered 'registry_name')")
     except CheckpointError:

@@ -1,4 +1,4 @@
-"""Small shared helpers with no segzoo dependencies: atomic file writes, the CPU allocator setting."""
+"""Small shared helpers with no segzoo dependencies: atomic file writes, a process pool, the CPU allocator setting."""
 
 from __future__ import annotations
 
@@ -73,6 +73,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+def spawn_pool(num_workers: int):
+    """A ``ProcessPoolExecutor`` of ``num_workers`` spawned (not forked) processes: safe after CUDA or threads were
+    initialised in the parent (Lightning's ``prepare_data``)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def tune_cpu_allocator(mmap_threshold: int = 2**30, trim_threshold: int = 2**30) -> bool:

@@ -29,7 +29,7 @@ from segzoo.checkpoint import (
 )
 from segzoo.cli import main
 from segzoo.data.io import load_nifti, save_nifti
-from segzoo.data.preprocessing import CTPreprocessor
+from segzoo.data.preprocessor import CTPreprocessor
 from segzoo.inference import KiTSPostprocess, SlidingWindowTTAInferer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -238,6 +238,58 @@ def test_registry_nets_round_trip_through_pretrained(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with torch.no_grad():
         torch.testing.assert_close(segzoo.from_pretrained(tmp_path)(x), net(x))
+
+
+# nets saved before the argument renames (one spelling per concept): (registry name, old init_args, today's init_args)
+RENAMED = [
+    (
+        "drnet",
+        {"features": [8, 16, 32, 64, 128], "kernel_sizes": [1, 3, 3, 1], "deep_dpfm_depth": 1},
+        {"features": [8, 16, 32, 64, 128], "kernel_size": [1, 3, 3, 1], "dpfm_depth": 1},
+    ),
+    (
+        "unet_pfm",
+        {"features": [8, 16, 32, 64, 128], "kernel_sizes": [1, 3, 3, 1]},
+        {"features": [8, 16, 32, 64, 128], "kernel_size": [1, 3, 3, 1]},
+    ),
+    (
+        "denseaspp",
+        {"growth_rate": 4, "block_config": [1, 2, 1, 1], "init_features": 8, "aspp_mid": 8, "aspp_out": 4},
+        {"growth_rate": 4, "layers": [1, 2, 1, 1], "init_features": 8, "aspp_mid": 8, "aspp_out": 4},
+    ),
+    (
+        "msdual",
+        {"encoder_features": [8, 16, 32, 64], "encoder_layers": [1, 2, 1, 1], "features": 4},
+        {"features": [8, 16, 32, 64], "layers": [1, 2, 1, 1], "attention_features": 4},
+    ),
+]
+
+
+@pytest.mark.parametrize("by", ["class_path", "registry_name"])
+@pytest.mark.parametrize(("name", "old", "new"), RENAMED, ids=[r[0] for r in RENAMED])
+def test_configs_with_renamed_net_arguments_still_load(name, old, new, by, tmp_path):
+    net = segzoo.create_net(name, **new).eval()
+    net.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    saved = config["init_args"]
+    assert not set(saved) & (set(old) - set(new)), "today's config uses today's names"
+    # what the old code wrote: every constructor argument, under the old names (the defaults of the others kept)
+    config["init_args"] = {**{k: v for k, v in saved.items() if k not in new}, **old}
+    if by == "registry_name":
+        del config["class_path"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = segzoo.from_pretrained(tmp_path)  # strict weight loading: same modules, same shapes
+    assert loaded.init_config == net.init_config  # rebuilt under today's names
+    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+
+
+def test_a_config_with_todays_names_is_not_renamed(tmp_path):
+    # MS-Dual's `features` is a renamed-from name too: a config in today's names must reach the constructor as is
+    net = segzoo.create_net("msdual", features=[8, 16, 32, 64], layers=[1, 1, 1, 1], attention_features=4)
+    net.save_pretrained(tmp_path)
+    assert segzoo.from_pretrained(tmp_path).init_config == net.init_config
 
 
 def test_new_preprocessor_types_register_in_one_line(monkeypatch):

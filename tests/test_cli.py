@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from expect import expect_cli_error
 
 from segzoo.cli import _PLAIN_ELSEWHERE, expand_args, main
 
@@ -238,3 +239,21 @@ def test_a_wrapped_missing_module_is_found_in_the_cause_chain():
         messages = [m for err in _chain(wrapped) if (m := missing_extra_message(err, "segzoo export"))]
     assert len(messages) == 1 and "[onnx] extra" in messages[0]
     assert missing_extra_message(ModuleNotFoundError("x", name="numpy"), "f") is None  # not an optional package
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            trainer: {logger: false, max_epochs: 1}
+            model:
+              net: {class_path: segzoo.nets.MSSUNet}
+              loss: {class_path: monai.losses.DiceCELoss}
+            data:
+              class_path: toydata.ToyDataModule
+              init_args: {batch_sizee: 2}
+            """
+        )
+    )
+    expect_cli_error(["fit", "--config", config], capsys, "batch_sizee")

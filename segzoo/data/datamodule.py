@@ -30,23 +30,16 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segzoo.data.augment import AugmentConfig, resolve_augment
+from segzoo.data.cache import cache_paths, load_properties, preprocess_dataset
+from segzoo.data.fingerprint import FINGERPRINT_VERSION, compute_fingerprint, load_fingerprint, save_fingerprint
 from segzoo.data.geometry import Reorientation
 from segzoo.data.io import DataError, load_nifti
 from segzoo.data.kits19 import KiTS19Case, find_kits19_cases
-from segzoo.data.preprocessing import (
-    FINGERPRINT_VERSION,
-    CTPreprocessor,
-    atomic_write_text,
-    cache_paths,
-    compute_fingerprint,
-    load_fingerprint,
-    load_properties,
-    preprocess_dataset,
-    save_fingerprint,
-)
+from segzoo.data.preprocessor import CTPreprocessor
 from segzoo.data.sampling import EpochShuffleSampler, crop_padded, draw_patch_origin
 from segzoo.data.splits import split_cases, split_train_val_test  # noqa: F401  (split_cases: re-exported)
 from segzoo.data.transforms import RandSpatialAugmentd, augmentation_input_size, build_kits19_transforms
+from segzoo.utils import atomic_write_text
 
 
 def _plain(x: Any) -> torch.Tensor:

@@ -10,10 +10,11 @@ SimpleITK read the qform or the sform depending on their codes; keeping both kee
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +26,29 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 class DataError(ValueError):
     """Bad input data: the message names the file (or case) and says what was expected."""
+
+
+class Case(Protocol):
+    """One case of a dataset as the generic data code sees it (fingerprint, preprocessing cache): an id, the source
+    files (their size and mtime key the cache) and a checked reader. :class:`segzoo.data.kits19.KiTS19Case` is one."""
+
+    case_id: str
+    image: Path
+    label: Path | None
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``(image, label or None, affine)`` of the case, checked by its dataset's reader."""
+        ...
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON content of ``path``; :class:`DataError` naming the file and ``what`` it is when missing or invalid."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: {what} is not valid JSON ({e})") from None
 
 
 def is_nifti_name(path: str | os.PathLike) -> bool:

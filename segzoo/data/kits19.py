@@ -41,6 +41,10 @@ class KiTS19Case:
     image: Path
     label: Path | None = None
 
+    def load(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``(image, label or None, affine)``, checked: :func:`load_kits19_case`."""
+        return load_kits19_case(self)
+
 
 def find_kits19_cases(data_dir: str | os.PathLike) -> list[KiTS19Case]:
     """List the cases of a KiTS19 data folder, sorted by case id.

@@ -7,10 +7,17 @@ RNG, so a run resumed at an epoch boundary draws what the uninterrupted run woul
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import DistributedSampler
+
+
+def case_rng(seed: int, case_id: str, *extra: int) -> np.random.Generator:
+    """A generator for one case: a function of ``seed``, the case id and ``extra`` only, so what a case draws does not
+    depend on the order of the cases or on which other cases are present."""
+    return np.random.default_rng([seed, zlib.crc32(case_id.encode()), *extra])
 
 
 class EpochShuffleSampler(DistributedSampler):

@@ -59,6 +59,17 @@ def net_example_shape(name: str) -> tuple[int, ...]:
     return _NET_DEFAULT_INPUT.get(name, ())
 
 
+def net_class(name: str) -> type[nn.Module] | None:
+    """The class the registered factory ``name`` builds (its return annotation), or ``None`` if it names none."""
+    import typing
+
+    try:
+        cls = typing.get_type_hints(_NETS[name]).get("return")
+    except Exception:  # an annotation that does not resolve names no class
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, nn.Module) else None
+
+
 def net_classes() -> dict[str, type[nn.Module]]:
     """``{"module.QualName": class}`` of the classes the registered factories build (their return annotations).
 
@@ -66,14 +77,5 @@ def net_classes() -> dict[str, type[nn.Module]]:
     class that registered code already defined, nothing is imported from the file's string. A factory without a
     return annotation naming a class contributes nothing (annotate it, as ``def drnet(**kw) -> DRNet``).
     """
-    import typing
-
-    classes: dict[str, type[nn.Module]] = {}
-    for fn in _NETS.values():
-        try:
-            cls = typing.get_type_hints(fn).get("return")
-        except Exception:  # an annotation that does not resolve: this factory adds no class
-            continue
-        if isinstance(cls, type) and issubclass(cls, nn.Module):
-            classes[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    return classes
+    classes = (net_class(name) for name in _NETS)
+    return {f"{cls.__module__}.{cls.__qualname__}": cls for cls in classes if cls is not None}

@@ -32,6 +32,15 @@ def _as_tuple(value: int | Sequence[int], n: int) -> tuple[int, ...]:
     return (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
 
 
+def _check_spatial_dims(cls: type[SegNet], spatial_dims: Any) -> None:
+    supported = cls.supported_spatial_dims
+    if spatial_dims is not None and spatial_dims not in supported:
+        dims = " or ".join(str(d) for d in supported)
+        raise ValueError(
+            f"{cls.__name__} is {'/'.join(map(str, supported))}D: spatial_dims must be {dims}, got {spatial_dims}"
+        )
+
+
 def _check_input_hook(net: SegNet, args: tuple[Any, ...]) -> None:
     if args and torch.is_tensor(args[0]):
         net.check_input_shape(args[0])
@@ -57,6 +66,8 @@ class SegNet(nn.Module):
 
     Attributes:
         spatial_dims: number of spatial axes the net takes (2 or 3).
+        supported_spatial_dims: the values the constructor's ``spatial_dims`` may take (a 2D-only net: ``(2,)``);
+            checked before the net's own ``__init__`` runs.
         divisor: per-axis factor every spatial input size must be divisible by (an int: the same for every axis);
             a net declares it (a class attribute or a property).
         deep_supervision: True when ``forward`` returns a list of logits in training mode.
@@ -64,6 +75,7 @@ class SegNet(nn.Module):
     """
 
     spatial_dims: int = 2
+    supported_spatial_dims: tuple[int, ...] = (2, 3)
     divisor: int | tuple[int, ...] = 1
     deep_supervision: bool = False
 
@@ -111,6 +123,7 @@ class SegNet(nn.Module):
                 bound.apply_defaults()
                 arguments = dict(bound.arguments)
                 arguments.pop("self")
+                _check_spatial_dims(type(self), arguments.get("spatial_dims"))
                 object.__setattr__(self, "_init_config", None)
                 init(self, *args, **kw)
                 object.__setattr__(

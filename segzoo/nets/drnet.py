@@ -28,26 +28,22 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from segzoo.nets._registry import register_net
 from segzoo.nets.base import SegNet
 from segzoo.nets.baselines.unet import UNet2D
+from segzoo.nets.blocks.conv import conv_norm_act
 from segzoo.nets.blocks.rotation import DualRotationBlock
 
 __all__ = ["DRNet"]
 
 
 def _plain_block(in_channels: int, out_channels: int, norm: str | tuple, act: str | tuple) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for cin in (in_channels, out_channels):
-        layers += [
-            nn.Conv2d(cin, out_channels, 3, padding=1, bias=False),
-            get_norm_layer(norm, spatial_dims=2, channels=out_channels),
-            get_act_layer(act),
-        ]
-    return nn.Sequential(*layers)
+    return nn.Sequential(
+        *conv_norm_act(in_channels, out_channels, norm=norm, act=act),
+        *conv_norm_act(out_channels, out_channels, norm=norm, act=act),
+    )
 
 
 class DRNet(SegNet):
@@ -59,13 +55,13 @@ class DRNet(SegNet):
         out_channels: classes (CHAOS: 5, BraTS: 4).
         features: the 5 encoder widths (default 32, 64, 128, 256, 512); decoder j has width ``features[4 - j]``
             for j = 1..4 (``D_1``: 256 at the bottleneck resolution) and ``features[0]`` for decoder 5.
-        kernel_sizes: PFM kernel size per group (the paper: 1, 3, 5, 7).
+        kernel_size: PFM kernel size per group (the paper: 1, 3, 5, 7).
         dilations: DPFM dilation per group (the paper: 1, 2, 3, 4).
         angles: rotation angles in degrees; ``(0, 90, 180, 270)`` is DR-Net, ``(0,)`` a single direction.
         branches: branch kinds added per (group, direction), see ``DualRotationBlock`` (``("pfm", "dpfm")``).
         share_weights: the 4 directions of a group share its convolutions (default, the paper's wording); with
             ``False`` each direction has its own (and rotation becomes a reparametrisation, see the docs).
-        deep_dpfm_depth: stacked DPFM convs in encoder 4-5 and decoder 1-2 (the paper: 2; 1 elsewhere).
+        dpfm_depth: stacked DPFM convs in encoder 4-5 and decoder 1-2 (the paper: 2); the other stages use 1.
         fusion: outer fusion of the direction maps, ``"concat"`` or ``"sum"``.
         skip_fusion: how a decoder stage merges the matching encoder features with the upsampled previous
             decoder stage before its block: ``"add"`` (default; the widths match, the paper's residual fusion) or
@@ -86,6 +82,7 @@ class DRNet(SegNet):
         output logits ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
     divisor = 16  # checked by SegNet before forward
 
     def __init__(
@@ -94,12 +91,12 @@ class DRNet(SegNet):
         in_channels: int = 1,
         out_channels: int = 5,
         features: Sequence[int] = (32, 64, 128, 256, 512),
-        kernel_sizes: Sequence[int] = (1, 3, 5, 7),
+        kernel_size: Sequence[int] = (1, 3, 5, 7),
         dilations: Sequence[int] = (1, 2, 3, 4),
         angles: Sequence[int] = (0, 90, 180, 270),
         branches: Sequence[str] = ("pfm", "dpfm"),
         share_weights: bool = True,
-        deep_dpfm_depth: int = 2,
+        dpfm_depth: int = 2,
         fusion: str = "concat",
         skip_fusion: str = "add",
         residual: bool = True,
@@ -109,8 +106,6 @@ class DRNet(SegNet):
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"DRNet is 2D: spatial_dims must be 2, got {spatial_dims}")
         if len(features) != 5:
             raise ValueError(f"features must give the 5 encoder widths, got {tuple(features)}")
         if skip_fusion not in ("add", "concat"):
@@ -134,9 +129,9 @@ class DRNet(SegNet):
             return DualRotationBlock(
                 cin,
                 cout,
-                kernel_sizes=kernel_sizes,
+                kernel_size=kernel_size,
                 dilations=dilations,
-                dpfm_depth=deep_dpfm_depth if deep else 1,
+                dpfm_depth=dpfm_depth if deep else 1,
                 angles=angles,
                 branches=branches,
                 share_weights=share_weights,

@@ -15,9 +15,9 @@ SMALL = {
     "unet2d": lambda **kw: UNet2D(features=(8, 16, 32, 64, 128), **kw),
     "cenet": lambda **kw: CENet(features=(8, 16, 32, 64), layers=(1, 1, 1, 1), **kw),
     "denseaspp": lambda **kw: DenseASPP(
-        growth_rate=4, block_config=(1, 1, 1, 1), init_features=8, aspp_mid=8, aspp_out=4, **kw
+        growth_rate=4, layers=(1, 1, 1, 1), init_features=8, aspp_mid=8, aspp_out=4, **kw
     ),
-    "msdual": lambda **kw: MSDual(encoder_features=(8, 16, 32, 64), encoder_layers=(1, 1, 1, 1), features=8, **kw),
+    "msdual": lambda **kw: MSDual(features=(8, 16, 32, 64), layers=(1, 1, 1, 1), attention_features=8, **kw),
 }
 DIVISOR = {"unet2d": 16, "cenet": 32, "denseaspp": 8, "msdual": 32}
 

@@ -118,7 +118,7 @@ def test_dpfm_uses_dilation():
     [
         ({"in_channels": 6}, "in_channels=6 must be divisible"),
         ({"out_channels": 12}, "out_channels=12 must be divisible by map_ratio=8"),
-        ({"kernel_sizes": (1, 2, 5, 7)}, "kernel_size must be odd"),
+        ({"kernel_size": (1, 2, 5, 7)}, "kernel_size must be odd"),
         ({"dilations": (1, 2)}, "one entry per group"),
         ({"angles": (0, 45)}, "multiples of 90"),
         ({"branches": ("pfm", "conv")}, "branches must be"),

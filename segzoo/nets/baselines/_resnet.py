@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.layers.utils import get_act_layer
 from torch import nn
+
+from segzoo.nets.blocks.conv import conv_norm_act
 
 
 class BasicBlock(nn.Module):
@@ -17,16 +19,14 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str | tuple, act: str | tuple) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = get_norm_layer(norm, spatial_dims=2, channels=out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.norm2 = get_norm_layer(norm, spatial_dims=2, channels=out_channels)
+        # the activation follows the shortcut's addition: conv-norm here, act in forward
+        self.conv1, self.norm1 = conv_norm_act(in_channels, out_channels, stride=stride, norm=norm, act=None)
+        self.conv2, self.norm2 = conv_norm_act(out_channels, out_channels, norm=norm, act=None)
         self.act = get_act_layer(act)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                get_norm_layer(norm, spatial_dims=2, channels=out_channels),
+                *conv_norm_act(in_channels, out_channels, 1, stride=stride, norm=norm, act=None)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,11 +59,7 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         if len(features) != len(layers):
             raise ValueError(f"features {tuple(features)} and layers {tuple(layers)} must have the same length")
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, features[0], 7, stride=2, padding=3, bias=False),
-            get_norm_layer(norm, spatial_dims=2, channels=features[0]),
-            get_act_layer(act),
-        )
+        self.stem = nn.Sequential(*conv_norm_act(in_channels, features[0], 7, stride=2, norm=norm, act=act))
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.stages = nn.ModuleList()
         cin = features[0]

@@ -16,12 +16,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
 from segzoo.nets._registry import register_net
 from segzoo.nets.base import SegNet
 from segzoo.nets.baselines._resnet import ResNetEncoder
+from segzoo.nets.blocks.conv import conv_norm_act
 
 __all__ = ["CENet", "DACBlock", "RMPBlock"]
 
@@ -85,15 +86,9 @@ class _DecoderBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, norm: str | tuple, act: str | tuple) -> None:
         mid = in_channels // 4
         super().__init__(
-            nn.Conv2d(in_channels, mid, 1),
-            get_norm_layer(norm, spatial_dims=2, channels=mid),
-            get_act_layer(act),
-            nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1),
-            get_norm_layer(norm, spatial_dims=2, channels=mid),
-            get_act_layer(act),
-            nn.Conv2d(mid, out_channels, 1),
-            get_norm_layer(norm, spatial_dims=2, channels=out_channels),
-            get_act_layer(act),
+            *conv_norm_act(in_channels, mid, 1, norm=norm, act=act, bias=True),
+            *conv_norm_act(mid, mid, 3, stride=2, norm=norm, act=act, bias=True, is_transposed=True),
+            *conv_norm_act(mid, out_channels, 1, norm=norm, act=act, bias=True),
         )
 
 
@@ -114,6 +109,7 @@ class CENet(SegNet):
         input ``(B, in_channels, H, W)`` with H and W divisible by 32; output ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
     divisor = 32  # checked by SegNet before forward
 
     def __init__(
@@ -128,8 +124,6 @@ class CENet(SegNet):
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"CENet is 2D: spatial_dims must be 2, got {spatial_dims}")
         if len(features) != 4 or len(layers) != 4:
             raise ValueError(f"CENet needs 4 encoder stages, got features={tuple(features)} layers={tuple(layers)}")
         f = [int(c) for c in features]

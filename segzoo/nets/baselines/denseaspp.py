@@ -19,11 +19,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
 from segzoo.nets._registry import register_net
 from segzoo.nets.base import SegNet
+from segzoo.nets.blocks.conv import conv_norm_act
 
 __all__ = ["DenseASPP"]
 
@@ -31,11 +32,7 @@ __all__ = ["DenseASPP"]
 def _norm_act_conv(
     cin: int, cout: int, k: int, norm: str | tuple, act: str | tuple, dilation: int = 1, dropout: float = 0.0
 ) -> list[nn.Module]:
-    layers = [
-        get_norm_layer(norm, spatial_dims=2, channels=cin),
-        get_act_layer(act),
-        nn.Conv2d(cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation, bias=False),
-    ]
+    layers = conv_norm_act(cin, cout, k, dilation=dilation, norm=norm, act=act, preactivation=True)
     if dropout:
         layers.append(nn.Dropout2d(dropout))
     return layers
@@ -69,7 +66,7 @@ class DenseASPP(SegNet):
         in_channels: input channels.
         out_channels: classes.
         growth_rate: DenseNet growth rate (DenseNet-121: 32).
-        block_config: layers per dense block, 4 blocks (DenseNet-121: 6, 12, 24, 16).
+        layers: layers per dense block, 4 blocks (DenseNet-121: 6, 12, 24, 16; MONAI's ``DenseNet``: ``block_config``).
         init_features: stem width (DenseNet-121: 64).
         aspp_dilations: dilation of each densely connected atrous layer (the paper: 3, 6, 12, 18, 24).
         aspp_mid: width of each atrous layer's 1x1 reduction (the paper, DenseNet-121: 128).
@@ -82,6 +79,7 @@ class DenseASPP(SegNet):
         input ``(B, in_channels, H, W)`` with H and W divisible by 8; output ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
     divisor = 8  # checked by SegNet before forward
 
     def __init__(
@@ -90,7 +88,7 @@ class DenseASPP(SegNet):
         in_channels: int = 1,
         out_channels: int = 5,
         growth_rate: int = 32,
-        block_config: Sequence[int] = (6, 12, 24, 16),
+        layers: Sequence[int] = (6, 12, 24, 16),
         init_features: int = 64,
         aspp_dilations: Sequence[int] = (3, 6, 12, 18, 24),
         aspp_mid: int = 128,
@@ -100,29 +98,25 @@ class DenseASPP(SegNet):
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"DenseASPP is 2D: spatial_dims must be 2, got {spatial_dims}")
-        if len(block_config) != 4:
-            raise ValueError(f"block_config must list 4 dense blocks, got {tuple(block_config)}")
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, init_features, 7, stride=2, padding=3, bias=False),
-            get_norm_layer(norm, spatial_dims=2, channels=init_features),
-            get_act_layer(act),
+        if len(layers) != 4:
+            raise ValueError(f"layers must list 4 dense blocks, got {tuple(layers)}")
+        backbone: list[nn.Module] = [
+            *conv_norm_act(in_channels, init_features, 7, stride=2, norm=norm, act=act),
             nn.MaxPool2d(3, stride=2, padding=1),
         ]
         c = init_features
         block_dilations = (1, 1, 2, 4)
-        for i, (n, dil) in enumerate(zip(block_config, block_dilations, strict=True)):
-            layers.append(_DenseBlock(c, n, growth_rate, dil, norm, act))
+        for i, (n, dil) in enumerate(zip(layers, block_dilations, strict=True)):
+            backbone.append(_DenseBlock(c, n, growth_rate, dil, norm, act))
             c += n * growth_rate
             # transitions halve the width; only the first one pools (output stride 8)
-            layers += _norm_act_conv(c, c // 2, 1, norm, act)
+            backbone += _norm_act_conv(c, c // 2, 1, norm, act)
             if i == 0:
-                layers.append(nn.AvgPool2d(2, stride=2))
+                backbone.append(nn.AvgPool2d(2, stride=2))
             c //= 2
         # the original code ends the backbone with a BN (norm5) and no activation before the concatenation
-        layers.append(get_norm_layer(norm, spatial_dims=2, channels=c))
-        self.backbone = nn.Sequential(*layers)
+        backbone.append(get_norm_layer(norm, spatial_dims=2, channels=c))
+        self.backbone = nn.Sequential(*backbone)
         self.aspp = nn.ModuleList()
         for i, d in enumerate(aspp_dilations):
             # bn_start=False for the first atrous layer (original code): its 1x1 conv sees the backbone output as is

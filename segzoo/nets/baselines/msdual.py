@@ -4,7 +4,7 @@ Reference: A. Sinha, J. Dolz, "Multi-scale self-guided attention for medical ima
 2021 (arXiv:1906.02849).
 
 Follows the paper's layout and, where cheap, the original code (github.com/sinAshish/Multi-Scale-Attention): a
-ResNet backbone gives features at four scales; each is reduced to ``features`` channels and upsampled to the finest
+ResNet backbone gives features at four scales; each is reduced to ``attention_features`` channels and upsampled to the finest
 scale (``H / 4``); their concatenation, convolved, is the multi-scale map ``F_MS``. For every scale s a guided
 attention module runs two refinement steps on ``cat(F_s, F_MS)`` and then on ``cat(F_s, A_1 * F_MS)``: each step
 multiplies dual self-attention (position + channel attention modules as in DANet, each between 3x3
@@ -24,22 +24,18 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from segzoo.nets._registry import register_net
 from segzoo.nets.base import SegNet
 from segzoo.nets.baselines._resnet import ResNetEncoder
+from segzoo.nets.blocks.conv import conv_norm_act
 
 __all__ = ["ChannelAttention", "MSDual", "PositionAttention"]
 
 
 def _cna(cin: int, cout: int, k: int, norm: str | tuple, act: str | tuple) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-        get_norm_layer(norm, spatial_dims=2, channels=cout),
-        get_act_layer(act),
-    )
+    return nn.Sequential(*conv_norm_act(cin, cout, k, norm=norm, act=act))
 
 
 class PositionAttention(nn.Module):
@@ -138,9 +134,9 @@ class MSDual(SegNet):
         spatial_dims: must be 2.
         in_channels: input channels.
         out_channels: classes.
-        encoder_features: ResNet stage widths (ResNet-34: 64, 128, 256, 512).
-        encoder_layers: basic blocks per ResNet stage (ResNet-34: 3, 4, 6, 3).
-        features: width of the per-scale maps, ``F_MS`` and the attention modules (the paper: 64).
+        features: ResNet encoder stage widths (ResNet-34: 64, 128, 256, 512).
+        layers: basic blocks per ResNet stage (ResNet-34: 3, 4, 6, 3).
+        attention_features: width of the per-scale maps, ``F_MS`` and the attention modules (the paper: 64).
         norm: MONAI norm spec.
         act: MONAI activation spec (the original code: PReLU throughout).
 
@@ -148,6 +144,7 @@ class MSDual(SegNet):
         input ``(B, in_channels, H, W)`` with H and W divisible by 32; output ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
     divisor = 32  # checked by SegNet before forward
 
     def __init__(
@@ -155,19 +152,17 @@ class MSDual(SegNet):
         spatial_dims: int = 2,
         in_channels: int = 1,
         out_channels: int = 5,
-        encoder_features: Sequence[int] = (64, 128, 256, 512),
-        encoder_layers: Sequence[int] = (3, 4, 6, 3),
-        features: int = 64,
+        features: Sequence[int] = (64, 128, 256, 512),
+        layers: Sequence[int] = (3, 4, 6, 3),
+        attention_features: int = 64,
         norm: str | tuple = "batch",
         act: str | tuple = "prelu",
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"MSDual is 2D: spatial_dims must be 2, got {spatial_dims}")
-        c = int(features)
-        self.encoder = ResNetEncoder(in_channels, encoder_features, encoder_layers, norm, act)
-        n = len(encoder_features)
-        self.lateral = nn.ModuleList(_cna(cin, c, 1, norm, act) for cin in encoder_features)
+        c = int(attention_features)
+        self.encoder = ResNetEncoder(in_channels, features, layers, norm, act)
+        n = len(features)
+        self.lateral = nn.ModuleList(_cna(cin, c, 1, norm, act) for cin in features)
         self.fuse = _cna(n * c, c, 3, norm, act)
         self.step1 = nn.ModuleList(_GuidedStep(c, norm, act) for _ in range(n))
         self.step2 = nn.ModuleList(_GuidedStep(c, norm, act) for _ in range(n))

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from segzoo.nets._registry import register_net
 from segzoo.nets.base import SegNet
+from segzoo.nets.blocks.conv import conv_norm_act
 from segzoo.nets.blocks.rotation import DualRotationBlock
 
 __all__ = ["UNet2D"]
@@ -34,7 +34,7 @@ class UNet2D(SegNet):
         features: widths per level (the paper: 64, 128, 256, 512, 1024); ``len(features) - 1`` poolings.
         block: ``"conv"`` (classic) or ``"pfm"``: every 3x3 conv except the very first becomes a PFM block
             (:class:`~segzoo.nets.blocks.rotation.DualRotationBlock` with one PFM branch and 4 directions).
-        kernel_sizes: PFM kernel size per group when ``block="pfm"``.
+        kernel_size: PFM kernel size per group when ``block="pfm"``.
         angles: PFM rotation angles when ``block="pfm"``.
         dropout: dropout probability on the outputs of the two deepest contracting levels (the paper: "drop-out
             layers at the end of the contracting path", 0.5 in the original Caffe model); 0 turns it off.
@@ -46,6 +46,8 @@ class UNet2D(SegNet):
         output ``(B, out_channels, H, W)``.
     """
 
+    supported_spatial_dims = (2,)  # checked by SegNet before __init__
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -53,15 +55,13 @@ class UNet2D(SegNet):
         out_channels: int = 2,
         features: Sequence[int] = (64, 128, 256, 512, 1024),
         block: str = "conv",
-        kernel_sizes: Sequence[int] = (1, 3, 5, 7),
+        kernel_size: Sequence[int] = (1, 3, 5, 7),
         angles: Sequence[int] = (0, 90, 180, 270),
         dropout: float = 0.5,
         norm: str | tuple = "batch",
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"UNet2D is 2D: spatial_dims must be 2, got {spatial_dims}")
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
         if len(features) < 2:
@@ -74,15 +74,11 @@ class UNet2D(SegNet):
 
         def conv(cin: int, cout: int, first: bool = False) -> nn.Module:
             if block == "pfm" and not first:
-                dilations = (1,) * len(kernel_sizes)  # unused: no DPFM branch
+                dilations = (1,) * len(kernel_size)  # unused: no DPFM branch
                 return DualRotationBlock(
-                    cin, cout, kernel_sizes, dilations, angles=angles, branches=("pfm",), norm=norm, act=act
+                    cin, cout, kernel_size, dilations, angles=angles, branches=("pfm",), norm=norm, act=act
                 )
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                get_norm_layer(norm, spatial_dims=2, channels=cout),
-                get_act_layer(act),
-            )
+            return nn.Sequential(*conv_norm_act(cin, cout, norm=norm, act=act))
 
         def double(cin: int, cout: int, first: bool = False) -> nn.Sequential:
             return nn.Sequential(conv(cin, cout, first), conv(cout, cout))

@@ -24,8 +24,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.layers.utils import get_act_layer
 from torch import nn
+
+from segzoo.nets.blocks.conv import conv_norm_act
 
 __all__ = ["BRANCH_KINDS", "FUSIONS", "DualRotationBlock", "PartialConv", "rotate"]
 
@@ -108,7 +110,7 @@ class DualRotationBlock(nn.Module):
     Args:
         in_channels: input channels, divisible by ``groups``.
         out_channels: output channels, divisible by ``map_ratio``.
-        kernel_sizes: PFM kernel size per group (the paper: 1, 3, 5, 7).
+        kernel_size: PFM kernel size per group (the paper: 1, 3, 5, 7).
         dilations: DPFM dilation per group (3x3 kernels; the paper: 1, 2, 3, 4).
         dpfm_depth: stacked dilated convs per DPFM group (the paper: 1 in shallow blocks, 2 in the deep ones).
         angles: rotation angles in degrees (multiples of 90); each group is seen in every direction. A single
@@ -140,7 +142,7 @@ class DualRotationBlock(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_sizes: Sequence[int] = (1, 3, 5, 7),
+        kernel_size: Sequence[int] = (1, 3, 5, 7),
         dilations: Sequence[int] = (1, 2, 3, 4),
         dpfm_depth: int = 1,
         angles: Sequence[int] = (0, 90, 180, 270),
@@ -153,10 +155,10 @@ class DualRotationBlock(nn.Module):
         act: str | tuple = ("relu", {"inplace": True}),
     ) -> None:
         super().__init__()
-        groups = len(kernel_sizes)
+        groups = len(kernel_size)
         if len(dilations) != groups:
             raise ValueError(
-                f"kernel_sizes {tuple(kernel_sizes)} and dilations {tuple(dilations)} must have one entry per group"
+                f"kernel_size {tuple(kernel_size)} and dilations {tuple(dilations)} must have one entry per group"
             )
         if groups < 1 or in_channels % groups:
             raise ValueError(f"in_channels={in_channels} must be divisible by the number of groups ({groups})")
@@ -184,7 +186,7 @@ class DualRotationBlock(nn.Module):
         self.branches = nn.ModuleList()
         for kind in self.branch_kinds:
             if kind == "pfm":
-                convs = [PartialConv(cin, cmap, kernel_size=k, act=act, copies=copies) for k in kernel_sizes]
+                convs = [PartialConv(cin, cmap, kernel_size=k, act=act, copies=copies) for k in kernel_size]
             else:
                 convs = [
                     PartialConv(cin, cmap, 3, dilation=d, depth=dpfm_depth, act=act, copies=copies) for d in dilations
@@ -197,11 +199,7 @@ class DualRotationBlock(nn.Module):
             else None
         )
         n_maps = groups * (len(self.angles) if fusion == "concat" else 1)
-        self.fuse = nn.Sequential(
-            nn.Conv2d(n_maps * cmap, out_channels, 1, bias=False),
-            get_norm_layer(norm, spatial_dims=2, channels=out_channels),
-            get_act_layer(act),
-        )
+        self.fuse = nn.Sequential(*conv_norm_act(n_maps * cmap, out_channels, 1, norm=norm, act=act))
 
     def direction_maps(self, x: torch.Tensor, res: torch.Tensor | None = None) -> torch.Tensor:
         """The fused (summed over branches, plus the per-map residual) direction maps before the outer fusion.

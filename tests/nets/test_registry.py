@@ -5,7 +5,10 @@ the paper-width builds are marked slow.
 """
 
 import fnmatch
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +25,8 @@ TINY = {
     "unet2d": {"features": (8, 16, 32, 64, 128)},
     "unet_pfm": {"features": (8, 16, 32, 64, 128)},
     "cenet": {"features": (8, 16, 32, 64), "layers": (1, 1, 1, 1)},
-    "denseaspp": {"growth_rate": 4, "block_config": (1, 1, 1, 1), "init_features": 8, "aspp_mid": 8, "aspp_out": 4},
-    "msdual": {"encoder_features": (8, 16, 32, 64), "encoder_layers": (1, 1, 1, 1), "features": 8},
+    "denseaspp": {"growth_rate": 4, "layers": (1, 1, 1, 1), "init_features": 8, "aspp_mid": 8, "aspp_out": 4},
+    "msdual": {"features": (8, 16, 32, 64), "layers": (1, 1, 1, 1), "attention_features": 8},
 }
 
 
@@ -43,7 +46,7 @@ def _example(name, batch=2):
 
 def test_every_registered_net_has_tiny_widths_and_an_example_shape():
     missing = [n for n in segzoo.list_nets() if not any(fnmatch.fnmatch(n, p) for p in TINY)]
-    assert missing == [], f"add tiny widths for {missing} to TINY in tests/test_registry.py"
+    assert missing == [], f"add tiny widths for {missing} to TINY in tests/nets/test_registry.py"
     assert all(net_example_shape(n) for n in segzoo.list_nets())
 
 
@@ -114,6 +117,22 @@ def test_overrides_and_rebuild(name, tmp_path):
         assert net(x).shape[1] == 4
 
 
+# state-dict keys and shapes of every registered net at its tiny widths, as saved checkpoints hold them; a refactor
+# that renames a module (e.g. nesting conv-norm-act in MONAI's Convolution) breaks loading and fails here
+STATE_DICT_KEYS = json.loads((Path(__file__).parent / "state_dict_keys.json").read_text())
+
+
+@pytest.mark.parametrize("name", segzoo.list_nets())
+def test_state_dict_keys_are_those_of_saved_checkpoints(name):
+    net = segzoo.create_net(name, **tiny_kwargs(name))
+    text = "\n".join(f"{k} {tuple(v.shape)}" for k, v in net.state_dict().items())
+    assert name in STATE_DICT_KEYS, f"record {name} in {Path(__file__).parent / 'state_dict_keys.json'}"
+    stored = STATE_DICT_KEYS[name]
+    assert (len(net.state_dict()), hashlib.sha256(text.encode()).hexdigest()) == (stored["keys"], stored["sha256"]), (
+        f"{name}: state-dict keys or shapes changed, so checkpoints saved before no longer load"
+    )
+
+
 @pytest.mark.parametrize("name", segzoo.list_nets())
 def test_input_size_check_from_the_divisor(name):
     """SegNet checks every input against the net's divisor: one clear error naming the net."""
@@ -130,6 +149,14 @@ def test_input_size_check_from_the_divisor(name):
         net(torch.randn(1, *bad))
     with pytest.raises(ValueError, match="expects"):
         net(torch.randn(1, *shape)[0])  # no batch axis
+
+
+@pytest.mark.parametrize("name", segzoo.list_nets())
+def test_spatial_dims_outside_the_supported_ones_are_refused_by_segnet(name):
+    net = segzoo.create_net(name, **tiny_kwargs(name))
+    assert net.spatial_dims in net.supported_spatial_dims
+    with pytest.raises(ValueError, match=rf"{type(net).__name__} is .*D: spatial_dims must be .*, got 4"):
+        segzoo.create_net(name, spatial_dims=4, **tiny_kwargs(name))
 
 
 def test_deep_supervision_contract_is_enforced():

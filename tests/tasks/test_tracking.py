@@ -1,19 +1,16 @@
 """OverlayImages: validation overlays reach wandb (offline), TensorBoard or PNG files; config and parameter count."""
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import toydata
 from PIL import Image
 
 from segzoo.nets import MSSUNet
 from segzoo.tasks.tracking import OverlayImages, parameter_counts, resolved_hparams
-
-sys.path.insert(0, str(Path(__file__).parent))
-import toydata  # noqa: E402
 
 
 def _overlays(n=2, size=24):
