@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 from segzoo.data.augment import AugmentConfig
+from segzoo.data.cache import preprocess_dataset
 from segzoo.data.datamodule import KiTS19PatchDataset
+from segzoo.data.fingerprint import compute_fingerprint
 from segzoo.data.kits19 import find_kits19_cases
-from segzoo.data.preprocessing import CTPreprocessor, compute_fingerprint, preprocess_dataset
+from segzoo.data.preprocessor import CTPreprocessor
 from segzoo.data.synthetic.kits19 import write_kits19
 from segzoo.data.transforms import augmentation_input_size, build_kits19_transforms
 from segzoo.utils import atomic_write_text

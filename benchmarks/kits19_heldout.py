@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+
 def _config(config: str) -> dict:
     import yaml
 
@@ -70,7 +71,7 @@ def load_dynunet(ckpt_path: Path, config: str):
     import torch
     from monai.networks.nets import DynUNet
 
-    from segzoo.data.preprocessing import CTPreprocessor
+    from segzoo.data.preprocessor import CTPreprocessor
 
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     net = DynUNet(**dynunet_args(config))

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from whole_case_bench import large_case  # noqa: E402
 
-from segzoo.data.preprocessing import PAPER_TARGET_SPACING, CTPreprocessor  # noqa: E402
+from segzoo.data.preprocessor import PAPER_TARGET_SPACING, CTPreprocessor  # noqa: E402
 from segzoo.inference.crop import (  # noqa: E402
     body_box,
     fit_box,

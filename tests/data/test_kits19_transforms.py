@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from segzoo.data.augment import AugmentConfig
+from segzoo.data.cache import preprocess_dataset
 from segzoo.data.datamodule import KiTS19PatchDataset
 from segzoo.data.kits19 import find_kits19_cases
-from segzoo.data.preprocessing import CTPreprocessor, preprocess_dataset
+from segzoo.data.preprocessor import CTPreprocessor
 from segzoo.data.synthetic.kits19 import write_kits19
 from segzoo.data.transforms import RandSpatialAugmentd, augmentation_input_size, build_kits19_transforms
 

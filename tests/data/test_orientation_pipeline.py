@@ -10,8 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from segzoo.data.cache import cache_paths, preprocess_dataset
+from segzoo.data.fingerprint import compute_fingerprint
 from segzoo.data.kits19 import find_kits19_cases
-from segzoo.data.preprocessing import CTPreprocessor, cache_paths, compute_fingerprint, preprocess_dataset
+from segzoo.data.preprocessor import CTPreprocessor
 from segzoo.data.synthetic.kits19 import write_kits19
 
 pytestmark = pytest.mark.usefixtures("one_thread")

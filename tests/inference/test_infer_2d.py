@@ -211,7 +211,7 @@ def test_segzoo_infer_cli_with_2d_checkpoints(brats, chaos, tmp_path, capsys):
 
 def test_checkpoint_format_stores_and_rebuilds_both_preprocessor_types():
     from segzoo.checkpoint import build_preprocessor, preprocessor_config
-    from segzoo.data.preprocessing import CTPreprocessor
+    from segzoo.data.preprocessor import CTPreprocessor
 
     for pre in (BRATS_PRE, CHAOS_PRE, CTPreprocessor(-100, 200, 50, 40, (3.0, 1.0, 1.0), orientation=("I", "P", "L"))):
         record = preprocessor_config(pre)

@@ -16,7 +16,7 @@ from torch import nn
 
 from segzoo.cli import main
 from segzoo.data.io import load_nifti, save_nifti
-from segzoo.data.preprocessing import CTPreprocessor
+from segzoo.data.preprocessor import CTPreprocessor
 from segzoo.data.synthetic.kits19 import kits19_affine
 from segzoo.inference.predict import Predictor, case_name, find_inputs, load_predictor
 from segzoo.inference.sliding_window import SlidingWindowTTAInferer
