@@ -76,7 +76,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def large_case(slices: int, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """``(image, label, spacing)`` of a KiTS19 large-mode synthetic CT with ``slices`` slices."""
-    from segzoo.data.kits19 import spacing_from_affine
+    from segzoo.data.geometry import spacing_from_affine
     from segzoo.data.synthetic import kits19 as gen
 
     sizes = dict(gen._SIZES)
@@ -338,7 +338,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     from segzoo.data.io import load_nifti
-    from segzoo.data.kits19 import spacing_from_affine
+    from segzoo.data.geometry import spacing_from_affine
 
     cases: dict[str, torch.Tensor] = {}
     truths: dict[str, np.ndarray] = {}
