@@ -357,6 +357,13 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny untrained net, small cases")
     p.add_argument(
+        "--keep-cases-from",
+        type=Path,
+        default=None,
+        help="an earlier whole_case json: its cases not measured in this run are kept in the tables, marked with "
+        "that run's date and checkpoint",
+    )
+    p.add_argument(
         "--paper-net", action="store_true", help="also time the paper's net on windows of the large case, extrapolated"
     )
     args = p.parse_args(argv)
@@ -428,6 +435,12 @@ def main(argv=None) -> dict:
         "paper_net_large": paper,
     }
     stem = "whole_case_cpu"
+    if args.keep_cases_from is not None:
+        earlier = json.loads(args.keep_cases_from.read_text())
+        for name, case in earlier["cases"].items():
+            if name not in cases:
+                origin = case.get("from_run") or {k: earlier[k] for k in ("date", "checkpoint")}
+                results[name] = {**case, "from_run": origin}
     for name, x in cases.items():
         one_flip = name == "large"
         chosen = args.large_methods if one_flip else args.heldout_methods
@@ -473,14 +486,24 @@ def markdown(result: dict) -> str:
         truth = any("dice_kidney_vs_truth" in r for r in case["rows"].values())
         md += [
             f"**{name}**: preprocessed {case['shape'][2:]}, {case['foreground_voxels']} foreground voxels in the "
-            f"reference, body box {[b - a for a, b in case['body_box']]} "
-            f"({case['full_foreground_outside_body_box']} of the reference's foreground voxels outside it"
+            f"reference"
             + (
-                f", {case['truth_foreground_outside_body_box']} of the truth's"
-                if case.get("truth_foreground_outside_body_box") is not None
+                f", body box {[b - a for a, b in case['body_box']]} ({case['full_foreground_outside_body_box']} of "
+                "the reference's foreground voxels outside it"
+                + (
+                    f", {case['truth_foreground_outside_body_box']} of the truth's"
+                    if case.get("truth_foreground_outside_body_box") is not None
+                    else ""
+                )
+                + ")"
+                if "body_box" in case
                 else ""
             )
-            + ")"
+            + (
+                f" [kept from the run of {case['from_run']['date']} with checkpoint `{case['from_run']['checkpoint']}`]"
+                if case.get("from_run")
+                else ""
+            )
             + (
                 "; measured with one flip, 8-flip time = 8 x measured (coarse pass once), Dice of the one-flip results, "
                 "CPU-time ratio of the one-flip runs."
