@@ -74,19 +74,27 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def large_case(slices: int, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """``(image, label, spacing)`` of a KiTS19 large-mode synthetic CT with ``slices`` slices."""
-    from segzoo.data.kits19 import spacing_from_affine
+def large_case(
+    min_slices: int, seed: int, thickness: tuple[float, float] = (1.5, 2.0)
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """``(image, label, spacing)`` of a real-size synthetic abdominal CT: the KiTS19 generator's large mode (512 x 512
+    pixels over a field of view set to the body, 320-480 mm of slices) with the "train" regime at ``thickness`` mm
+    slices; the first seed from ``seed`` on whose case has at least ``min_slices`` slices (read from the drawn
+    geometry before the case is rendered)."""
+    import dataclasses
+
+    from segzoo.data.geometry import spacing_from_affine
     from segzoo.data.synthetic import kits19 as gen
 
-    sizes = dict(gen._SIZES)
-    try:
-        (_, n_xy, pixel, thick) = gen._SIZES["large"]
-        gen._SIZES["large"] = ((slices, slices), n_xy, pixel, thick)  # the generator's large mode, more slices
-        image, label, affine = gen.synth_kits19_case(np.random.default_rng(seed), size="large")
-    finally:
-        gen._SIZES.clear()
-        gen._SIZES.update(sizes)
+    regime = dataclasses.replace(gen.REGIMES["train"], slice_thickness=thickness)
+    for s in range(seed, seed + 1000):
+        if gen._geometry(np.random.default_rng(s), regime, "large")[0][0] >= min_slices:
+            break
+    else:
+        raise ValueError(
+            f"no large case with >= {min_slices} slices of {thickness} mm among seeds {seed}..{seed + 999}"
+        )
+    image, label, affine = gen.synth_kits19_case(np.random.default_rng(s), size="large", regime=regime)
     return image, label, spacing_from_affine(affine)
 
 
@@ -220,6 +228,9 @@ def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip,
         if inf is not None and inf.last_stats:
             st = inf.last_stats[0]
             row["windows_run"], row["windows_total"] = st["windows_run"], st["windows_total"]
+            if "body_box" in st:
+                row["body_box"] = [(b.start, b.stop) for b in st["body_box"]]
+                row["boxes_predicted"] = len(st["boxes"])
             coarse_s = st.get("coarse_seconds", 0.0)
             row["coarse_s"] = coarse_s
             row["coarse_windows"] = st.get("coarse_windows", 0)
@@ -232,6 +243,9 @@ def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip,
         print(f"[{name}] {method}: {row['time_s']:.2f} s", flush=True)
         rows[method] = row
     ref = labels["full"]
+    from segzoo.inference.crop import body_box
+
+    body = [(b.start, b.stop) for b in body_box(x[0], margin=4)]  # the inferer's default crop (margin 4)
     for method, row in rows.items():
         row["dice_kidney_vs_full"] = dice(labels[method] > 0, ref > 0)
         row["dice_tumour_vs_full"] = dice(labels[method] == 2, ref == 2)
@@ -239,6 +253,12 @@ def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip,
             row["dice_kidney_vs_truth"] = dice(labels[method] > 0, truth > 0)
             row["dice_tumour_vs_truth"] = dice(labels[method] == 2, truth == 2)
         row["label_voxels_differing"] = int((labels[method] != ref).sum())
+        if "body_box" in row:  # where the crop predicts: the exact paths must agree with `full` voxel for voxel
+            box = tuple(slice(a, b) for a, b in row["body_box"])
+            row["label_voxels_differing_in_body_box"] = int((labels[method][box] != ref[box]).sum())
+            row["dice_kidney_vs_full_in_body_box"] = dice(labels[method][box] > 0, ref[box] > 0)
+            row["dice_tumour_vs_full_in_body_box"] = dice(labels[method][box] == 2, ref[box] == 2)
+
     key = "time_8flip_extrapolated_s" if one_flip else "time_s"
     peer = rows.get("monai_8pass", rows["full"])  # `full` does the peer's work (same windows x flips)
     for row in rows.values():
@@ -250,6 +270,11 @@ def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip,
         "one_flip_measured": one_flip,
         "rows": rows,
         "foreground_voxels": int((ref > 0).sum()),
+        "body_box": body,
+        "full_foreground_outside_body_box": int((ref > 0).sum() - (ref[tuple(slice(a, b) for a, b in body)] > 0).sum()),
+        "truth_foreground_outside_body_box": None
+        if truth is None
+        else int((truth > 0).sum() - (truth[tuple(slice(a, b) for a, b in body)] > 0).sum()),
     }
 
 
@@ -332,13 +357,20 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny untrained net, small cases")
     p.add_argument(
+        "--keep-cases-from",
+        type=Path,
+        default=None,
+        help="an earlier whole_case json: its cases not measured in this run are kept in the tables, marked with "
+        "that run's date and checkpoint",
+    )
+    p.add_argument(
         "--paper-net", action="store_true", help="also time the paper's net on windows of the large case, extrapolated"
     )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from segzoo.data.geometry import spacing_from_affine
     from segzoo.data.io import load_nifti
-    from segzoo.data.kits19 import spacing_from_affine
 
     cases: dict[str, torch.Tensor] = {}
     truths: dict[str, np.ndarray] = {}
@@ -350,8 +382,8 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         net = segzoo.create_net("mss_unet3d_small", base_features=4, max_features=16).eval()
         roi, pre = (8, 32, 32), CTPreprocessor(-50, 300, 100, 60, (6.0, 6.0, 6.0))
-        image, label, spacing = large_case(24, 0)
-        cases["large"] = torch.from_numpy(pre.preprocess(image, spacing))[None]  # (12, 67, 67)
+        image, label, spacing = large_case(64, 0, thickness=(5.0, 5.0))
+        cases["large"] = torch.from_numpy(pre.preprocess(image, spacing))[None]
         truths["large"] = pre.preprocess_label(label, spacing)[0]
         cases["heldout_quick"] = cases["large"][:, :, :, 8:56, 8:56].clone()
         ckpt = "quick (untrained mss_unet3d_small, widths 4-16)"
@@ -403,6 +435,12 @@ def main(argv=None) -> dict:
         "paper_net_large": paper,
     }
     stem = "whole_case_cpu"
+    if args.keep_cases_from is not None:
+        earlier = json.loads(args.keep_cases_from.read_text())
+        for name, case in earlier["cases"].items():
+            if name not in cases:
+                origin = case.get("from_run") or {k: earlier[k] for k in ("date", "checkpoint")}
+                results[name] = {**case, "from_run": origin}
     for name, x in cases.items():
         one_flip = name == "large"
         chosen = args.large_methods if one_flip else args.heldout_methods
@@ -450,6 +488,23 @@ def markdown(result: dict) -> str:
             f"**{name}**: preprocessed {case['shape'][2:]}, {case['foreground_voxels']} foreground voxels in the "
             f"reference"
             + (
+                f", body box {[b - a for a, b in case['body_box']]} ({case['full_foreground_outside_body_box']} of "
+                "the reference's foreground voxels outside it"
+                + (
+                    f", {case['truth_foreground_outside_body_box']} of the truth's"
+                    if case.get("truth_foreground_outside_body_box") is not None
+                    else ""
+                )
+                + ")"
+                if "body_box" in case
+                else ""
+            )
+            + (
+                f" [kept from the run of {case['from_run']['date']} with checkpoint `{case['from_run']['checkpoint']}`]"
+                if case.get("from_run")
+                else ""
+            )
+            + (
                 "; measured with one flip, 8-flip time = 8 x measured (coarse pass once), Dice of the one-flip results, "
                 "CPU-time ratio of the one-flip runs."
                 if one
@@ -459,10 +514,10 @@ def markdown(result: dict) -> str:
             "| method | time (s) | "
             + ("8-flip time (s, extrapolated) | " if one else "")
             + "time / MONAI 8-pass | CPU time / MONAI 8-pass | peak RSS (MiB) | windows run / grid | kidney Dice vs "
-            "full | tumour Dice vs full | "
+            "full | tumour Dice vs full | label voxels differing from full (in the body box) | "
             + ("kidney / tumour Dice vs truth | " if truth else "")
             + "GFLOP/s (% of peak) |",
-            "|---|---|" + ("---|" if one else "") + "---|---|---|---|---|---|" + ("---|" if truth else "") + "---|",
+            "|---|---|" + ("---|" if one else "") + "---|---|---|---|---|---|---|" + ("---|" if truth else "") + "---|",
         ]
         for method, r in case["rows"].items():
             windows = f"{r['windows_run']}/{r['windows_total']}" if "windows_run" in r else "-"
@@ -475,6 +530,9 @@ def markdown(result: dict) -> str:
                 + f"{r['time_over_monai_8pass']:.2f} | {r['cpu_over_monai_8pass']:.2f} | {r['peak_rss_mib']:.0f} | "
                 f"{windows} | "
                 f"{r['dice_kidney_vs_full']:.4f} | {r['dice_tumour_vs_full']:.4f} | "
+                f"{r['label_voxels_differing']}"
+                + (f" ({r['label_voxels_differing_in_body_box']})" if "label_voxels_differing_in_body_box" in r else "")
+                + " | "
                 + (f"{r['dice_kidney_vs_truth']:.3f} / {r['dice_tumour_vs_truth']:.3f} | " if truth else "")
                 + f"{gf} |"
             )

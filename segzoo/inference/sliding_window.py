@@ -434,14 +434,18 @@ class SlidingWindowTTAInferer(Inferer):
             stats["coarse_seconds"] = time.perf_counter() - start
             if coarse:
                 regions = [r for r in (_intersect(c, body) for c in coarse) if r is not None] or regions
-        if self.crop_grid == "crop":  # a grid of its own over each box (overlapping boxes merged first)
+        if self.crop_grid == "crop":
+            # a grid of its own over each box (boxes that share a voxel merged first), grown to the window size
+            # where the case allows; only the box itself is pasted, so grown boxes may overlap each other
+            regions = merge_boxes(regions)
             out, counts = None, {"windows_run": 0, "windows_total": 0}
-            for fitted in merge_boxes([fit_box(r, self.roi_size, shape) for r in regions]):
-                where = (slice(None), slice(None), *fitted)
-                sub = self._sliding(x[where], network, args, kwargs, sw_device, device)
+            for region in regions:
+                fitted = fit_box(region, self.roi_size, shape)
+                sub = self._sliding(x[(slice(None), slice(None), *fitted)], network, args, kwargs, sw_device, device)
                 if out is None:
                     out = self._background(sub.shape[1], shape, device)
-                out[where] = sub
+                inner = tuple(slice(r.start - f.start, r.stop - f.start) for r, f in zip(region, fitted))
+                out[(slice(None), slice(None), *region)] = sub[(slice(None), slice(None), *inner)]
                 del sub
                 counts = {k: v + self._window_stats[k] for k, v in counts.items()}
             self._window_stats = counts

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from segzoo.data.synthetic import write_synthetic
-from segzoo.data.synthetic.kits19 import KiTS19Regime, synth_kits19_case, write_kits19
+from segzoo.data.synthetic.kits19 import REGIMES, KiTS19Regime, synth_kits19_case, write_kits19
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +111,36 @@ def test_regimes_differ_where_they_should():
     assert np.percentile(image[label == 1], 99.5) > 280
 
 
-def test_large_geometry_is_real_spacing():
+def test_large_geometry_is_a_real_abdominal_ct():
     from segzoo.data.synthetic.kits19 import REGIMES, _geometry
 
     for i in range(20):
-        shape, spacing, _ = _geometry(np.random.default_rng(i), REGIMES["all"], "large")
-        assert shape[1:] == (512, 512) and 0.5 <= spacing[1] <= 1.0 and 1.0 <= spacing[0] <= 5.0
+        shape, spacing, body, (z0, z_lo, z_hi) = _geometry(np.random.default_rng(i), REGIMES["all"], "large")
+        # field of view set to the body (width 250 mm x scale, x 1.05-1.35), 512 pixels across it
+        assert shape[1:] == (512, 512) and spacing[1] == spacing[2]
+        assert 1.05 <= 512 * spacing[1] / (250 * body) <= 1.35 and 0.4 < spacing[1] < 0.85
+        # the whole abdomen along the slices, the kidney region (130-170 mm) a fraction of it, inside it
+        coverage = shape[0] * spacing[0]
+        assert 1.0 <= spacing[0] <= 5.0 and 320 - spacing[0] <= coverage <= 480 + spacing[0]
+        top = z0 + (shape[0] - 1) * spacing[0]
+        assert z0 < z_lo < z_hi <= top <= z_hi + 60 and (z_hi - z_lo) / coverage < 0.55
+
+
+def test_large_case_kidneys_a_fraction_of_the_slices_body_fills_the_view():
+    regime = dataclasses.replace(REGIMES["train"], slice_thickness=(5.0, 5.0))  # few slices: a quick draw
+    image, label, affine = synth_kits19_case(np.random.default_rng(7), size="large", regime=regime)
+    assert image.shape[1:] == (512, 512) and 64 <= image.shape[0] <= 96
+    assert abs(np.linalg.norm(affine[:3, 0]) - 5.0) < 1e-9
+    slices = np.flatnonzero(label.any(axis=(1, 2)))
+    assert slices.size and slices.size < 0.5 * image.shape[0]  # kidneys in a fraction of the slices
+    assert slices.max() > image.shape[0] // 2  # upper abdomen: the pelvis lies below them
+    body = image > -500
+    assert body.any(axis=(1, 2)).all()  # body in every slice, air around it in-plane
+    columns = np.flatnonzero(body[slices[0]].any(axis=0))
+    assert 0.6 < (columns[-1] - columns[0] + 1) / 512 < 1.0
+    # below the kidneys, the pelvis: the iliac wings at least double the bone (spine alone) of a kidney slice
+    bone = (image > 600).sum(axis=(1, 2))
+    assert bone[: slices.min()].max() > 2 * np.median(bone[slices])
 
 
 def test_heldout_cycles_regimes(tmp_path):

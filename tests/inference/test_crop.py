@@ -235,3 +235,55 @@ def test_crop_arguments_are_checked():
         SlidingWindowTTAInferer(ROI, crop_margin=(1, 2))
     with pytest.raises(ValueError, match="coarse_overlap"):
         SlidingWindowTTAInferer(ROI, coarse_overlap=1.0)
+
+
+@pytest.mark.parametrize("output", ["probabilities", "logits"])
+def test_crop_exact_equals_full_inside_the_box_for_a_random_net(output):
+    """Exactness by construction, whatever the net: an untrained segzoo net (instance norm, so every window's output
+    depends on the whole window), 8 flips, a body box with a kidney-bright blob on its border. Every voxel inside the
+    box gets the whole-case value (float tolerance), windows that miss the box never run, background outside."""
+    import segzoo
+
+    torch.manual_seed(3)
+    net = segzoo.create_net("mss_unet3d_small", base_features=4, max_features=16, deep_supervision=False).eval()
+    roi = (8, 32, 32)
+    g = torch.Generator().manual_seed(1)
+    x = torch.full((1, 1, 20, 120, 112), FLOOR)
+    body = (slice(0, 20), slice(40, 83), slice(30, 79))
+    x[(0, 0, *body)] = 0.3 * torch.randn(20, 43, 49, generator=g)  # never down to the floor
+    x[0, 0, 5:12, 40:48, 50:60] = 3.0  # on the box's upper border
+    common = dict(sw_batch_size=2, overlap=0.5, mirror_axes=(0, 1, 2), output=output)
+    full = SlidingWindowTTAInferer(roi, **common)(x, net)
+    inferer = SlidingWindowTTAInferer(roi, crop=True, crop_margin=0, **common)
+    ours = inferer(x, net)
+    inside = (slice(None), slice(None), *body)
+    torch.testing.assert_close(ours[inside], full[inside], atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.argmax(1)[(slice(None), *body)], full.argmax(1)[(slice(None), *body)])
+    outside = ~region_mask([body], x.shape[2:])
+    assert (ours[0, 0][outside] == (1.0 if output == "probabilities" else 0.0)).all()
+    stats = inferer.last_stats[0]
+    assert stats["body_box"] == body and 0 < stats["windows_run"] < stats["windows_total"]
+
+
+def test_regrid_boxes_whose_grown_grids_overlap_each_keep_their_own_result():
+    """Two coarse boxes close together: each is predicted on its own grid (grown to the window size, so the grids
+    overlap) and only the box itself is pasted; a pointwise net gives the whole-case result in both boxes."""
+    x = torch.full((1, 1, 10, 48, 60), FLOOR)
+    x[0, 0, :, 10:40, 5:55] = 0.1
+    x[0, 0, 3:7, 20:26, 12:18] = 3.0
+    x[0, 0, 3:7, 20:26, 22:28] = 3.0  # 4 columns apart: the boxes (margin 1) stay apart, their 12-wide grids overlap
+    net = nn.Sequential(nn.Conv3d(1, 3, 1)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([-1.0, 1.0, 0.5]).view(3, 1, 1, 1, 1))
+        net[0].bias.copy_(torch.tensor([1.0, -1.5, -2.0]))
+    full = SlidingWindowTTAInferer(ROI, mirror_axes=None)(x, net)
+    inferer = SlidingWindowTTAInferer(
+        ROI, mirror_axes=None, crop=True, crop_grid="crop", coarse_to_fine=True, coarse_margin=1
+    )
+    ours = inferer(x, net)
+    boxes = inferer.last_stats[0]["boxes"]
+    assert len(boxes) == 2 and not intersects(boxes[0], boxes[1])
+    assert inferer.last_stats[0]["windows_run"] == 2  # one window per box
+    inside = region_mask(boxes, x.shape[2:])
+    torch.testing.assert_close(ours[0][:, inside], full[0][:, inside], atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.argmax(1), full.argmax(1))

@@ -19,9 +19,14 @@ vessels, spine, gas) and streak and cupping (beam-hardening) artefacts. Named re
 ranges so a model can be trained on some and tested on held-out ones (another contrast phase, thicker slices,
 smaller tumours); see ``docs/data/kits19.md``.
 
-The anatomy is drawn in millimetres, so "small" (fast) and "large" (real-sized) cases show the same body: "large"
-uses the regime's in-plane spacing (0.5-1.0 mm) on 512 x 512 slices; "small" renders the same field of view 2.5x
-coarser on at most 192 x 192 pixels (laptop scale).
+The anatomy is drawn in millimetres. "small" (fast, laptop scale) renders the kidney region: 130-170 mm of slices
+around the kidneys, a field of view of the body width x 1.05-1.35 on at most 192 x 192 pixels (2.5x the regime's
+in-plane spacing, coarser where the field of view needs it). "large" is a real-size abdominal CT as the scanner
+writes it: the field of view is set to the body the same way (body width x 1.05-1.35) on 512 x 512 pixels, so the
+in-plane spacing is field of view / 512 (0.44-0.79 mm), and the slices cover the whole abdomen (320-480 mm from
+above the liver dome to the pelvis at the regime's slice thickness), so the kidney region is a fraction of the
+slices; below it the lower abdomen and pelvis hold bowel loops, the bladder and the iliac bones (what a body crop
+keeps and a coarse-to-fine pass must learn to ignore).
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ class KiTS19Regime:
     Args:
         phases: contrast phases drawn uniformly (keys of :data:`PHASES`).
         slice_thickness: slice thickness range (mm).
-        inplane_spacing: in-plane spacing range (mm) of a "large" case; "small" cases are 2.5x coarser.
+        inplane_spacing: in-plane spacing range (mm) that "small" cases draw 2.5x coarser ("large" cases take field of
+            view / 512, as a scanner does).
         body_scale: body size factor range (1 = a 240 x 200 mm abdomen).
         single_kidney_prob: probability of one kidney (nephrectomy / agenesis).
         tumour_radius: tumour radius range (mm); a radius < 5 mm is a lesion under 1 cm.
@@ -163,10 +169,12 @@ def _rotation(angle_z: float, angle_y: float) -> np.ndarray:
 class _Canvas:
     """Millimetre coordinates of a ``(Z, Y, X)`` grid; shapes are evaluated only inside their bounding box."""
 
-    def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]):
+    def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float], z0: float | None = None):
         self.shape = shape
         self.spacing = np.asarray(spacing, dtype=np.float64)
         self.axes = [(np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(shape, spacing)]  # volume centre at 0 mm
+        if z0 is not None:  # first slice at z0 mm (the kidney region's centre stays at 0)
+            self.axes[0] = z0 + np.arange(shape[0]) * float(spacing[0])
 
     def ellipsoid(
         self,
@@ -235,21 +243,79 @@ def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
     return float(rng.uniform(*lo_hi))
 
 
-def _geometry(rng: np.random.Generator, reg: KiTS19Regime, size: str) -> tuple[tuple[int, int, int], tuple, float]:
-    """Grid shape, spacing (mm, array order) and body scale of one case."""
+def _geometry(
+    rng: np.random.Generator, reg: KiTS19Regime, size: str
+) -> tuple[tuple[int, int, int], tuple, float, tuple[float, float, float] | None]:
+    """Grid shape, spacing (mm, array order), body scale and (large) the slice layout of one case.
+
+    The slice layout is ``(z0, z_lo, z_hi)`` in mm: the first slice's position and the kidney region's ends (the
+    kidneys sit around 0); ``None`` for "small", whose slices are the kidney region.
+    """
     body = _u(rng, reg.body_scale)
     thick = _u(rng, reg.slice_thickness)
     pix = _u(rng, reg.inplane_spacing)
     if size == "large":
+        fov = 2 * 125 * body * rng.uniform(1.05, 1.35)  # display field of view set to the body, as in "small"
         n_xy = 512
+        pix = fov / n_xy
     else:
         pix *= 2.5
         fov = 2 * 125 * body * rng.uniform(1.05, 1.35)  # body width plus a margin
         n_xy = int(np.clip(round(fov / pix), 96, 192))
         pix = max(pix, fov / n_xy)
     extent = rng.uniform(130.0, 170.0)  # cranio-caudal coverage (mm) around the kidneys
-    depth = max(int(round(extent / thick)), 16)
-    return (depth, n_xy, n_xy), (thick, pix, pix), body
+    if size != "large":
+        depth = max(int(round(extent / thick)), 16)
+        return (depth, n_xy, n_xy), (thick, pix, pix), body, None
+    # the whole abdomen: from 0-60 mm above the kidney region's top (liver dome) down through the pelvis
+    coverage = rng.uniform(320.0, 480.0)
+    above = rng.uniform(0.0, 60.0)
+    depth = int(round(coverage / thick))
+    z_hi = extent / 2
+    z0 = z_hi + above - (depth - 1) * thick
+    return (depth, n_xy, n_xy), (thick, pix, pix), body, (z0, -extent / 2, z_hi)
+
+
+def _lower_abdomen(
+    rng: np.random.Generator,
+    cv: _Canvas,
+    hu: np.ndarray,
+    scale: float,
+    z_lo: float,
+    oral_contrast: bool,
+    bladder_hu: float,
+) -> None:
+    """Below the kidney region of a "large" case: bowel loops (gas, and contrast when the case has oral contrast),
+    the bladder (urine, or excreted contrast in the delayed phase) and the iliac wings, drawn into ``hu``."""
+    bottom = float(cv.axes[0][0])
+    length = z_lo - bottom
+    if length <= 0:
+        return
+    for _ in range(int(rng.integers(4, 8)) * max(1, int(length // 80))):
+        c = (rng.uniform(bottom, z_lo), rng.uniform(-75, 10) * scale, rng.uniform(-75, 75) * scale)
+        ax = (rng.uniform(8, 22), rng.uniform(5, 14), rng.uniform(6, 18))
+        rot = _rotation(rng.uniform(0, np.pi), rng.uniform(-0.5, 0.5))
+        sl, m, _ = cv.ellipsoid(c, ax, rot, (rng, 0.2))
+        kind = rng.random()
+        hu[sl][m] = (
+            rng.uniform(-900, -600)
+            if kind < 0.4
+            else (rng.uniform(150, 400) if oral_contrast and kind < 0.7 else rng.uniform(20, 60))
+        )
+    # pelvis: bladder low and anterior, iliac wings lateral-posterior above it
+    pelvis = bottom + rng.uniform(40.0, 90.0)
+    sl, m, _ = cv.ellipsoid(
+        (pelvis, rng.uniform(-55, -30) * scale, rng.uniform(-10, 10)),
+        (rng.uniform(25, 40), rng.uniform(25, 40) * scale, rng.uniform(35, 55) * scale),
+        wobble=(rng, 0.08),
+    )
+    hu[sl][m] = bladder_hu
+    for side in (-1.0, 1.0):
+        c = (pelvis + rng.uniform(60, 100), rng.uniform(20, 45) * scale, side * rng.uniform(75, 95) * scale)
+        ax = (rng.uniform(40, 60), rng.uniform(8, 14) * scale, rng.uniform(30, 42) * scale)
+        sl, m, r = cv.ellipsoid(c, ax, _rotation(side * rng.uniform(0.3, 0.7), 0.0))
+        hu[sl][m] = rng.uniform(250, 450)
+        hu[sl][m & (r > 0.75)] = rng.uniform(700, 1100)  # cortical rim
 
 
 def synth_kits19_case(
@@ -259,8 +325,8 @@ def synth_kits19_case(
 
     Args:
         rng: random generator (all randomness of the case comes from it).
-        size: ``"small"`` (<= 192 x 192 pixels per slice, in-plane spacing 2.5x the regime's) or ``"large"``
-            (512 x 512 pixels at the regime's in-plane spacing).
+        size: ``"small"`` (the kidney region, <= 192 x 192 pixels per slice) or ``"large"`` (a real-size
+            abdominal CT: 512 x 512 pixels over a field of view set to the body, 320-480 mm of slices).
         regime: a :class:`KiTS19Regime` or a name in :data:`REGIMES`.
 
     Returns:
@@ -269,15 +335,15 @@ def synth_kits19_case(
     if size not in SIZES:
         raise ValueError(f"size='{size}': expected one of {list(SIZES)}")
     reg = get_regime(regime)
-    shape, spacing, scale = _geometry(rng, reg, size)
-    cv = _Canvas(shape, spacing)
+    shape, spacing, scale, layout = _geometry(rng, reg, size)
+    cv = _Canvas(shape, spacing, None if layout is None else layout[0])
     phase = PHASES[reg.phases[int(rng.integers(len(reg.phases)))]]
     hu_of = {k: _u(rng, v) for k, v in phase.items()}
 
     hu = np.full(shape, -1000.0, dtype=np.float32)
     label = np.zeros(shape, dtype=np.uint8)
     big_z = 10_000.0  # "infinite" extent along the slice axis for cylinders
-    z_lo, z_hi = cv.axes[0][0], cv.axes[0][-1]
+    z_lo, z_hi = (cv.axes[0][0], cv.axes[0][-1]) if layout is None else layout[1:]  # the kidney region
 
     # body: fat ellipse with a soft-tissue core (rows = anterior->posterior, columns = right->left)
     body_ax = np.array([big_z, rng.uniform(90, 110) * scale, rng.uniform(115, 130) * scale])
@@ -307,12 +373,16 @@ def synth_kits19_case(
         c = (rng.uniform(z_lo, z_hi), rng.uniform(-75, -30) * scale, rng.uniform(-45, 60) * scale)
         sl, m, _ = cv.ellipsoid(c, (rng.uniform(8, 20), rng.uniform(5, 12), rng.uniform(6, 15)))
         hu[sl][m] = rng.uniform(-900, -600)
-    if rng.random() < reg.oral_contrast_prob:
+    oral_contrast = rng.random() < reg.oral_contrast_prob
+    if oral_contrast:
         for _ in range(int(rng.integers(3, 9))):
             c = (rng.uniform(z_lo, z_hi), rng.uniform(-60, 10) * scale, rng.uniform(-55, 70) * scale)
             ax = (rng.uniform(6, 18), rng.uniform(5, 10), rng.uniform(5, 14))
             sl, m, _ = cv.ellipsoid(c, ax, _rotation(rng.uniform(0, np.pi), rng.uniform(-0.5, 0.5)), (rng, 0.2))
             hu[sl][m] = rng.uniform(150, 400)
+
+    if layout is not None:
+        _lower_abdomen(rng, cv, hu, scale, z_lo, oral_contrast, hu_of["pelvis"])
 
     # kidneys: bean = ellipsoid minus a medial hilum notch, irregular outline, cortex / medulla / renal pelvis
     sides = [-1.0, 1.0]
@@ -487,7 +557,7 @@ def write_kits19(
         cases: number of cases to write (labelled + unlabelled).
         seed: random seed.
         unlabelled: the last ``unlabelled`` cases get no ``segmentation.nii.gz`` (like KiTS19 cases 210-299).
-        size: ``"small"`` (laptop scale) or ``"large"`` (512 x 512 slices at 0.5-1.0 mm).
+        size: ``"small"`` (laptop scale) or ``"large"`` (a real-size abdominal CT, 512 x 512 pixels per slice).
         start_index: index of the first case (folder ``case_{start_index:05d}``).
         regime: a :class:`KiTS19Regime`, a name in :data:`REGIMES`, or ``"heldout"`` (case ``i`` uses
             ``HELDOUT[i % 3]``: other contrast phase, thick slices, small tumours in turn).
