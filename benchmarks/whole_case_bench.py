@@ -303,7 +303,7 @@ def paper_net_rows(image: np.ndarray, spacing, pre, repeats: int = 2) -> dict:
     """The paper's net (``mss_unet3d``, widths 30-320, untrained) at the paper's spacing and window on the large case:
     seconds per window measured on ``repeats`` windows, whole-case times extrapolated from the window counts."""
     import segzoo
-    from segzoo.data.preprocessing import PAPER_TARGET_SPACING, CTPreprocessor
+    from segzoo.data.preprocessor import PAPER_TARGET_SPACING, CTPreprocessor
     from segzoo.inference.crop import body_box
 
     paper = CTPreprocessor(pre.clip_low, pre.clip_high, pre.mean, pre.std, PAPER_TARGET_SPACING)
@@ -377,7 +377,7 @@ def main(argv=None) -> dict:
     paper = None
     if args.quick:
         import segzoo
-        from segzoo.data.preprocessing import CTPreprocessor
+        from segzoo.data.preprocessor import CTPreprocessor
 
         torch.manual_seed(0)
         net = segzoo.create_net("mss_unet3d_small", base_features=4, max_features=16).eval()
