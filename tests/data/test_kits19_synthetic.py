@@ -126,6 +126,7 @@ def test_large_geometry_is_a_real_abdominal_ct():
         assert z0 < z_lo < z_hi <= top <= z_hi + 60 and (z_hi - z_lo) / coverage < 0.55
 
 
+@pytest.mark.slow
 def test_large_case_kidneys_a_fraction_of_the_slices_body_fills_the_view():
     regime = dataclasses.replace(REGIMES["train"], slice_thickness=(5.0, 5.0))  # few slices: a quick draw
     image, label, affine = synth_kits19_case(np.random.default_rng(7), size="large", regime=regime)

@@ -237,7 +237,7 @@ def test_crop_arguments_are_checked():
         SlidingWindowTTAInferer(ROI, coarse_overlap=1.0)
 
 
-@pytest.mark.parametrize("output", ["probabilities", "logits"])
+@pytest.mark.parametrize("output", [pytest.param("probabilities", marks=pytest.mark.slow), "logits"])
 def test_crop_exact_equals_full_inside_the_box_for_a_random_net(output):
     """Exactness by construction, whatever the net: an untrained segzoo net (instance norm, so every window's output
     depends on the whole window), 8 flips, a body box with a kidney-bright blob on its border. Every voxel inside the
