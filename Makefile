@@ -33,7 +33,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
