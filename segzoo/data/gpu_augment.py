@@ -131,8 +131,8 @@ class BatchAugment(nn.Module):
     """Random spatial + intensity augmentation of a whole batch dict, on whatever device the batch is on.
 
     Input/output: the segzoo batch dict ``{"image": (B, C, *spatial) float, "label": (B, 1, *spatial) int, ...}``
-    (2D or 3D); other keys pass through unchanged. Order: spatial (one resampling) -> gamma -> intensity scaling, noise, intensity shift, histogram shift (image; each only
-    when its probability is > 0) -> mirroring.
+    (2D or 3D); other keys pass through unchanged. Order: spatial (one resampling) -> gamma -> intensity scaling,
+    noise, intensity shift, histogram shift (image; each only when its probability is > 0) -> mirroring.
     Random numbers are drawn on the CPU from ``generator`` (or the one seeded by ``seed``, or torch's global RNG)
     and then moved, so a seed gives the same augmentation on CPU and GPU.
 
