@@ -56,6 +56,7 @@ def test_affine_convention(synth_dir):
         assert nib.aff2axcodes(aff) == ("I", "P", "L")
 
 
+@pytest.mark.slow  # writes and re-reads several cases: 5 s
 def test_deterministic_per_seed_and_index(tmp_path):
     a = synth_kits19_case(np.random.default_rng((7, 1)))
     b = synth_kits19_case(np.random.default_rng((7, 1)))
