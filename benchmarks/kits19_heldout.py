@@ -38,7 +38,9 @@ def dynunet_args(config: str) -> dict:
     doubled per level, capped at max features), instance norm, no deep supervision, no residual blocks."""
     net = _config(config)["model"]["net"]["init_args"]
     kernels, strides = net["kernel_size"], net["strides"]
-    base, top = int(net.get("base_features", 32)), int(net.get("max_features", 320))
+    from segzoo.nets.mss_unet import default_features
+
+    widths = {k: int(net[k]) for k in ("base_features", "max_features") if k in net}  # MSSUNet's defaults otherwise
     return {
         "spatial_dims": 3,
         "in_channels": 1,
@@ -46,7 +48,7 @@ def dynunet_args(config: str) -> dict:
         "kernel_size": kernels,
         "strides": strides,
         "upsample_kernel_size": strides[1:],
-        "filters": [min(base * 2**i, top) for i in range(len(kernels))],
+        "filters": list(default_features(len(kernels), **widths)),
         "norm_name": "instance",
         "deep_supervision": False,
         "res_block": False,
