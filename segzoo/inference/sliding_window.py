@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
 from monai.inferers import Inferer, sliding_window_inference
@@ -130,6 +131,10 @@ class SlidingWindowTTAInferer(Inferer):
             without it. Off by default (see ``docs/inference.md`` for the measured tolerance).
         coarse_overlap: window overlap of the coarse pass (default 0: each voxel predicted once).
         coarse_margin: voxels around each coarse foreground component; default a quarter of ``roi_size``.
+        coarse_select: applied to the coarse pass's label map (a ``(*spatial)`` integer numpy array) before the boxes
+            are taken, to keep only the foreground the final answer can hold; ``segzoo infer`` passes the
+            checkpoint's validated post-processing, so components it would delete (small false positives far from
+            the kidneys) do not make the fine pass run there. ``None``: every coarse foreground component.
 
     ``device="auto"`` chooses the output device per case with ``memory_budget_gb`` (see :meth:`output_device`).
 
@@ -164,6 +169,7 @@ class SlidingWindowTTAInferer(Inferer):
         coarse_to_fine: bool = False,
         coarse_overlap: float = 0.0,
         coarse_margin: int | Sequence[int] | None = None,
+        coarse_select: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         roi = tuple(int(r) for r in roi_size)
@@ -222,6 +228,7 @@ class SlidingWindowTTAInferer(Inferer):
         self.coarse_margin = (
             tuple(r // 4 for r in roi) if coarse_margin is None else per_axis(coarse_margin, len(roi), "coarse_margin")
         )
+        self.coarse_select = coarse_select
         #: what the last call did, one dict per case of the batch: ``windows_run`` / ``windows_total`` (the full
         #: pass's grid), ``boxes`` predicted (case coordinates), ``body_box``, ``coarse_windows``, ``coarse_seconds``
         self.last_stats: list[dict[str, Any]] = []
@@ -476,6 +483,8 @@ class SlidingWindowTTAInferer(Inferer):
         probs = self._sliding(sub, network, args, kwargs, sw_device, sw_device, flips=[()], overlap=self.coarse_overlap)
         labels = probs[0].argmax(dim=0)
         del probs
+        if self.coarse_select is not None:
+            labels = self.coarse_select(labels.cpu().numpy().astype(np.uint8))
         return foreground_boxes(labels, self.coarse_margin, offset=[s.start for s in fitted], shape=shape)
 
     def _background(self, classes: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:

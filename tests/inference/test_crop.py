@@ -197,6 +197,28 @@ def test_coarse_to_fine_exact_inside_its_boxes(kidney_at_border):
     assert stats["coarse_windows"] < stats["windows_total"]
 
 
+def test_coarse_to_fine_select_drops_what_the_postprocessing_drops():
+    """``coarse_select`` (what ``segzoo infer`` sets to the checkpoint's post-processing): a small false positive far
+    from the kidney makes no fine box, fewer windows run, and the post-processed answer equals the full one's."""
+    from segzoo.inference.postprocess import KiTSPostprocess
+
+    x, _ = phantom()
+    x[0, 0, 2:4, 29:31, 10:12] = 3.0  # a small bright speck in the body, far from the kidney: a false positive
+    net = detector()
+    full = SlidingWindowTTAInferer(ROI, sw_batch_size=2)(x, net).argmax(1)[0].numpy()
+    post = KiTSPostprocess(min_relative_size=0.25)
+    runs = {}
+    for name, select in (("all", None), ("select", post)):
+        inferer = SlidingWindowTTAInferer(
+            ROI, sw_batch_size=2, crop=True, coarse_to_fine=True, coarse_margin=(1, 3, 3), coarse_select=select
+        )
+        labels = inferer(x, net).argmax(1)[0].numpy()
+        runs[name] = inferer.last_stats[0]
+        assert np.array_equal(post(labels), post(full))
+    assert len(runs["all"]["boxes"]) == 2 and len(runs["select"]["boxes"]) == 1  # the speck's box is gone
+    assert runs["select"]["windows_run"] < runs["all"]["windows_run"]
+
+
 def test_coarse_to_fine_regrid_pastes_each_box():
     """Re-placed windows around the coarse boxes: equal to the whole case inside them for a pointwise net."""
     x, _ = phantom()
