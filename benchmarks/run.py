@@ -539,21 +539,27 @@ def whole_case_targets(data: dict | None, model: dict | None = None) -> list[tup
         return rows
     rows = []
     for method, target, tol, label in (
-        ("crop_exact", 0.5, 0.001, "default switches (`--crop exact`)"),
-        ("amp", 0.5, 0.001, "`--crop exact --amp` (bf16)"),
-        ("crop_regrid", 0.5, 0.001, "`--crop regrid`"),
-        ("coarse_to_fine", 0.2, 0.005, "`--coarse-to-fine`"),
-        ("coarse_to_fine_regrid", 0.2, 0.005, "`--coarse-to-fine --crop regrid`"),
+        ("amp", 0.5, 0.001, "default switches on a CPU with AMX (`--crop exact`, bf16)"),
+        ("crop_exact", 0.5, 0.001, "default switches on other CPUs (`--crop exact`, float32)"),
+        ("crop_regrid", 0.5, 0.001, "`--crop regrid` (float32)"),
+        ("coarse_to_fine_amp", 0.2, 0.005, "`--coarse-to-fine` on a CPU with AMX (bf16)"),
+        ("coarse_to_fine", 0.2, 0.005, "`--coarse-to-fine` (float32)"),
+        ("coarse_to_fine_regrid", 0.2, 0.005, "`--coarse-to-fine --crop regrid` (float32)"),
     ):
         parts = []
         for case, c in data["cases"].items():
             r = c["rows"].get(method)
             if not r:
                 continue
-            worst = min(r["dice_kidney_vs_full"], r["dice_tumour_vs_full"])
+            # coarse-to-fine's answer is the post-processed one (its coarse pass keeps what the post-processing
+            # keeps): compared with the full result post-processed the same way, as `segzoo infer` writes both
+            post = method.startswith("coarse_to_fine") and "dice_kidney_vs_full_post" in r
+            suffix = "_post" if post else ""
+            worst = min(r[f"dice_kidney_vs_full{suffix}"], r[f"dice_tumour_vs_full{suffix}"])
             ok = r["time_over_monai_8pass"] <= target and worst >= 1 - tol
             text = (
-                f"{case}: {r['time_over_monai_8pass']:.2f}x, Dice vs full >= {worst:.4f} ({'met' if ok else 'not met'})"
+                f"{case}: {r['time_over_monai_8pass']:.2f}x, Dice vs full{' (both post-processed)' if post else ''} "
+                f">= {worst:.4f} ({'met' if ok else 'not met'})"
             )
             if "dice_kidney_vs_truth" in r:
                 full = c["rows"]["full"]

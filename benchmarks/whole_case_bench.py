@@ -16,10 +16,12 @@ Methods (overlap 0.5, Gaussian blending, ``sw_batch_size`` 2, softmax probabilit
 - ``monai_8pass``: MONAI's ``sliding_window_inference`` once per flip of the whole volume (the naive peer);
 - ``nnunet_v2``: nnU-Net v2's ``nnUNetPredictor.predict_sliding_window_return_logits`` with the same net, window,
   step 0.5, Gaussian, mirroring on all axes (it averages logits);
-- ``crop_exact`` (the default of ``segzoo infer``), ``crop_regrid``, ``coarse_to_fine`` (with the exact crop),
-  ``coarse_to_fine_regrid`` (windows re-placed over each coarse box),
-  ``tta_inplane`` and ``tta_none`` (with the exact crop), ``amp`` (exact crop, bf16 autocast; only on a CPU with
-  bf16 kernels), ``onnxruntime`` and ``openvino`` (exact crop, the exported net run by that runtime).
+- ``crop_exact`` (``segzoo infer``'s default crop, float32), ``crop_regrid``, ``coarse_to_fine`` (with the exact crop),
+  ``coarse_to_fine_regrid`` (windows re-placed over each coarse box), ``tta_inplane`` and ``tta_none`` (with the
+  exact crop), ``amp`` (exact crop, bf16 autocast: ``segzoo infer``'s default on a CPU with AMX) and
+  ``coarse_to_fine_amp`` (only on a CPU with bf16 kernels), ``onnxruntime`` and ``openvino`` (exact crop, the
+  exported net run by that runtime). The coarse-to-fine paths keep only the coarse foreground the checkpoint's
+  post-processing keeps (``coarse_select``), as ``segzoo infer`` does.
 
 Flips: the held-out cases run every method with its own flips (8 unless the method says otherwise). The large case
 runs every method with ONE flip (the identity) and its 8-flip time is extrapolated as ``8 x`` the measured time
@@ -32,7 +34,8 @@ and the TTA choices cost the same per window there as on the held-out cases, whe
 Reported per case and method: wall time (one call after a warm-up of the net; ``--repeats`` for the median), the
 peak RSS above the RSS before the call (sampled every 2 ms, in-process, glibc's default allocator: memory freed by an
 earlier method and kept by the allocator can hide part of a later one's peak), kidney (label > 0) and tumour
-(label 2) Dice of the argmax against ``full``, windows run, and the achieved GFLOP/s of the net's forward passes
+(label 2) Dice of the argmax against ``full`` (raw, and both post-processed with the checkpoint's validated
+post-processing, which is what ``segzoo infer`` writes), windows run, and the achieved GFLOP/s of the net's forward passes
 (FLOPs of one window counted by ``torch.utils.flop_counter`` x windows x flips / time) against the CPU's fp32 peak
 (cores x base clock x 64: two AVX-512 FMA units; 32 with AVX2; ``--peak-gflops`` overrides).
 
@@ -143,8 +146,12 @@ class NNUNetPeer:
         return self.predictor.predict_sliding_window_return_logits(x[0])[None]
 
 
-def build_methods(net, roi, classes, in_channels, sw_batch_size, one_flip: bool, quick: bool, only=None) -> dict:
-    """``{name: (callable(x) -> (1, K, *spatial) scores, inferer or None, flips)}``; ``only``: names to keep."""
+def build_methods(
+    net, roi, classes, in_channels, sw_batch_size, one_flip: bool, quick: bool, only=None, post=None
+) -> dict:
+    """``{name: (callable(x) -> (1, K, *spatial) scores, inferer or None, flips)}``; ``only``: names to keep;
+    ``post``: the checkpoint's post-processing, which the coarse-to-fine paths apply to their coarse pass as
+    ``segzoo infer`` does."""
     all_axes = None if one_flip else (0, 1, 2)
     common = dict(sw_batch_size=sw_batch_size, overlap=0.5, mode="gaussian")
 
@@ -167,9 +174,9 @@ def build_methods(net, roi, classes, in_channels, sw_batch_size, one_flip: bool,
     add("crop_exact", lambda x: exact(x, net), exact)
     regrid = inferer(crop=True, crop_grid="crop")
     add("crop_regrid", lambda x: regrid(x, net), regrid)
-    c2f = inferer(crop=True, coarse_to_fine=True)
+    c2f = inferer(crop=True, coarse_to_fine=True, coarse_select=post)
     add("coarse_to_fine", lambda x: c2f(x, net), c2f)
-    c2f_regrid = inferer(crop=True, crop_grid="crop", coarse_to_fine=True)
+    c2f_regrid = inferer(crop=True, crop_grid="crop", coarse_to_fine=True, coarse_select=post)
     add("coarse_to_fine_regrid", lambda x: c2f_regrid(x, net), c2f_regrid)
     if not one_flip:
         inplane = inferer(crop=True, mirror_axes=(1, 2))
@@ -181,6 +188,8 @@ def build_methods(net, roi, classes, in_channels, sw_batch_size, one_flip: bool,
         runners.append((net, True))
         amp = inferer(crop=True, amp=True)
         add("amp", lambda x: amp(x, net), amp)
+        c2f_amp = inferer(crop=True, coarse_to_fine=True, coarse_select=post, amp=True)
+        add("coarse_to_fine_amp", lambda x: c2f_amp(x, net), c2f_amp)
     from segzoo.inference.backends import backend_net
 
     for backend in ("onnxruntime", "openvino"):
@@ -202,7 +211,7 @@ def build_methods(net, roi, classes, in_channels, sw_batch_size, one_flip: bool,
     return methods
 
 
-def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip, truth=None) -> dict:
+def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip, truth=None, post=None) -> dict:
     rows: dict = {}
     labels: dict = {}
     for method, (fn, inf, flips) in methods.items():
@@ -243,6 +252,7 @@ def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip,
         print(f"[{name}] {method}: {row['time_s']:.2f} s", flush=True)
         rows[method] = row
     ref = labels["full"]
+    theirs = None if post is None else post(ref)
     from segzoo.inference.crop import body_box
 
     body = [(b.start, b.stop) for b in body_box(x[0], margin=4)]  # the inferer's default crop (margin 4)
@@ -253,6 +263,13 @@ def run_case(name, x, methods, gflop_per_window, peak_gflops, repeats, one_flip,
             row["dice_kidney_vs_truth"] = dice(labels[method] > 0, truth > 0)
             row["dice_tumour_vs_truth"] = dice(labels[method] == 2, truth == 2)
         row["label_voxels_differing"] = int((labels[method] != ref).sum())
+        if post is not None:  # what `segzoo infer` writes: each path's labels post-processed, against full's
+            mine = post(labels[method])
+            row["dice_kidney_vs_full_post"] = dice(mine > 0, theirs > 0)
+            row["dice_tumour_vs_full_post"] = dice(mine == 2, theirs == 2)
+            if truth is not None:
+                row["dice_kidney_vs_truth_post"] = dice(mine > 0, truth > 0)
+                row["dice_tumour_vs_truth_post"] = dice(mine == 2, truth == 2)
         if "body_box" in row:  # where the crop predicts: the exact paths must agree with `full` voxel for voxel
             box = tuple(slice(a, b) for a, b in row["body_box"])
             row["label_voxels_differing_in_body_box"] = int((labels[method][box] != ref[box]).sum())
@@ -378,6 +395,7 @@ def main(argv=None) -> dict:
     if args.quick:
         import segzoo
         from segzoo.data.preprocessor import CTPreprocessor
+        from segzoo.inference.postprocess import KiTSPostprocess
 
         torch.manual_seed(0)
         net = segzoo.create_net("mss_unet3d_small", base_features=4, max_features=16).eval()
@@ -387,13 +405,15 @@ def main(argv=None) -> dict:
         truths["large"] = pre.preprocess_label(label, spacing)[0]
         cases["heldout_quick"] = cases["large"][:, :, :, 8:56, 8:56].clone()
         ckpt = "quick (untrained mss_unet3d_small, widths 4-16)"
+        post = KiTSPostprocess(keep_largest=True)
     else:
         from segzoo.inference.predict import load_predictor
 
         if not args.ckpt.exists():
             p.error(f"--ckpt {args.ckpt}: not found; run `make demo` first (or pass a segzoo checkpoint)")
-        predictor = load_predictor(args.ckpt, tta="none", postprocess=False)
+        predictor = load_predictor(args.ckpt, tta="none")
         net, pre, roi = predictor.net, predictor.preprocessor, predictor.inferer.roi_size
+        post = predictor.postprocess  # the checkpoint's validated decision
         ckpt = str(args.ckpt)
         for case in sorted(args.heldout.glob("case_*"))[: args.cases]:
             image, affine = load_nifti(case / "imaging.nii.gz", dtype=np.float32)
@@ -432,6 +452,8 @@ def main(argv=None) -> dict:
         "cpu_peak_gflops_fp32": peak,
         "cpu_peak_how": peak_how,
         "cases": results,
+        "postprocess": repr(post),
+        "default_amp_on_this_cpu": bool(torch.cpu.get_capabilities().get("amx_bf16", False)),
         "paper_net_large": paper,
     }
     stem = "whole_case_cpu"
@@ -445,8 +467,8 @@ def main(argv=None) -> dict:
         one_flip = name == "large"
         chosen = args.large_methods if one_flip else args.heldout_methods
         only = None if "all" in chosen else set(chosen)
-        methods = build_methods(net, roi, classes, in_channels, args.sw_batch_size, one_flip, args.quick, only)
-        results[name] = run_case(name, x, methods, gflop, peak, args.repeats, one_flip, truths.get(name))
+        methods = build_methods(net, roi, classes, in_channels, args.sw_batch_size, one_flip, args.quick, only, post)
+        results[name] = run_case(name, x, methods, gflop, peak, args.repeats, one_flip, truths.get(name), post)
         # after every case, so a run cut short keeps what it measured
         atomic_write_text(args.out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(args.out / f"{stem}.md", markdown(result))
@@ -458,13 +480,14 @@ LABELS = {
     "full": "segzoo, whole case, no crop (reference)",
     "monai_8pass": "MONAI sliding_window_inference once per flip (peer)",
     "nnunet_v2": "nnU-Net v2 predict_sliding_window_return_logits (peer)",
-    "crop_exact": "segzoo infer default: `--crop exact`",
-    "crop_regrid": "`--crop regrid`",
-    "coarse_to_fine": "`--crop exact --coarse-to-fine`",
-    "coarse_to_fine_regrid": "`--crop regrid --coarse-to-fine`",
-    "tta_inplane": "`--crop exact --tta inplane` (4 flips)",
-    "tta_none": "`--crop exact --tta none`",
-    "amp": "`--crop exact --amp` (bf16 autocast)",
+    "crop_exact": "`--crop exact --no-amp` (float32: the default on CPUs without AMX)",
+    "crop_regrid": "`--crop regrid --no-amp`",
+    "coarse_to_fine": "`--crop exact --coarse-to-fine --no-amp`",
+    "coarse_to_fine_regrid": "`--crop regrid --coarse-to-fine --no-amp`",
+    "tta_inplane": "`--crop exact --tta inplane --no-amp` (4 flips)",
+    "tta_none": "`--crop exact --tta none --no-amp`",
+    "amp": "`--crop exact` with bf16 autocast (the default on CPUs with AMX)",
+    "coarse_to_fine_amp": "`--coarse-to-fine` with bf16 autocast (as it runs on CPUs with AMX)",
     "onnxruntime": "`--crop exact --backend onnxruntime`",
     "openvino": "`--crop exact --backend openvino`",
 }
@@ -484,6 +507,7 @@ def markdown(result: dict) -> str:
     for name, case in result["cases"].items():
         one = case["one_flip_measured"]
         truth = any("dice_kidney_vs_truth" in r for r in case["rows"].values())
+        posted = any("dice_kidney_vs_full_post" in r for r in case["rows"].values())
         md += [
             f"**{name}**: preprocessed {case['shape'][2:]}, {case['foreground_voxels']} foreground voxels in the "
             f"reference"
@@ -516,8 +540,16 @@ def markdown(result: dict) -> str:
             + "time / MONAI 8-pass | CPU time / MONAI 8-pass | peak RSS (MiB) | windows run / grid | kidney Dice vs "
             "full | tumour Dice vs full | label voxels differing from full (in the body box) | "
             + ("kidney / tumour Dice vs truth | " if truth else "")
+            + ("post-processed: kidney / tumour Dice vs full | " if posted else "")
+            + ("post-processed: kidney / tumour Dice vs truth | " if posted and truth else "")
             + "GFLOP/s (% of peak) |",
-            "|---|---|" + ("---|" if one else "") + "---|---|---|---|---|---|---|" + ("---|" if truth else "") + "---|",
+            "|---|---|"
+            + ("---|" if one else "")
+            + "---|---|---|---|---|---|---|"
+            + ("---|" if truth else "")
+            + ("---|" if posted else "")
+            + ("---|" if posted and truth else "")
+            + "---|",
         ]
         for method, r in case["rows"].items():
             windows = f"{r['windows_run']}/{r['windows_total']}" if "windows_run" in r else "-"
@@ -534,6 +566,16 @@ def markdown(result: dict) -> str:
                 + (f" ({r['label_voxels_differing_in_body_box']})" if "label_voxels_differing_in_body_box" in r else "")
                 + " | "
                 + (f"{r['dice_kidney_vs_truth']:.3f} / {r['dice_tumour_vs_truth']:.3f} | " if truth else "")
+                + (
+                    f"{r['dice_kidney_vs_full_post']:.4f} / {r['dice_tumour_vs_full_post']:.4f} | "
+                    if "dice_kidney_vs_full_post" in r
+                    else ("- | " if posted else "")
+                )
+                + (
+                    f"{r['dice_kidney_vs_truth_post']:.3f} / {r['dice_tumour_vs_truth_post']:.3f} | "
+                    if "dice_kidney_vs_truth_post" in r
+                    else ("- | " if posted and truth else "")
+                )
                 + f"{gf} |"
             )
         md.append("")
