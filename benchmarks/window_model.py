@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     p.add_argument("--small-cases", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    from segzoo.data.kits19 import spacing_from_affine
+    from segzoo.data.geometry import spacing_from_affine
     from segzoo.data.synthetic.kits19 import synth_kits19_case
 
     cases = {"large": large_case(args.large_slices, args.large_seed)}

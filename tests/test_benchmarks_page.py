@@ -94,3 +94,24 @@ def test_quick_run_writes_results_and_page(tmp_path):
     assert set(nets["rows"]) == {"drnet", "unet_pfm", "unet2d", "cenet", "denseaspp", "msdual"}
     page = (tmp_path / "benchmarks.md").read_text()
     assert "### Train step (cpu" in page and "### 2D nets, train step (cpu" in page
+
+
+def test_every_segzoo_name_a_benchmark_imports_exists():
+    """Benchmark scripts run rarely (minutes to hours): a segzoo name they import that moved (as
+    ``spacing_from_affine`` did from ``segzoo.data.kits19`` to ``segzoo.data.geometry``) must fail here, not in the
+    middle of ``make bench``. Checked statically from each script's ``from segzoo... import ...`` statements."""
+    import ast
+    import importlib
+
+    missing = []
+    for script in sorted(BENCH.glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text(), filename=str(script))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "segzoo":
+                module = importlib.import_module(node.module)
+                missing += [
+                    f"{script.name}:{node.lineno}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if not hasattr(module, alias.name)
+                    and importlib.util.find_spec(f"{node.module}.{alias.name}") is None
+                ]
+    assert not missing, "benchmark scripts import names that do not exist:\n" + "\n".join(missing)
