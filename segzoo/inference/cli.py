@@ -157,8 +157,6 @@ def cmd_infer(argv: Sequence[str]) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="segzoo infer: %(message)s")  # notes such as oblique inputs
-    if args.amp is None and predictor.inferer.amp and not args.device.startswith("cuda"):
-        logging.info("bf16 autocast on (this CPU has AMX bf16 units); --no-amp for float32")
     out_dir = Path(args.output)
     todo = [(path, out_dir / f"{case_name(path)}.nii.gz") for path in inputs]
     if args.resume:

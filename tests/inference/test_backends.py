@@ -75,21 +75,6 @@ def test_load_predictor_amp_default(monkeypatch, pretrained_case, amx):
     assert load_predictor(model, amp=False).inferer.amp is False
 
 
-def test_infer_says_when_bf16_is_on_by_default(monkeypatch, pretrained_case, caplog):
-    import logging
-
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
-    model, tmp_path = pretrained_case
-    args = ["infer", "--ckpt", str(model), "--input", str(tmp_path / "in"), "--no-tta", "--no-postprocess"]
-    with caplog.at_level(logging.INFO):
-        assert main([*args, "--output", str(tmp_path / "bf16")]) == 0
-    assert "bf16 autocast on" in caplog.text and "--no-amp" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        assert main([*args, "--output", str(tmp_path / "fp32"), "--no-amp"]) == 0
-    assert "bf16" not in caplog.text
-
-
 @pytest.fixture
 def pretrained_case(tmp_path):
     model = tmp_path / "model"
