@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt = run / "checkpoints" / "last.ckpt"
     if args.net == "mss":
-        with_pp = load_predictor(ckpt, tta=False, overlap=0.25, amp=False)  # float32, as the DynUNet peer
+        with_pp = load_predictor(ckpt, tta=False, overlap=0.25, amp=False)  # float32 like the peer
         variants = {"post": with_pp, "none": Predictor(with_pp.net, with_pp.inferer, with_pp.preprocessor, None)}
     else:
         net, pre = load_dynunet(ckpt, args.config)

@@ -16,12 +16,11 @@ Methods (overlap 0.5, Gaussian blending, ``sw_batch_size`` 2, softmax probabilit
 - ``monai_8pass``: MONAI's ``sliding_window_inference`` once per flip of the whole volume (the naive peer);
 - ``nnunet_v2``: nnU-Net v2's ``nnUNetPredictor.predict_sliding_window_return_logits`` with the same net, window,
   step 0.5, Gaussian, mirroring on all axes (it averages logits);
-- ``crop_exact`` (``segzoo infer``'s default crop, float32), ``crop_regrid``, ``coarse_to_fine`` (with the exact crop),
+- ``crop_exact`` (the default of ``segzoo infer``), ``crop_regrid``, ``coarse_to_fine`` (with the exact crop),
   ``coarse_to_fine_regrid`` (windows re-placed over each coarse box), ``tta_inplane`` and ``tta_none`` (with the
-  exact crop), ``amp`` (exact crop, bf16 autocast: ``segzoo infer``'s default on a CPU with AMX) and
-  ``coarse_to_fine_amp`` (only on a CPU with bf16 kernels), ``onnxruntime`` and ``openvino`` (exact crop, the
-  exported net run by that runtime). The coarse-to-fine paths keep only the coarse foreground the checkpoint's
-  post-processing keeps (``coarse_select``), as ``segzoo infer`` does.
+  exact crop), ``amp`` and ``coarse_to_fine_amp`` (bf16 autocast; only on a CPU with bf16 kernels), ``onnxruntime``
+  and ``openvino`` (exact crop, the exported net run by that runtime). The coarse-to-fine paths keep only the coarse
+  foreground the checkpoint's post-processing keeps (``coarse_select``), as ``segzoo infer`` does.
 
 Flips: the held-out cases run every method with its own flips (8 unless the method says otherwise). The large case
 runs every method with ONE flip (the identity) and its 8-flip time is extrapolated as ``8 x`` the measured time
@@ -453,7 +452,6 @@ def main(argv=None) -> dict:
         "cpu_peak_how": peak_how,
         "cases": results,
         "postprocess": repr(post),
-        "default_amp_on_this_cpu": bool(torch.cpu.get_capabilities().get("amx_bf16", False)),
         "paper_net_large": paper,
     }
     stem = "whole_case_cpu"
@@ -480,14 +478,14 @@ LABELS = {
     "full": "segzoo, whole case, no crop (reference)",
     "monai_8pass": "MONAI sliding_window_inference once per flip (peer)",
     "nnunet_v2": "nnU-Net v2 predict_sliding_window_return_logits (peer)",
-    "crop_exact": "`--crop exact --no-amp` (float32: the default on CPUs without AMX)",
-    "crop_regrid": "`--crop regrid --no-amp`",
-    "coarse_to_fine": "`--crop exact --coarse-to-fine --no-amp`",
-    "coarse_to_fine_regrid": "`--crop regrid --coarse-to-fine --no-amp`",
-    "tta_inplane": "`--crop exact --tta inplane --no-amp` (4 flips)",
-    "tta_none": "`--crop exact --tta none --no-amp`",
-    "amp": "`--crop exact` with bf16 autocast (the default on CPUs with AMX)",
-    "coarse_to_fine_amp": "`--coarse-to-fine` with bf16 autocast (as it runs on CPUs with AMX)",
+    "crop_exact": "segzoo infer default: `--crop exact`",
+    "crop_regrid": "`--crop regrid`",
+    "coarse_to_fine": "`--crop exact --coarse-to-fine`",
+    "coarse_to_fine_regrid": "`--crop regrid --coarse-to-fine`",
+    "tta_inplane": "`--crop exact --tta inplane` (4 flips)",
+    "tta_none": "`--crop exact --tta none`",
+    "amp": "`--crop exact --amp` (bf16 autocast)",
+    "coarse_to_fine_amp": "`--crop exact --coarse-to-fine --amp` (bf16 autocast)",
     "onnxruntime": "`--crop exact --backend onnxruntime`",
     "openvino": "`--crop exact --backend openvino`",
 }

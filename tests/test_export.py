@@ -138,8 +138,7 @@ def test_infer_accepts_pretrained_directory(small_3d, tmp_path):
     affine = np.diag([2.5, 0.8, 0.8, 1.0])
     save_nifti(image, affine, tmp_path / "in" / "case_a.nii.gz")
     args = ["infer", "--ckpt", str(pre), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
-    # --no-amp: float32 on every CPU (bf16 is the default on CPUs with AMX), compared with the float32 net below
-    assert main([*args, "--no-tta", "--no-postprocess", "--no-amp"]) == 0
+    assert main([*args, "--no-tta", "--no-postprocess"]) == 0
     pred, pred_affine = load_nifti(tmp_path / "out" / "case_a.nii.gz")
     np.testing.assert_allclose(pred_affine, affine)
     with torch.no_grad():  # one window covers the volume: the prediction is the net's argmax

@@ -76,8 +76,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="bf16 mixed precision for the net (default: on for CUDA and for CPUs with AMX bf16 units, where it is "
-        "about 3x faster with Dice within 0.001 of float32; --no-amp for float32 everywhere)",
+        help="bf16 mixed precision for the net (default: on for CUDA, off on a CPU)",
     )
     p.add_argument(
         "--max-batch",

@@ -133,17 +133,6 @@ class Predictor:
         return save_nifti(labels, None, output_path, header=header)
 
 
-def default_amp(device: torch.device | str) -> bool:
-    """Whether ``segzoo infer`` runs the net in bf16 autocast by default on ``device``: on CUDA, and on a CPU with
-    AMX bf16 tile units (Intel Sapphire Rapids and later), where oneDNN's bf16 convolutions measured 0.34x the fp32
-    time with Dice against the fp32 result >= 0.999 (docs/benchmarks.md). CPUs with only AVX512-BF16 or emulated bf16
-    keep float32 (not measured faster)."""
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return True
-    return kind == "cpu" and bool(torch.cpu.get_capabilities().get("amx_bf16", False))
-
-
 def load_predictor(
     source: str | os.PathLike | LoadedModel,
     device: str = "cpu",
@@ -164,8 +153,8 @@ def load_predictor(
     (:func:`segzoo.checkpoint.load_checkpoint`: nothing from the file runs unless ``trust``).
 
     The net runs on ``device``; the stitched output stays there when it fits (``memory_budget_gb``, default half
-    the free accelerator memory) and is streamed to the CPU otherwise. ``amp``: bf16 autocast (``None``:
-    :func:`default_amp`, on for CUDA and for CPUs with AMX bf16 units, float32 otherwise). ``max_batch``: most
+    the free accelerator memory) and is streamed to the CPU otherwise. ``amp``: bf16 autocast (``None``: on
+    for CUDA, off on a CPU). ``max_batch``: most
     windows x flips per forward pass (bounds activation memory; ``"auto"``: all flips at once on an accelerator, one
     per pass on a CPU). ``tta``: ``"all"`` / True, ``"inplane"``, ``"none"`` / False
     (:func:`~segzoo.inference.sliding_window.tta_mirror_axes`); ``crop``: ``"none"``, ``"exact"``, ``"regrid"`` and
@@ -198,7 +187,7 @@ def load_predictor(
         mirror_axes=tta_mirror_axes(tta, len(roi)),
         sw_device=str(dev),
         device="auto",
-        amp=(default_amp(dev) if amp is None else amp) and backend == "torch",
+        amp=(dev.type == "cuda" if amp is None else amp) and backend == "torch",
         max_batch=max_batch,
         memory_budget_gb=memory_budget_gb,
         coarse_to_fine=coarse_to_fine,

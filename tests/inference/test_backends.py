@@ -52,29 +52,6 @@ def test_tta_and_crop_choices():
         crop_arguments("body")
 
 
-def test_default_amp_follows_the_hardware(monkeypatch):
-    """bf16 autocast by default on CUDA and on CPUs with AMX bf16 units; float32 on other CPUs (AVX512-BF16 alone
-    was not measured faster); an explicit ``amp`` wins."""
-    from segzoo.inference.predict import default_amp
-
-    caps = {"amx_bf16": True, "avx512_bf16": True}
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
-    assert default_amp("cpu") and default_amp("cuda:1")
-    caps["amx_bf16"] = False
-    assert not default_amp("cpu") and default_amp("cuda")
-    assert not default_amp("mps")
-
-
-@pytest.mark.parametrize("amx", [True, False])
-def test_load_predictor_amp_default(monkeypatch, pretrained_case, amx):
-    from segzoo.inference.predict import load_predictor
-
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": amx})
-    model, _ = pretrained_case
-    assert load_predictor(model).inferer.amp is amx
-    assert load_predictor(model, amp=False).inferer.amp is False
-
-
 @pytest.fixture
 def pretrained_case(tmp_path):
     model = tmp_path / "model"
@@ -89,7 +66,7 @@ def pretrained_case(tmp_path):
 def _infer(model, tmp_path, name, *flags):
     out = tmp_path / name
     args = ["infer", "--ckpt", str(model), "--input", str(tmp_path / "in"), "--output", str(out), "--no-postprocess"]
-    assert main([*args, "--no-amp", *flags]) == 0  # float32 on every CPU, so the paths compare the same arithmetic
+    assert main([*args, *flags]) == 0
     return np.asarray(nib.load(out / "ct.nii.gz").dataobj)
 
 
