@@ -180,6 +180,7 @@ def load_predictor(
     if roi is None:
         raise DataError(f"{loaded.source}: holds no sliding-window size; pass --roi-size")
     dev = torch.device(device)
+    post = loaded.postprocess() if postprocess else None
     inferer = SlidingWindowTTAInferer(
         roi_size=roi,
         sw_batch_size=sw_batch_size,
@@ -191,11 +192,9 @@ def load_predictor(
         max_batch=max_batch,
         memory_budget_gb=memory_budget_gb,
         coarse_to_fine=coarse_to_fine,
+        coarse_select=post,  # the fine pass runs only where the post-processed answer can hold foreground
         **crop_arguments(crop),
     )
-    post = loaded.postprocess() if postprocess else None
-    if coarse_to_fine and post is not None:
-        inferer.coarse_select = post  # the fine pass runs only where the post-processed answer can hold foreground
     net = loaded.net.to(dev).eval()
     if backend != "torch":
         args = getattr(net, "init_config", {}).get("init_args", {})
