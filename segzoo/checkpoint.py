@@ -53,6 +53,7 @@ PRETRAINED_FILES = ("config.json", "model.safetensors", "preprocessor.json", "in
 # ``module.QualName`` and the public re-export). The strings here are constants of this file, never read from a file.
 PREPROCESSORS: dict[str, type | str] = {
     "ct": "segzoo.data.preprocessor.CTPreprocessor",
+    "planned": "segzoo.data.preprocessor.Preprocessor",  # any dataset: per-channel normalisation from the plan
     "slice2d": "segzoo.data.slice2d.SlicePreprocessor",  # 2D nets: BraTS / CHAOS slice stacks (segzoo infer)
 }
 INFERERS: dict[str, type | str] = {

@@ -232,9 +232,23 @@ def _cmd_synth(argv: Sequence[str]) -> int:
     p.add_argument("--cases", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=("small", "large"), default="small", help="laptop-sized or real-sized cases")
+    p.add_argument(
+        "--form",
+        choices=("nnunet", "msd", "datalist"),
+        default="nnunet",
+        help="nnunet only: the layout (nnU-Net v2 raw, Decathlon 4D, or nnU-Net files + a MONAI datalist.json)",
+    )
+    p.add_argument("--regions", action="store_true", help="nnunet only: nnU-Net region labels in dataset.json")
+    p.add_argument("--test-cases", type=int, default=2, help="nnunet only: unlabelled cases in imagesTs")
     args = p.parse_args(argv)
-    paths = write_synthetic(args.dataset, args.out_dir, cases=args.cases, seed=args.seed, size=args.size)
-    print(f"wrote {len(paths)} {args.dataset} cases to {args.out_dir}")
+    options = {"size": args.size}
+    if args.dataset == "nnunet":
+        options = {"form": args.form, "regions": args.regions, "test_cases": args.test_cases}
+    elif args.form != "nnunet" or args.regions:
+        p.error("--form / --regions apply to the nnunet dataset only")
+    paths = write_synthetic(args.dataset, args.out_dir, cases=args.cases, seed=args.seed, **options)
+    what = "files" if args.dataset == "nnunet" else "cases"
+    print(f"wrote {len(paths)} {args.dataset} {what} to {args.out_dir}")
     return 0
 
 
@@ -301,7 +315,7 @@ def _lazy_command(module: str, function: str) -> Callable[[Sequence[str]], int]:
 def _plain_commands() -> dict[str, tuple[Callable[[Sequence[str]], int], str]]:
     cmds: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
         "nets": (_cmd_nets, "list the registered nets with parameter counts"),
-        "synth": (_cmd_synth, "write a synthetic dataset (kits19, chaos, brats) in its real on-disk format"),
+        "synth": (_cmd_synth, "write a synthetic dataset (kits19, chaos, brats, nnunet) in its real on-disk format"),
         "recipes": (_cmd_recipes, "list, show or copy the packaged recipes (segzoo fit --config NAME)"),
     }
     for name, (module, function, description) in _PLAIN_ELSEWHERE.items():

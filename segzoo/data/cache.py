@@ -1,6 +1,6 @@
 """The on-disk preprocessing cache: every case preprocessed once, re-done exactly when its inputs change.
 
-The cache stores ``<case_id>_img.npy`` (float32 ``(1, D, H, W)``), ``<case_id>_seg.npy`` (uint8 ``(1, D, H, W)``) and
+The cache stores ``<case_id>_img.npy`` (float32 ``(C, D, H, W)``), ``<case_id>_seg.npy`` (uint8 ``(1, D, H, W)``) and
 ``<case_id>_properties.json`` (shapes, spacing, orientation transform, and the coordinates of up to
 ``foreground_samples`` voxels of every foreground class present, for oversampling); ``manifest.json`` maps each case
 to a hash of the preprocessing parameters and the source files' size and mtime, so changed parameters or replaced
@@ -50,7 +50,7 @@ def cache_paths(cache_dir: str | os.PathLike, case_id: str) -> dict[str, Path]:
 
 def _case_key(case: Case, preprocessor: Any, foreground_samples: int, seed: int) -> str:
     files = []
-    for p in (case.image, case.label):
+    for p in getattr(case, "files", (case.image, case.label)):  # every channel file of a multi-channel case
         if p is not None:
             st = Path(p).stat()
             files.append([str(p.name), st.st_size, st.st_mtime_ns])
@@ -65,9 +65,10 @@ def _preprocess_case(
     case: Case, cache_dir: str, preprocessor: Any, key: str, foreground_samples: int, seed: int
 ) -> dict[str, Any]:
     image, label, affine = case.load()
-    original_shape = image.shape
-    r = preprocessor.reorientation(affine, image.shape, name=case.image)
-    image = r.apply(image)
+    first = image.ndim - 3  # (*spatial) or (C, *spatial)
+    original_shape = image.shape[first:]
+    r = preprocessor.reorientation(affine, original_shape, name=case.image)
+    image = r.apply(image, first_axis=first)
     label = None if label is None else r.apply(label)
     spacing = r.apply_spacing(spacing_from_affine(affine))
     img = preprocessor.preprocess(image, spacing)
@@ -87,7 +88,7 @@ def _preprocess_case(
         "case_id": case.case_id,
         "source_image": str(case.image),
         "original_shape": list(original_shape),
-        "oriented_shape": list(image.shape),
+        "oriented_shape": list(image.shape[first:]),
         "orientation_transform": r.transform.astype(int).tolist(),
         "original_spacing": list(spacing),
         "affine": np.asarray(affine).tolist(),

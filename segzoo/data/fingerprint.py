@@ -46,13 +46,33 @@ def _case_fingerprint(
             f"{case.image}: case {case.case_id} has no label; the fingerprint needs labelled (training) cases"
         )
     # in the training orientation, so the sampled voxels do not depend on how the case happens to be stored
-    r = Reorientation.to_codes(affine, image.shape, orientation, name=case.image)
-    image, label = r.apply(image), r.apply(label)
-    fg = image[label > 0]
-    if fg.size > samples_per_case:
-        fg = case_rng(seed, case.case_id).choice(fg, samples_per_case, replace=False)
+    first = image.ndim - 3  # (*spatial) or (C, *spatial)
+    r = Reorientation.to_codes(affine, image.shape[first:], orientation, name=case.image)
+    image, label = r.apply(image, first_axis=first), r.apply(label)
+    if first == 0:
+        fg = image[label > 0]
+        if fg.size > samples_per_case:
+            fg = case_rng(seed, case.case_id).choice(fg, samples_per_case, replace=False)
+        fg = fg[None]
+    else:  # the same sampled voxels in every channel
+        fg = image[:, label > 0]
+        if fg.shape[1] > samples_per_case:
+            idx = case_rng(seed, case.case_id).choice(fg.shape[1], samples_per_case, replace=False)
+            fg = fg[:, idx]
     spacing = r.apply_spacing(spacing_from_affine(affine))
-    return case.case_id, list(spacing), list(image.shape), fg.astype(np.float64), list(r.source)
+    return case.case_id, list(spacing), list(image.shape[first:]), fg.astype(np.float64), list(r.source)
+
+
+def _stats(samples: np.ndarray) -> dict[str, float]:
+    return {
+        "percentile_00_5": float(np.percentile(samples, 0.5)),
+        "percentile_99_5": float(np.percentile(samples, 99.5)),
+        "mean": float(samples.mean()),
+        "std": float(samples.std()),
+        "min": float(samples.min()),
+        "max": float(samples.max()),
+        "num_samples": int(samples.size),
+    }
 
 
 def compute_fingerprint(
@@ -73,7 +93,8 @@ def compute_fingerprint(
         JSON-serialisable dict: ``orientation`` (axis codes, e.g. ``["I", "P", "L"]`` for KiTS19), per-case
         ``orientations`` (as stored), ``train_cases``, per-case ``spacings`` and ``shapes`` (training axis order),
         ``median_spacing``, and ``foreground`` with ``percentile_00_5``, ``percentile_99_5``, ``mean``, ``std``
-        (population std), ``min``, ``max``, ``num_samples``.
+        (population std), ``min``, ``max``, ``num_samples`` of channel 0; ``channels``: the same per channel (a case's
+        image may be ``(*spatial)`` or ``(C, *spatial)``; one set of voxels is sampled for all its channels).
     """
     cases = list(cases)
     if not cases:
@@ -85,7 +106,10 @@ def compute_fingerprint(
             results = list(pool.map(_case_fingerprint, cases, [samples_per_case] * n, [seed] * n, [orientation] * n))
     else:
         results = [_case_fingerprint(c, samples_per_case, seed, orientation) for c in cases]
-    samples = np.concatenate([r[3] for r in results])
+    channels = {r[3].shape[0] for r in results}
+    if len(channels) != 1:
+        raise DataError(f"compute_fingerprint: the training cases have different channel counts {sorted(channels)}")
+    samples = np.concatenate([r[3] for r in results], axis=1)
     if samples.size == 0:
         raise DataError("compute_fingerprint: the training cases contain no foreground (label > 0) voxels")
     spacings = {r[0]: r[1] for r in results}
@@ -99,15 +123,8 @@ def compute_fingerprint(
         "spacings": spacings,
         "shapes": {r[0]: r[2] for r in results},
         "median_spacing": [float(v) for v in np.median(np.array(list(spacings.values())), axis=0)],
-        "foreground": {
-            "percentile_00_5": float(np.percentile(samples, 0.5)),
-            "percentile_99_5": float(np.percentile(samples, 99.5)),
-            "mean": float(samples.mean()),
-            "std": float(samples.std()),
-            "min": float(samples.min()),
-            "max": float(samples.max()),
-            "num_samples": int(samples.size),
-        },
+        "foreground": _stats(samples[0]),  # channel 0 (the CT of a one-channel dataset)
+        "channels": [_stats(c) for c in samples],  # every channel, for per-channel normalisation
     }
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from segzoo.data.geometry import Reorientation, check_axis_codes
 from segzoo.data.io import DataError
 
-__all__ = ["PAPER_TARGET_SPACING", "CTPreprocessor"]
+__all__ = ["PAPER_TARGET_SPACING", "CTPreprocessor", "Preprocessor"]
 
 PAPER_TARGET_SPACING = (3.0, 0.78125, 0.78125)
 
@@ -41,7 +41,96 @@ def _resample_linear(array: np.ndarray | torch.Tensor, shape: Sequence[int]) -> 
     return F.interpolate(t[None], size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)[0]
 
 
-class CTPreprocessor:
+class _ResamplingPreprocessor:
+    """What every 3D preprocessing shares: the training orientation, resampling to ``target_spacing`` and
+    :meth:`restore` back to the original grid. Subclasses define ``normalize_channels`` and ``to_dict``."""
+
+    target_spacing: tuple[float, ...]
+    image_order: int
+    orientation: tuple[str, str, str] | None
+
+    def _init_grid(self, target_spacing: Sequence[float], image_order: int, orientation: Sequence[str] | None) -> None:
+        if image_order not in (0, 1, 3):
+            raise ValueError(f"image_order={image_order}: expected 0 (nearest), 1 (linear) or 3 (cubic)")
+        if len(target_spacing) != 3 or min(target_spacing) <= 0:
+            raise ValueError(f"target_spacing={tuple(target_spacing)}: expected 3 positive voxel sizes in mm")
+        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.image_order = int(image_order)
+        self.orientation = None if orientation is None else check_axis_codes(orientation)
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def params_hash(self) -> str:
+        """Stable hash of the parameters (keys the preprocessing cache)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.to_dict().items())})"
+
+    def reorientation(self, affine: np.ndarray, shape: Sequence[int], name: object = "image") -> Reorientation:
+        """The exact permutation/flip from an image's stored array (``affine``, spatial ``shape``) to the training
+        orientation; apply it before :meth:`preprocess` and undo it on the label map :meth:`restore` returns."""
+        return Reorientation.to_codes(affine, shape, self.orientation, name=name)
+
+    def new_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, ...]:
+        """Shape after resampling ``shape`` at ``spacing`` to the target spacing: ``round(shape * spacing / target)``."""
+        return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, self.target_spacing, strict=True))
+
+    def _resample(self, x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """Resample normalised ``(C, *spatial)`` float32 to ``(C, *shape)`` with ``image_order``."""
+        shape = tuple(int(s) for s in shape)
+        if shape == tuple(x.shape[1:]):
+            return x
+        if self.image_order == 1:
+            return _resample_linear(torch.from_numpy(x), shape).numpy()
+        if self.image_order == 0:
+            return _resample_nearest(x, shape).astype(np.float32)
+        from scipy import ndimage
+
+        zoom = [n / o for n, o in zip(shape, x.shape[1:])]
+        return np.stack([ndimage.zoom(c, zoom, order=3, mode="nearest", grid_mode=True, output=np.float32) for c in x])
+
+    def preprocess_label(self, label: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """Resample a label map with nearest neighbour; uint8 ``(1, *new_shape)``."""
+        label = np.asarray(label)
+        shape = self.new_shape(label.shape, spacing)
+        return _resample_nearest(label.astype(np.uint8, copy=False)[None], shape)
+
+    def restore(self, probabilities: np.ndarray | torch.Tensor, original_shape: Sequence[int]) -> np.ndarray:
+        """Map class probabilities (or logits) on the preprocessed grid back to a label map on the original grid.
+
+        Args:
+            probabilities: ``(K, *pre_shape)`` per-class scores (any device; resampled where they are).
+            original_shape: ``(*spatial)`` of the raw image.
+
+        Returns:
+            uint8 label map of shape ``original_shape``: argmax after linear resampling of each class channel.
+
+        The channels are resampled one at a time with a running maximum, so the original grid holds two score maps
+        (and the labels) at any moment rather than ``K``: a 512x512x600 CT with 3 classes needs 1.3 GiB instead of
+        2.5 GiB on the device. Ties go to the lower class, as with ``argmax``.
+        """
+        p = torch.as_tensor(probabilities)
+        if p.ndim != len(original_shape) + 1:
+            raise ValueError(
+                f"probabilities: expected (K, *spatial) with {len(original_shape)} spatial axes, got {tuple(p.shape)}"
+            )
+        if p.dtype == torch.float16 and p.device.type == "cpu":
+            p = p.float()
+        best = _resample_linear(p[0:1], original_shape)[0]
+        if tuple(p.shape[1:]) == tuple(original_shape):
+            best = best.clone()  # no resampling: a view of the input, which must not be overwritten
+        labels = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
+        for k in range(1, p.shape[0]):
+            score = _resample_linear(p[k : k + 1], original_shape)[0]
+            labels[score > best] = k
+            torch.maximum(best, score, out=best)
+            del score
+        return labels.cpu().numpy()
+
+
+class CTPreprocessor(_ResamplingPreprocessor):
     """Clip to the foreground percentiles, z-score with the foreground mean/std, resample to ``target_spacing``.
 
     Args:
@@ -69,17 +158,11 @@ class CTPreprocessor:
     ) -> None:
         if clip_high < clip_low:
             raise ValueError(f"clip_high={clip_high} < clip_low={clip_low}")
-        if image_order not in (0, 1, 3):
-            raise ValueError(f"image_order={image_order}: expected 0 (nearest), 1 (linear) or 3 (cubic)")
-        if len(target_spacing) != 3 or min(target_spacing) <= 0:
-            raise ValueError(f"target_spacing={tuple(target_spacing)}: expected 3 positive voxel sizes in mm")
+        self._init_grid(target_spacing, image_order, orientation)
         self.clip_low = float(clip_low)
         self.clip_high = float(clip_high)
         self.mean = float(mean)
         self.std = float(std)
-        self.target_spacing = tuple(float(s) for s in target_spacing)
-        self.image_order = int(image_order)
-        self.orientation = None if orientation is None else check_axis_codes(orientation)
 
     @classmethod
     def from_fingerprint(
@@ -129,23 +212,7 @@ class CTPreprocessor:
                 f"preprocessor state lacks key {e}; expected the output of CTPreprocessor.to_dict"
             ) from None
 
-    def params_hash(self) -> str:
-        """Stable hash of the parameters (keys the preprocessing cache)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-    def __repr__(self) -> str:
-        return f"CTPreprocessor({', '.join(f'{k}={v}' for k, v in self.to_dict().items())})"
-
     # -- forward
-    def reorientation(self, affine: np.ndarray, shape: Sequence[int], name: object = "image") -> Reorientation:
-        """The exact permutation/flip from an image's stored array (``affine``, spatial ``shape``) to the training
-        orientation; apply it before :meth:`preprocess` and undo it on the label map :meth:`restore` returns."""
-        return Reorientation.to_codes(affine, shape, self.orientation, name=name)
-
-    def new_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, ...]:
-        """Shape after resampling ``shape`` at ``spacing`` to the target spacing: ``round(shape * spacing / target)``."""
-        return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, self.target_spacing, strict=True))
-
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """Clip to ``[clip_low, clip_high]`` and z-score; float32, same shape."""
         out = np.clip(np.asarray(image, dtype=np.float32), self.clip_low, self.clip_high)
@@ -166,56 +233,115 @@ class CTPreprocessor:
         image = np.asarray(image)
         if image.ndim != 3:
             raise ValueError(f"image: expected a 3D array (*spatial), got shape {image.shape}")
-        shape = self.new_shape(image.shape, spacing)
-        x = self.normalize(image)[None]
-        if shape == image.shape:
-            return x
-        if self.image_order == 1:
-            return _resample_linear(torch.from_numpy(x), shape).numpy()
-        if self.image_order == 0:
-            return _resample_nearest(x, shape).astype(np.float32)
-        from scipy import ndimage
+        return self._resample(self.normalize(image)[None], self.new_shape(image.shape, spacing))
 
-        zoom = [n / o for n, o in zip(shape, image.shape)]
-        return ndimage.zoom(x[0], zoom, order=3, mode="nearest", grid_mode=True, output=np.float32)[None]
 
-    def preprocess_label(self, label: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        """Resample a label map with nearest neighbour; uint8 ``(1, *new_shape)``."""
-        label = np.asarray(label)
-        shape = self.new_shape(label.shape, spacing)
-        return _resample_nearest(label.astype(np.uint8, copy=False)[None], shape)
+class Preprocessor(_ResamplingPreprocessor):
+    """Per-channel normalisation chosen by the plan, then resampling to ``target_spacing`` (any number of channels).
 
-    def restore(self, probabilities: np.ndarray | torch.Tensor, original_shape: Sequence[int]) -> np.ndarray:
-        """Map class probabilities (or logits) on the preprocessed grid back to a label map on the original grid.
+    Args:
+        normalization: one scheme per channel (:data:`segzoo.data.planning.NORMALIZATIONS`): ``"ct"`` clips to the
+            channel's dataset-wide foreground percentiles and z-scores with its foreground mean/std (``channel_stats``),
+            exactly as :class:`CTPreprocessor`; ``"zscore"`` uses the case's own mean/std (all voxels); ``"none"`` keeps
+            the intensities; ``"rescale_0_1"`` maps the case's min..max to 0..1.
+        channel_stats: per channel, the fingerprint's ``{"percentile_00_5", "percentile_99_5", "mean", "std"}``
+            (needed for ``"ct"`` channels, ignored otherwise; ``None`` entries allowed).
+        target_spacing: voxel size to resample to, mm, in the training orientation's axis order.
+        image_order: image interpolation: 1 trilinear (default), 3 cubic, 0 nearest.
+        orientation: axis codes of the training data (see :class:`CTPreprocessor`).
 
-        Args:
-            probabilities: ``(K, *pre_shape)`` per-class scores (any device; resampled where they are).
-            original_shape: ``(*spatial)`` of the raw image.
+    nnU-Net z-scores MR channels inside the non-zero mask when cropping to it shrinks the case by a quarter or more
+    (brain MR); segzoo z-scores over all voxels (one rule for every case; see ``docs/data/own_data.md``).
+    """
 
-        Returns:
-            uint8 label map of shape ``original_shape``: argmax after linear resampling of each class channel.
+    def __init__(
+        self,
+        normalization: Sequence[str],
+        channel_stats: Sequence[dict[str, float] | None] | None = None,
+        target_spacing: Sequence[float] = PAPER_TARGET_SPACING,
+        image_order: int = 1,
+        orientation: Sequence[str] | None = None,
+    ) -> None:
+        from segzoo.data.planning import NORMALIZATIONS
 
-        The channels are resampled one at a time with a running maximum, so the original grid holds two score maps
-        (and the labels) at any moment rather than ``K``: a 512x512x600 CT with 3 classes needs 1.3 GiB instead of
-        2.5 GiB on the device. Ties go to the lower class, as with ``argmax``.
-        """
-        p = torch.as_tensor(probabilities)
-        if p.ndim != len(original_shape) + 1:
-            raise ValueError(
-                f"probabilities: expected (K, *spatial) with {len(original_shape)} spatial axes, got {tuple(p.shape)}"
+        self._init_grid(target_spacing, image_order, orientation)
+        self.normalization = [str(n) for n in normalization]
+        if not self.normalization:
+            raise ValueError("normalization: expected one scheme per input channel")
+        bad = [n for n in self.normalization if n not in NORMALIZATIONS]
+        if bad:
+            raise ValueError(f"normalization {bad}: expected one of {NORMALIZATIONS}")
+        stats = list(channel_stats) if channel_stats is not None else [None] * len(self.normalization)
+        if len(stats) != len(self.normalization):
+            raise ValueError(f"channel_stats has {len(stats)} entries for {len(self.normalization)} channels")
+        for i, (n, st) in enumerate(zip(self.normalization, stats)):
+            if n == "ct" and (
+                st is None or not all(k in st for k in ("percentile_00_5", "percentile_99_5", "mean", "std"))
+            ):
+                raise ValueError(f"channel {i}: 'ct' normalisation needs the fingerprint's foreground statistics")
+        self.channel_stats = [
+            None if st is None else {k: float(st[k]) for k in ("percentile_00_5", "percentile_99_5", "mean", "std")}
+            for st in stats
+        ]
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.normalization)
+
+    @classmethod
+    def from_plan(cls, plan: dict[str, Any], fingerprint: dict[str, Any] | None, image_order: int = 1) -> Preprocessor:
+        """From a :func:`segzoo.data.planning.plan_dataset` plan and (for CT channels) the voxel fingerprint."""
+        stats = (fingerprint or {}).get("channels") or [None] * len(plan["normalization"])
+        return cls(plan["normalization"], stats, plan["target_spacing"], image_order, plan.get("orientation"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "normalization": list(self.normalization),
+            "channel_stats": [None if st is None else dict(st) for st in self.channel_stats],
+            "target_spacing": list(self.target_spacing),
+            "image_order": self.image_order,
+            "label_order": 0,
+            "orientation": None if self.orientation is None else list(self.orientation),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
+        try:
+            return cls(
+                d["normalization"], d.get("channel_stats"), d["target_spacing"], d["image_order"], d.get("orientation")
             )
-        if p.dtype == torch.float16 and p.device.type == "cpu":
-            p = p.float()
-        best = _resample_linear(p[0:1], original_shape)[0]
-        if tuple(p.shape[1:]) == tuple(original_shape):
-            best = best.clone()  # no resampling: a view of the input, which must not be overwritten
-        labels = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
-        for k in range(1, p.shape[0]):
-            score = _resample_linear(p[k : k + 1], original_shape)[0]
-            labels[score > best] = k
-            torch.maximum(best, score, out=best)
-            del score
-        return labels.cpu().numpy()
+        except KeyError as e:
+            raise DataError(f"preprocessor state lacks key {e}; expected the output of Preprocessor.to_dict") from None
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """Normalise ``(C, *spatial)`` channel by channel; float32, same shape."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.shape[0] != self.in_channels:
+            raise ValueError(f"image has {image.shape[0]} channels; this preprocessing expects {self.in_channels}")
+        out = np.empty_like(image)
+        for c, (scheme, st) in enumerate(zip(self.normalization, self.channel_stats)):
+            x = image[c]
+            if scheme == "ct":
+                y = np.clip(x, st["percentile_00_5"], st["percentile_99_5"])
+                y = (y - np.float32(st["mean"])) / np.float32(max(st["std"], 1e-8))
+            elif scheme == "zscore":
+                y = (x - x.mean(dtype=np.float64)) / max(float(x.std(dtype=np.float64)), 1e-8)
+            elif scheme == "rescale_0_1":
+                lo, hi = float(x.min()), float(x.max())
+                y = (x - lo) / max(hi - lo, 1e-8)
+            else:
+                y = x
+            out[c] = y
+        return out
+
+    def preprocess(self, image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """Normalise and resample ``(C, *spatial)`` (or ``(*spatial)`` for one channel) to float32 ``(C, *new)``."""
+        image = np.asarray(image)
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4:
+            raise ValueError(f"image: expected (C, *spatial) with 3 spatial axes, got shape {image.shape}")
+        return self._resample(self.normalize(image), self.new_shape(image.shape[1:], spacing))
 
 
 def _resample_nearest(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:

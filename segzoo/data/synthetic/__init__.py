@@ -14,6 +14,7 @@ _WRITERS = {
     "kits19": "segzoo.data.synthetic.kits19:write_kits19",
     "chaos": "segzoo.data.synthetic.chaos:write_chaos",
     "brats": "segzoo.data.synthetic.brats:write_brats",
+    "nnunet": "segzoo.data.synthetic.nnunet:write_nnunet",
 }
 
 
