@@ -5,8 +5,8 @@ segmentation", Complex & Intelligent Systems, 2022.
 
 Layout (2D, 5 encoder + 5 decoder stages, widths 32-512 by default). ``DRB(x; r)`` is a dual-rotation block on
 ``x`` whose residual input ``r`` goes through a 1x1 conv per group and is added to each of the 16 direction maps
-before the outer fusion (the paper's Fig. 4; ``residual_placement="map"``), or, with ``"fused"``, is
-``DRB(x) + Conv1x1(r)`` after the fusion:
+after their norm + act and before the outer fusion (the paper's Fig. 4; ``residual_placement="map"``), or, with
+``"fused"``, is ``DRB(x) + Conv1x1(r)`` after the fusion:
 
 - encoder 1: plain block (two 3x3 conv-norm-act) at full resolution;
 - encoder s = 2..5: ``Y_s = DRB_s(P(Y_{s-1}); P(Y_{s-1}))`` with ``P`` 2x2 max pooling (the paper's residual:
@@ -71,6 +71,10 @@ class DRNet(SegNet):
             paper's Fig. 4: a 1x1 conv of each group of the residual input is added to each of that group's
             direction maps, before the outer fusion) or ``"fused"`` (a 1x1 conv of the whole residual input added
             to the block output, after fusion + norm + act). Decoder 5 (a plain block) always adds it after.
+        map_norm_act: the direction maps of every rotation block go through norm + act before the per-map
+            residual is added and the maps are fused (default, issue 25), so the residual is a path around a
+            nonlinearity. ``False`` is segzoo's reading before issue 25, in which the maps stay linear up to the
+            fusion and the per-map residual of an encoder stage folds into the branch convs.
         decoder_inputs: what decoder stages 2-5 get besides their main path: ``"encoder"`` (the matching encoder
             features, merged by ``skip_fusion``) and/or ``"previous"`` (the residual path from the upsampled
             previous decoder stage). ``("previous",)`` is the paper's strategy 3, ``("encoder",)`` its strategy 4.
@@ -101,6 +105,7 @@ class DRNet(SegNet):
         skip_fusion: str = "add",
         residual: bool = True,
         residual_placement: str = "map",
+        map_norm_act: bool = True,
         decoder_inputs: Sequence[str] = ("encoder", "previous"),
         norm: str | tuple = "batch",
         act: str | tuple = ("relu", {"inplace": True}),
@@ -136,6 +141,7 @@ class DRNet(SegNet):
                 branches=branches,
                 share_weights=share_weights,
                 residual_channels=res_in if per_map else 0,
+                map_norm_act=map_norm_act,
                 fusion=fusion,
                 norm=norm,
                 act=act,

@@ -1,5 +1,7 @@
 """DR-Net: parameter count, shapes, the ablation variants, and a tiny overfit."""
 
+import hashlib
+
 import pytest
 import torch
 from torch import nn
@@ -30,6 +32,23 @@ def test_parameter_count_near_paper(kwargs, paper):
     # the residual after the fusion (segzoo before issue 14) stays reachable
     fused = _count(segzoo.create_net("drnet", residual_placement="fused", **kwargs))
     assert fused == {2_700_581: 2_790_309, 2_704_156: 2_791_140}[paper]
+    # norm + act on the maps (issue 25) costs no parameter: its BN replaces the biases of the two branches' last convs
+    assert _count(segzoo.create_net("drnet", map_norm_act=False, **kwargs)) == n
+
+
+@pytest.mark.parametrize("name, extra", [("drnet_pfm", 720), ("drnet_b", 720), ("drnet_dpfm", 0), ("drnet_norot", 0)])
+def test_map_norm_parameters_of_the_one_branch_ablations(name, extra):
+    # one branch: the BN's weight + bias (C_out / 2 each) replace one bias (C_out / 2) per block; sum of C_out / 2
+    # over the 8 blocks (64 + 128 + 256 + 512 + 256 + 128 + 64 + 32) = 720
+    assert _count(segzoo.create_net(name)) - _count(segzoo.create_net(name, map_norm_act=False)) == extra
+
+
+def test_linear_maps_keep_the_state_dict_of_earlier_checkpoints():
+    # the state-dict record of drnet before issue 25 (tests/nets/state_dict_keys.json at that time)
+    net = segzoo.create_net("drnet", map_norm_act=False, **TINY)
+    text = "\n".join(f"{k} {tuple(v.shape)}" for k, v in net.state_dict().items())
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert digest == "d3550b0f021faeb255fa7b5d7170bc739d87cd69bb9d721340c3b14622b946d0"
 
 
 def test_layout():
@@ -254,3 +273,38 @@ def test_tiny_overfit_lowers_cross_entropy():
         opt.step()
         losses.append(loss.item())
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.9 * losses[0], losses
+
+
+def _fold_own_input_residuals(net):
+    """Fold the per-map residual of the stages whose residual is the block input itself (encoder 2-5, decoder 1)
+    into the centre tap and bias of each group's PFM conv, and zero it."""
+    blocks = [*net.enc, net.dec[0]]
+    with torch.no_grad():
+        for block in blocks:
+            w = block.res.weight.unflatten(0, (block.groups, -1))
+            b = block.res.bias.unflatten(0, (block.groups, -1))
+            for g, pconv in enumerate(block.branches[0]):
+                conv = pconv.conv[0]
+                k = conv.kernel_size[0] // 2
+                conv.weight[:, :, k, k] += w[g, :, :, 0, 0]
+                if conv.bias is not None:
+                    conv.bias += b[g]
+            block.res.weight.zero_()
+            block.res.bias.zero_()
+
+
+@pytest.mark.parametrize("map_norm_act", [True, False])
+def test_encoder_residual_is_a_path_only_with_nonlinear_maps(map_norm_act):
+    # issue 25: with linear maps the encoder's residual (a 1x1 conv of the block input added to the maps) is one more
+    # centre tap of the PFM convs: the net with it folded away computes the same. With norm + act on the maps it
+    # is not (and tests/nets/test_rotation_blocks.py shows that no branch weights can reproduce it)
+    net = _tiny(0, map_norm_act=map_norm_act)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        y = net(x)
+        _fold_own_input_residuals(net)
+        folded = net(x)
+    if map_norm_act:
+        assert (folded - y).abs().max() > 1e-2 * y.abs().max()
+    else:
+        torch.testing.assert_close(folded, y, rtol=1e-4, atol=1e-5)

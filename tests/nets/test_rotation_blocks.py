@@ -9,9 +9,31 @@ from segzoo.nets.blocks import DualRotationBlock, PartialConv, rotate
 ANGLES = (0, 90, 180, 270)
 
 
+def _randomise_norms(module):
+    """Random running statistics and affine weights, so that an eval-mode norm is not the identity."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.normal_()
+    return module
+
+
 def _block(branches=("pfm", "dpfm"), **kw):
     torch.manual_seed(0)
-    return DualRotationBlock(8, 16, branches=branches, **kw).eval()
+    return _randomise_norms(DualRotationBlock(8, 16, branches=branches, **kw).eval())
+
+
+def _norm_act(block, y, g, a):
+    """The block's map norm + ReLU applied by hand to the map ``y`` of group ``g``, direction ``a``."""
+    bn = block.map_norm[0]
+    c = y.shape[1]
+    first = (g * (1 if block.share_weights else len(block.angles)) + (0 if block.share_weights else a)) * c
+    sl = slice(first, first + c)
+    scale = (bn.weight[sl] / torch.sqrt(bn.running_var[sl] + bn.eps)).view(1, -1, 1, 1)
+    return F.relu((y - bn.running_mean[sl].view(1, -1, 1, 1)) * scale + bn.bias[sl].view(1, -1, 1, 1))
 
 
 def _rotated_maps(maps, angle):
@@ -34,9 +56,10 @@ def test_rotating_input_permutes_direction_maps(branches, k):
     torch.testing.assert_close(maps_rot, expected, rtol=0, atol=1e-6)
 
 
-def test_direction_maps_match_definition():
-    """Hand computation of every (group, direction) map from the group convs, unbatched."""
-    block = _block(("pfm", "dpfm"))
+@pytest.mark.parametrize("map_norm_act", [True, False])
+def test_direction_maps_match_definition(map_norm_act):
+    """Hand computation of every (group, direction) map from the group convs (and the map norm), unbatched."""
+    block = _block(("pfm", "dpfm"), map_norm_act=map_norm_act)
     x = torch.randn(1, 8, 9, 12)
     with torch.no_grad():
         maps = block.direction_maps(x)
@@ -45,9 +68,12 @@ def test_direction_maps_match_definition():
             for a, angle in enumerate(ANGLES):
                 xr = rotate(xg, angle)
                 pfm, dpfm = block.branches[0][g].conv[0], block.branches[1][g].conv[0]
+                assert (pfm.bias is None) == map_norm_act  # a norm follows: no bias
                 y = F.conv2d(xr, pfm.weight, pfm.bias, padding=pfm.padding)
                 y = y + F.conv2d(xr, dpfm.weight, dpfm.bias, padding=dpfm.padding, dilation=dpfm.dilation)
-                torch.testing.assert_close(maps[:, g, a], rotate(y, -angle), rtol=1e-5, atol=1e-6)
+                y = rotate(y, -angle)
+                expected = _norm_act(block, y, g, a) if map_norm_act else y
+                torch.testing.assert_close(maps[:, g, a], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_sum_fusion_block_is_rotation_equivariant():
@@ -83,7 +109,8 @@ def test_output_shape_non_square(angles, fusion):
 
 
 def test_parameter_formula():
-    """Each group conv maps C_in/4 -> C_out/8 channels (paper's formula) plus biases; fusion is a 1x1 conv + BN."""
+    """Each group conv maps C_in/4 -> C_out/8 channels (paper's formula); the maps' BN replaces the last convs'
+    biases; fusion is a 1x1 conv + BN."""
     cin, cout, ks = 16, 32, (1, 3, 5, 7)
     cg, cm = cin // 4, cout // 8
 
@@ -91,9 +118,17 @@ def test_parameter_formula():
         return sum(p.numel() for p in m.parameters())
 
     pfm = DualRotationBlock(cin, cout, branches=("pfm",))
-    assert count(pfm.branches) == sum(k * k * cg * cm + cm for k in ks)
+    assert count(pfm.branches) == sum(k * k * cg * cm for k in ks)
+    assert count(pfm.map_norm) == 2 * 4 * cm  # one BN channel per (group, channel), shared by the directions
+    linear = DualRotationBlock(cin, cout, branches=("pfm",), map_norm_act=False)
+    assert count(linear.branches) == sum(k * k * cg * cm + cm for k in ks) and linear.map_norm is None
     dpfm2 = DualRotationBlock(cin, cout, branches=("dpfm",), dpfm_depth=2)
-    assert count(dpfm2.branches) == 4 * (9 * cg * cm + cm + 9 * cm * cm + cm)
+    assert count(dpfm2.branches) == 4 * (9 * cg * cm + cm + 9 * cm * cm)  # the inner conv keeps its bias
+    # two branches: the 2 * 4 * cm biases dropped equal the BN's weight + bias, so the count is unchanged
+    both, both_linear = DualRotationBlock(cin, cout), DualRotationBlock(cin, cout, map_norm_act=False)
+    assert count(both) == count(both_linear)
+    unshared = DualRotationBlock(cin, cout, branches=("pfm",), share_weights=False)
+    assert count(unshared.map_norm) == 2 * 16 * cm  # own norm per direction
     assert count(pfm.fuse) == 16 * cm * cout + 2 * cout  # 4 groups x 4 directions, BN weight + bias
     norot = DualRotationBlock(cin, cout, branches=("pfm",), angles=(0,))
     assert count(norot.fuse) == 4 * cm * cout + 2 * cout
@@ -140,7 +175,7 @@ def test_wrong_input_channels():
 def test_unshared_direction_maps_match_definition(shape):
     """Own weights per direction: map[g, a] = rot(-a) conv_{g,a}(rot(a) x_g), by hand from each copy's weights."""
     torch.manual_seed(0)
-    block = DualRotationBlock(8, 16, share_weights=False, dpfm_depth=2).eval()
+    block = _randomise_norms(DualRotationBlock(8, 16, share_weights=False, dpfm_depth=2).eval())
     x = torch.randn(2, 8, *shape)  # non-square: the two rotation parities run as separate grouped convs
     with torch.no_grad():
         maps = block.direction_maps(x)
@@ -149,15 +184,14 @@ def test_unshared_direction_maps_match_definition(shape):
             for a, angle in enumerate(ANGLES):
                 xr = rotate(xg, angle)
                 pfm = block.branches[0][g].conv[0]
-                y = F.conv2d(
-                    xr, pfm.weight.unflatten(0, (4, -1))[a], pfm.bias.unflatten(0, (4, -1))[a], padding=pfm.padding
-                )
+                y = F.conv2d(xr, pfm.weight.unflatten(0, (4, -1))[a], padding=pfm.padding)
                 d1, d2 = block.branches[1][g].conv[0], block.branches[1][g].conv[2]
                 h = F.conv2d(xr, d1.weight.unflatten(0, (4, -1))[a], d1.bias.unflatten(0, (4, -1))[a],
                              padding=d1.padding, dilation=d1.dilation)  # fmt: skip
-                h = F.conv2d(F.relu(h), d2.weight.unflatten(0, (4, -1))[a], d2.bias.unflatten(0, (4, -1))[a],
-                             padding=d2.padding, dilation=d2.dilation)  # fmt: skip
-                torch.testing.assert_close(maps[:, g, a], rotate(y + h, -angle), rtol=1e-5, atol=1e-5)
+                h = F.conv2d(F.relu(h), d2.weight.unflatten(0, (4, -1))[a], padding=d2.padding,
+                             dilation=d2.dilation)  # fmt: skip
+                expected = _norm_act(block, rotate(y + h, -angle), g, a)  # own norm per direction
+                torch.testing.assert_close(maps[:, g, a], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_unshared_weights_have_one_conv_per_direction():
@@ -176,7 +210,7 @@ def test_unshared_weights_have_one_conv_per_direction():
 @pytest.mark.parametrize("share", [True, False])
 def test_per_map_residual_adds_a_group_conv_to_every_direction_map(share):
     torch.manual_seed(0)
-    block = DualRotationBlock(8, 16, residual_channels=12, share_weights=share).eval()
+    block = _randomise_norms(DualRotationBlock(8, 16, residual_channels=12, share_weights=share).eval())
     x, res = torch.randn(2, 8, 6, 10), torch.randn(2, 12, 6, 10)
     with torch.no_grad():
         plain = block.direction_maps(x, torch.zeros_like(res)) - block.res.bias.view(1, 4, -1, 2, 1, 1)
@@ -191,3 +225,53 @@ def test_per_map_residual_adds_a_group_conv_to_every_direction_map(share):
         block(x)
     with pytest.raises(ValueError, match="residual_channels=6 must be"):
         DualRotationBlock(8, 16, residual_channels=6)
+
+
+def _fold_residual_into_pfm(block):
+    """For a residual input equal to ``x``: add each group's residual 1x1 conv to the centre tap (and bias) of that
+    group's PFM conv and zero the residual conv. Exact when the maps are linear up to the residual."""
+    with torch.no_grad():
+        w = block.res.weight.unflatten(0, (block.groups, -1))  # (G, C_out/8, C_in/G, 1, 1), shared weights
+        b = block.res.bias.unflatten(0, (block.groups, -1))
+        for g, pconv in enumerate(block.branches[0]):
+            conv = pconv.conv[0]
+            k = conv.kernel_size[0] // 2
+            conv.weight[:, :, k, k] += w[g, :, :, 0, 0]
+            if conv.bias is not None:
+                conv.bias += b[g]
+        block.res.weight.zero_()
+        block.res.bias.zero_()
+
+
+@pytest.mark.parametrize("map_norm_act", [True, False])
+def test_per_map_residual_folds_into_the_branches_only_when_the_maps_are_linear(map_norm_act):
+    # issue 25: with linear maps (segzoo before) the residual of x itself, the encoder's case, is one more centre tap
+    # of the PFM conv, i.e. no path at all; with norm + act on the maps it goes around a nonlinearity
+    block = _block(residual_channels=8, map_norm_act=map_norm_act, dpfm_depth=2)
+    x = torch.randn(2, 8, 10, 12)
+    with torch.no_grad():
+        y = block(x, x)
+        _fold_residual_into_pfm(block)
+        folded = block(x, x)
+    if map_norm_act:
+        assert (folded - y).abs().max() > 0.1
+    else:
+        torch.testing.assert_close(folded, y, rtol=1e-5, atol=1e-5)
+
+
+def test_per_map_residual_cannot_be_folded_into_the_branches():
+    # without the residual a direction map is act(norm(.)) >= 0 (ReLU) whatever the branch and norm weights; with it
+    # the maps take negative values, so no choice of those weights reproduces them (the linear maps of
+    # map_norm_act=False fold exactly, test above)
+    block = _block(residual_channels=8, dpfm_depth=2)
+    x = torch.randn(2, 8, 10, 12)
+    with torch.no_grad():
+        with_res = block.direction_maps(x, x)
+        assert with_res.min() < -0.1
+        for seed in range(3):  # any other branch and norm weights: never negative without the residual
+            torch.manual_seed(seed)
+            for p in [*block.branches.parameters(), *block.map_norm.parameters()]:
+                p.normal_()
+            block.res.weight.zero_()
+            block.res.bias.zero_()
+            assert block.direction_maps(x, x).min() >= 0

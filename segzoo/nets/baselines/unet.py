@@ -75,8 +75,18 @@ class UNet2D(SegNet):
         def conv(cin: int, cout: int, first: bool = False) -> nn.Module:
             if block == "pfm" and not first:
                 dilations = (1,) * len(kernel_size)  # unused: no DPFM branch
+                # a PFM block stands in for one conv-norm-act, so its maps stay linear up to the fusion (DR-Net's
+                # norm + act on the maps is there for its residual, which a U-Net block has not)
                 return DualRotationBlock(
-                    cin, cout, kernel_size, dilations, angles=angles, branches=("pfm",), norm=norm, act=act
+                    cin,
+                    cout,
+                    kernel_size,
+                    dilations,
+                    angles=angles,
+                    branches=("pfm",),
+                    map_norm_act=False,
+                    norm=norm,
+                    act=act,
                 )
             return nn.Sequential(*conv_norm_act(cin, cout, norm=norm, act=act))
 

@@ -9,9 +9,10 @@ size per group for PFM, one dilation per group for DPFM), and rotated back, so n
 the directions of a group share its weights (the paper: "even with the same kernel, different directions give
 different semantics"); ``share_weights=False`` gives every direction its own. Each (group, direction) pair yields
 one *direction map* of ``out_channels // 8`` channels (the paper's parameter formula maps ``C_in / 4`` to
-``C_out / 8`` channels per group conv). The PFM and DPFM maps of the same group and direction are added, plus, when
-the block owns the residual (``residual_channels > 0``, the paper's Fig. 4), a 1x1 conv of the matching group of
-the residual input; the outer fusion turns the 16 maps (4 groups x 4 angles) into the block output.
+``C_out / 8`` channels per group conv). The PFM and DPFM maps of the same group and direction are added and go through
+norm + act (``map_norm_act``); then, when the block owns the residual (``residual_channels > 0``, the paper's Fig. 4),
+a 1x1 conv of the matching group of the residual input is added, so the residual is a path around a nonlinearity;
+the outer fusion turns the 16 maps (4 groups x 4 angles) into the block output.
 
 Rotating the input of a conv and rotating its output back is the conv with a rotated kernel. So a direction whose
 weights are its own is a reparametrisation of an unrotated one: rotation only constrains the model when the
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from segzoo.nets.blocks.conv import conv_norm_act
@@ -53,6 +54,7 @@ class PartialConv(nn.Module):
         act: MONAI activation spec used between stacked convs.
         copies: independent copies of the stack run side by side as one grouped conv (one per direction when the
             directions do not share weights). The input is then ``copies`` inputs concatenated along channels.
+        bias: bias of the last conv of the stack (off when a norm follows it); the earlier convs always have one.
 
     Shapes:
         ``(B, copies * in_channels, H, W)`` -> ``(B, copies * out_channels, H, W)`` ('same' padding).
@@ -67,6 +69,7 @@ class PartialConv(nn.Module):
         depth: int = 1,
         act: str | tuple = ("relu", {"inplace": True}),
         copies: int = 1,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
@@ -84,7 +87,13 @@ class PartialConv(nn.Module):
             cin = in_channels if i == 0 else out_channels
             layers.append(
                 nn.Conv2d(
-                    copies * cin, copies * out_channels, kernel_size, padding=pad, dilation=dilation, groups=copies
+                    copies * cin,
+                    copies * out_channels,
+                    kernel_size,
+                    padding=pad,
+                    dilation=dilation,
+                    groups=copies,
+                    bias=bias or i < depth - 1,
                 )
             )
         self.conv = nn.Sequential(*layers)
@@ -125,6 +134,12 @@ class DualRotationBlock(nn.Module):
             ``groups``) and adds a 1x1 conv of its group ``g`` to every direction map of group ``g`` before the
             outer fusion (the paper's Fig. 4: the residual is added to each of the 16 maps, then the maps are
             fused). Its weights are shared by the directions when ``share_weights``.
+        map_norm_act: each direction map (the sum of its branches) goes through ``norm`` + ``act`` before the
+            residual is added and the maps are fused (default): the residual then adds a path around a
+            nonlinearity, the reading that gives Fig. 4's residual a meaning. The norm's statistics and affine
+            weights are shared by the directions when their convs are (so the rotation properties hold), and
+            the last conv of each branch has no bias (the norm follows). ``False`` (segzoo before issue 25): the
+            maps are linear in ``x`` up to the fusion, so a residual of ``x`` itself folds into the branch convs.
         fusion: outer fusion of the ``groups * len(angles)`` direction maps: ``"concat"`` (concatenate all maps,
             1x1 conv, norm, act; default) or ``"sum"`` (sum each group's maps over the directions, then
             concatenate the groups, 1x1 conv, norm, act; with the full 4-angle set and shared weights this makes
@@ -149,6 +164,7 @@ class DualRotationBlock(nn.Module):
         branches: Sequence[str] = ("pfm", "dpfm"),
         share_weights: bool = True,
         residual_channels: int = 0,
+        map_norm_act: bool = True,
         fusion: str = "concat",
         map_ratio: int = 8,
         norm: str | tuple = "batch",
@@ -180,18 +196,31 @@ class DualRotationBlock(nn.Module):
         self.branch_kinds = tuple(branches)
         self.share_weights = bool(share_weights)
         self.residual_channels = int(residual_channels)
+        self.map_norm_act = bool(map_norm_act)
         self.fusion = fusion
         cin, cmap = in_channels // groups, out_channels // map_ratio
         copies = 1 if self.share_weights else len(self.angles)
         self.branches = nn.ModuleList()
+        bias = not self.map_norm_act
         for kind in self.branch_kinds:
             if kind == "pfm":
-                convs = [PartialConv(cin, cmap, kernel_size=k, act=act, copies=copies) for k in kernel_size]
+                convs = [PartialConv(cin, cmap, k, act=act, copies=copies, bias=bias) for k in kernel_size]
             else:
                 convs = [
-                    PartialConv(cin, cmap, 3, dilation=d, depth=dpfm_depth, act=act, copies=copies) for d in dilations
+                    PartialConv(cin, cmap, 3, dilation=d, depth=dpfm_depth, act=act, copies=copies, bias=bias)
+                    for d in dilations
                 ]
             self.branches.append(nn.ModuleList(convs))
+        # shared convs: one norm channel per (group, channel), the directions stacked along the batch; own convs:
+        # one per (group, direction, channel)
+        self.map_norm = (
+            nn.Sequential(
+                *[] if norm is None else [get_norm_layer(norm, spatial_dims=2, channels=groups * copies * cmap)],
+                get_act_layer(act),
+            )
+            if self.map_norm_act
+            else None
+        )
         # per-map residual: one 1x1 conv per group (and per direction when unshared); group g sees res group g
         self.res = (
             nn.Conv2d(self.residual_channels, groups * copies * cmap, 1, groups=groups)
@@ -202,7 +231,7 @@ class DualRotationBlock(nn.Module):
         self.fuse = nn.Sequential(*conv_norm_act(n_maps * cmap, out_channels, 1, norm=norm, act=act))
 
     def direction_maps(self, x: torch.Tensor, res: torch.Tensor | None = None) -> torch.Tensor:
-        """The fused (summed over branches, plus the per-map residual) direction maps before the outer fusion.
+        """The direction maps (summed over branches, norm + act, plus the per-map residual) before the outer fusion.
 
         Args:
             x: ``(B, in_channels, H, W)``.
@@ -210,7 +239,8 @@ class DualRotationBlock(nn.Module):
 
         Returns:
             ``(B, groups, len(angles), out_channels // map_ratio, H, W)``; entry ``[:, g, a]`` is
-            ``rotate(sum_b conv_{b,g,a}(rotate(x_g, angle_a)), -angle_a) [+ conv1x1_{g,a}(res_g)]``.
+            ``act(norm(rotate(sum_b conv_{b,g,a}(rotate(x_g, angle_a)), -angle_a))) [+ conv1x1_{g,a}(res_g)]``
+            (without ``norm`` and ``act`` when ``map_norm_act`` is off).
         """
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
@@ -235,6 +265,13 @@ class DualRotationBlock(nn.Module):
                     out[i] = rotate(yi, -self.angles[i])
             per_group.append(torch.stack(out, dim=1))
         maps = torch.stack(per_group, dim=1)
+        if self.map_norm is not None:
+            b, g, a, c, h, w = maps.shape
+            if self.share_weights:  # (B * A, G * C, H, W): the directions share the norm as they share the convs
+                flat = maps.transpose(1, 2).reshape(b * a, g * c, h, w)
+                maps = self.map_norm(flat).reshape(b, a, g, c, h, w).transpose(1, 2)
+            else:
+                maps = self.map_norm(maps.reshape(b, g * a * c, h, w)).reshape(b, g, a, c, h, w)
         if self.res is not None:
             if res is None or res.ndim != 4 or res.shape[1] != self.residual_channels or res.shape[2:] != x.shape[2:]:
                 got = None if res is None else tuple(res.shape)
