@@ -1,6 +1,6 @@
 """KiTS19 data-path benchmark: preprocessing time per case and training patches/s per worker, cached vs raw.
 
-- "cached": segzoo's path, ``KiTS19PatchDataset`` reading the preprocessed ``.npy`` cache with ``mmap_mode="r"``,
+- "cached": segzoo's path, ``PatchDataset`` reading the preprocessed ``.npy`` cache with ``mmap_mode="r"``,
   cropping patch + margin, then the full augmentation chain (``build_kits19_transforms``).
 - "raw": the usual MONAI pipeline re-reading NIfTI every iteration: ``LoadImaged`` -> ``EnsureChannelFirstd`` ->
   clip + z-score (``ScaleIntensityRanged`` + ``NormalizeIntensityd`` with the same fingerprint numbers) ->
@@ -28,7 +28,7 @@ import torch
 
 from segzoo.data.augment import AugmentConfig
 from segzoo.data.cache import preprocess_dataset
-from segzoo.data.datamodule import KiTS19PatchDataset
+from segzoo.data.datamodule import PatchDataset
 from segzoo.data.fingerprint import compute_fingerprint
 from segzoo.data.kits19 import find_kits19_cases
 from segzoo.data.preprocessor import CTPreprocessor
@@ -116,7 +116,7 @@ def bench(name: str, size: str, cases: int, patch, target_spacing, n_cached: int
     ids = [c.case_id for c in kcases]
     for label, probs in (("default_probs", {}), ("all_spatial_on", dict(rotate_prob=1, scale_prob=1, elastic_prob=1))):
         aug = build_kits19_transforms(patch, AugmentConfig(**probs))
-        ds = KiTS19PatchDataset(cache, ids, patch, length=10**6, transforms=aug)
+        ds = PatchDataset(cache, ids, patch, length=10**6, transforms=aug)
         index = iter(range(10**6))  # every call a new item (patches are seeded by index)
         cached = _rate(lambda ds=ds, index=index: ds[next(index)], n_cached)
         raw_t, aug_raw = _raw_pipeline(pre, augmentation_input_size(aug, patch), aug)
@@ -135,7 +135,7 @@ def bench(name: str, size: str, cases: int, patch, target_spacing, n_cached: int
         out[label] = {"cached_patches_per_s": cached, "raw_patches_per_s": raw, "ratio_cached_over_raw": cached / raw}
         print(f"{name} {label}: cached {cached:.2f}/s raw {raw:.2f}/s ratio {cached / raw:.1f}x", flush=True)
     # the GPU recipe (augment: false + BatchAugment on the device): the workers only crop
-    crop = KiTS19PatchDataset(cache, ids, patch, length=10**6, transforms=None)
+    crop = PatchDataset(cache, ids, patch, length=10**6, transforms=None)
     index = iter(range(10**6))
     out["crop_only_patches_per_s"] = _rate(lambda: crop[next(index)], n_cached)
     print(f"{name} crop only: {out['crop_only_patches_per_s']:.2f}/s", flush=True)

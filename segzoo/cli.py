@@ -68,6 +68,7 @@ def _build_cli_class() -> type:
             _progress_bar_switch(config)
             if config.model.get("inferer") is None:
                 _drop_links(self._parser(self.subcommand), "model.inferer.")
+            _planned_topology(config)
 
         def before_fit(self) -> None:
             _before_run(self)
@@ -99,6 +100,9 @@ def _before_run(cli) -> None:
         if isinstance(save_dir, str | os.PathLike) and type(logger).__name__ == "WandbLogger":
             Path(save_dir).mkdir(parents=True, exist_ok=True)
     task, dm = cli.model, cli.datamodule
+    labels = getattr(dm, "label_names", None)
+    if labels and hasattr(getattr(task, "metric", None), "bind_labels"):
+        task.metric.bind_labels(labels)  # a generic metric scores the dataset's own labels
     window = getattr(dm, "patch_size", None) or getattr(dm, "image_size", None)
     channels = getattr(dm, "in_channels", None)
     if cli.subcommand == "fit" and window and channels and getattr(task, "example_input_array", None) is None:
@@ -106,6 +110,25 @@ def _before_run(cli) -> None:
 
         # the model summary then reports the net's real FLOPs and shapes for one training patch (else "FLOPs 0")
         task.example_input_array = torch.zeros(1, int(channels), *(int(s) for s in window))
+
+
+def _planned_topology(config) -> None:
+    """A generic 3D datamodule with ``plan_net`` gives an MSSUNet its planned ``kernel_size`` and ``strides``."""
+    data, net = config.get("data"), config.model.get("net")
+    if data is None or net is None or not str(data.get("class_path", "")).endswith(".PatchDataModule"):
+        return
+    if not str(net.get("class_path", "")).endswith("MSSUNet") or not data.init_args.get("plan_net", True):
+        return
+    from segzoo.data.datamodule import plan_for_config
+
+    plan = plan_for_config(dict(data.init_args))
+    net.init_args.kernel_size = plan["kernel_size"]
+    net.init_args.strides = plan["strides"]
+    _note(
+        f"planned for {data.init_args.data_dir}: spacing {[round(s, 3) for s in plan['target_spacing']]} mm, patch "
+        f"{plan['patch_size']}, kernel_size {plan['kernel_size']}, strides {plan['strides']} "
+        "(--data.plan_net false keeps the net's own)"
+    )
 
 
 def _drop_links(parser, target_prefix: str) -> None:
@@ -495,10 +518,15 @@ def _run_lightning(argv: list[str], from_sys: bool = False) -> int:
     quiet_defaults()
     saved_argv = sys.argv
     cli_args: list[str] | None = argv
+    try:
+        expanded = expand_args(list(argv))
+    except KeyError as e:  # an unknown recipe name: one line with the closest names
+        print(f"segzoo {argv[0]}: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
     if from_sys:
         # From the command line the rewritten arguments go into sys.argv: Lightning's DDP launcher re-runs the command
         # from it for the other ranks (and LightningCLI warns when given both args and a command line).
-        sys.argv = [saved_argv[0], *expand_args(list(argv))]
+        sys.argv = [saved_argv[0], *expanded]
         cli_args = None
     else:  # called from Python (demo, notebooks, tests): LightningCLI must not see the caller's argv
         sys.argv = saved_argv[:1]

@@ -77,7 +77,12 @@ def recipe_files(name: str) -> list[Path]:
         fragment, base = root / "nets" / f"{net}{SUFFIX}", root / f"{dataset}{SUFFIX}"
         if fragment.is_file() and base.is_file() and _composable_base(dataset):
             return [base, fragment]
-    raise KeyError(f"unknown recipe '{name}'; recipes: {', '.join(list_recipes())} (`segzoo recipes`)")
+    import difflib
+
+    known = list_recipes()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise KeyError(f"unknown recipe '{name}'; {hint}recipes: {', '.join(known)} (`segzoo recipes`)")
 
 
 def resolve_config_arg(value: str) -> list[str] | None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from segzoo.data.datamodule import KiTS19DataModule, KiTS19PatchDataset, split_cases
+from segzoo.data.datamodule import KiTS19DataModule, PatchDataset, split_cases
 from segzoo.data.geometry import spacing_from_affine
 from segzoo.data.io import DataError, save_nifti
 from segzoo.data.kits19 import find_kits19_cases, load_kits19_case
@@ -178,7 +178,7 @@ def test_train_batches(dm):
 
 
 def test_foreground_oversampling_rate(dm):
-    ds = KiTS19PatchDataset(dm.cache_dir, dm.train_cases, (8, 24, 24), length=1, foreground_oversample=0.33)
+    ds = PatchDataset(dm.cache_dir, dm.train_cases, (8, 24, 24), length=1, foreground_oversample=0.33)
     rng = np.random.default_rng(0)
     n, fg = 600, 0
     for _ in range(n):
@@ -188,7 +188,7 @@ def test_foreground_oversampling_rate(dm):
             fg += 1
             assert seg[0, 4, 12, 12] > 0  # the crop is centred on a foreground voxel
     assert abs(fg / n - 0.33) < 0.06
-    always = KiTS19PatchDataset(dm.cache_dir, dm.train_cases, (8, 24, 24), length=1, foreground_oversample=1.0)
+    always = PatchDataset(dm.cache_dir, dm.train_cases, (8, 24, 24), length=1, foreground_oversample=1.0)
     assert all(always.sample(rng)[2][0, 4, 12, 12] > 0 for _ in range(50))
 
 
@@ -200,7 +200,7 @@ def test_patches_are_a_function_of_seed_and_index(dm):
     again = dm.train_dataset()[5]
     assert torch.equal(a["image"], again["image"]) and torch.equal(a["label"], again["label"])
     assert not torch.equal(a["image"], ds[6]["image"])  # another index: another patch
-    other_seed = KiTS19PatchDataset(
+    other_seed = PatchDataset(
         dm.cache_dir, dm.train_cases, dm.patch_size, length=1, transforms=dm.train_transforms(), seed=1
     )
     assert not torch.equal(a["image"], other_seed[5]["image"])

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from segzoo.data.augment import AugmentConfig
 from segzoo.data.cache import preprocess_dataset
-from segzoo.data.datamodule import KiTS19PatchDataset
+from segzoo.data.datamodule import PatchDataset
 from segzoo.data.kits19 import find_kits19_cases
 from segzoo.data.preprocessor import CTPreprocessor
 from segzoo.data.synthetic.kits19 import write_kits19
@@ -121,7 +121,7 @@ def test_dataloader_workers_draw_different_patches(tmp_path):
     write_kits19(tmp_path / "data", cases=1, seed=0)
     cases = find_kits19_cases(tmp_path / "data")
     preprocess_dataset(cases, tmp_path / "cache", CTPreprocessor(50, 250, 150, 40, (3.0, 2.0, 2.0)), progress=False)
-    ds = KiTS19PatchDataset(
+    ds = PatchDataset(
         tmp_path / "cache", ["case_00000"], PATCH, length=4, transforms=build_kits19_transforms(PATCH)
     )
     loader = DataLoader(ds, batch_size=1, num_workers=2)
