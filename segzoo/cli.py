@@ -318,6 +318,21 @@ _PLAIN_ELSEWHERE = {
     "infer": ("segzoo.inference.cli", "cmd_infer", "predict NIfTI files / KiTS case folders with a checkpoint"),
     "show": ("segzoo.tools_cli", "cmd_show", "draw slices of a NIfTI case with label/prediction overlays to a PNG"),
     "curves": ("segzoo.tools_cli", "cmd_curves", "plot learning curves of a run's CSVLogger metrics.csv"),
+    "verify": (
+        "segzoo.dataset_cli",
+        "cmd_verify",
+        "check a dataset (nnU-Net raw, Decathlon, datalist) before training",
+    ),
+    "plan": (
+        "segzoo.dataset_cli",
+        "cmd_plan",
+        "print a dataset's plan: normalisation, spacing, patch size, 3D topology",
+    ),
+    "evaluate": (
+        "segzoo.dataset_cli",
+        "cmd_evaluate",
+        "score a folder of predictions against reference label maps (Dice, HD95)",
+    ),
     "export": (
         "segzoo.tools_cli",
         "cmd_export",

@@ -113,7 +113,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
 
     from segzoo.checkpoint import load_checkpoint
     from segzoo.data.io import DataError
-    from segzoo.inference.predict import case_name, find_inputs, load_predictor
+    from segzoo.inference.predict import find_cases, load_predictor
     from segzoo.inference.predict_2d import load_slice_predictor
 
     try:
@@ -133,7 +133,8 @@ def cmd_infer(argv: Sequence[str]) -> int:
         print(f"segzoo infer: error: --chaos-png: {args.ckpt} is a 3D checkpoint, not a CHAOS one", file=sys.stderr)
         return 2
     try:
-        inputs = find_inputs(args.input)
+        in_channels = int(getattr(loaded.net, "init_config", {}).get("init_args", {}).get("in_channels", 1))
+        inputs = find_cases(args.input, in_channels)
         predictor = load_predictor(
             loaded,
             device=args.device,
@@ -157,10 +158,10 @@ def cmd_infer(argv: Sequence[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="segzoo infer: %(message)s")  # notes such as oblique inputs
     out_dir = Path(args.output)
-    todo = [(path, out_dir / f"{case_name(path)}.nii.gz") for path in inputs]
+    todo = [(case, out_dir / f"{case.case_id}.nii.gz") for case in inputs]
     if args.resume:
-        todo = [(path, out) for path, out in todo if not _readable_nifti(out)]
-    summary = run_folder(todo, predictor.predict_file, desc="segzoo infer")
+        todo = [(case, out) for case, out in todo if not _readable_nifti(out)]
+    summary = run_folder(todo, predictor.predict_case, desc="segzoo infer")
     return report(summary, out_dir, skipped=len(inputs) - len(todo))
 
 

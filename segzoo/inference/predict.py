@@ -97,19 +97,21 @@ class Predictor:
     device: torch.device = torch.device("cpu")
 
     def predict_array(self, image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        """Label map ``uint8`` with exactly ``image.shape`` for one single-channel volume.
+        """Label map ``uint8`` of the spatial shape of ``image``: one volume ``(*spatial)`` or ``(C, *spatial)``.
 
         ``image`` must already be in the training orientation (see :meth:`reorientation`); ``spacing`` is in mm
         per array axis.
         """
+        image = np.asarray(image)
         if self.preprocessor is not None:
             x = np.asarray(self.preprocessor.preprocess(image, spacing), dtype=np.float32)
         else:
-            x = np.asarray(image, dtype=np.float32)[None]
+            x = np.asarray(image, dtype=np.float32)
+            x = x[None] if x.ndim == 3 else x
         xt = torch.from_numpy(x)[None]  # the inferer moves it to the net's device (once, when the output fits there)
         with torch.inference_mode():
             out = self.inferer(xt, self.net)[0]
-        return labels_on_original_grid(out, image.shape, self.preprocessor, self.postprocess)
+        return labels_on_original_grid(out, image.shape[-3:], self.preprocessor, self.postprocess)
 
     def reorientation(self, affine: np.ndarray, shape: Sequence[int], name: object = "image") -> Reorientation:
         """Permutation/flip from a stored array to the training orientation (identity without a recorded one)."""
@@ -118,10 +120,25 @@ class Predictor:
         return Reorientation.to_codes(affine, shape, None, name=name)
 
     def predict_volume(self, image: np.ndarray, affine: np.ndarray, name: object = "image") -> np.ndarray:
-        """Label map ``uint8`` of ``image.shape`` for a volume stored in any orientation (``affine``: its 4x4)."""
-        r = self.reorientation(affine, image.shape, name=name)
-        labels = self.predict_array(r.apply(image), r.apply_spacing(spacing_from_affine(affine)))
+        """Label map ``uint8`` of the spatial shape of ``image`` (``(*spatial)`` or ``(C, *spatial)``) stored in any
+        orientation (``affine``: its 4x4)."""
+        first = image.ndim - 3
+        r = self.reorientation(affine, image.shape[first:], name=name)
+        labels = self.predict_array(r.apply(image, first_axis=first), r.apply_spacing(spacing_from_affine(affine)))
         return r.undo(labels)
+
+    def predict_case(self, case: Any, output_path: Path) -> Path:
+        """Predict one :class:`~segzoo.data.sources.ImageCase` (its channel files, or one 4D file) and write
+        ``output_path`` (atomically) on the grid and with the header of its first channel file."""
+        image, affine = case.load_image()
+        channels = _expected_channels(self.net)
+        if channels is not None and image.shape[0] != channels:
+            raise DataError(
+                f"{case.image}: case '{case.case_id}' has {image.shape[0]} channels; the model takes {channels}"
+            )
+        header = _spatial_header(case.image)
+        labels = self.predict_volume(image if image.shape[0] > 1 else image[0], affine, name=case.image)
+        return save_nifti(labels, affine if header is None else None, output_path, header=header)
 
     def predict_file(self, image_path: Path, output_path: Path) -> Path:
         """Predict one NIfTI file and write ``output_path`` (atomically) with the input's shape and header."""
@@ -131,6 +148,68 @@ class Predictor:
             raise DataError(f"{image_path}: expected a 3D image (one scalar volume), got shape {image.shape}")
         labels = self.predict_volume(image, affine, name=image_path)
         return save_nifti(labels, None, output_path, header=header)
+
+
+def _expected_channels(net: nn.Module) -> int | None:
+    value = getattr(net, "init_config", {}).get("init_args", {}).get("in_channels")
+    return int(value) if value is not None else None
+
+
+def _spatial_header(path: Path) -> Any | None:
+    """The NIfTI header of a channel file for a label map on its grid; ``None`` for a 4D file (a fresh 3D header
+    from the affine: a 4D header's intent and dimensions do not describe a label map)."""
+    import nibabel as nib
+
+    img = nib.load(str(path)) if path.name.endswith((".nii", ".nii.gz")) else None
+    if img is None:
+        from segzoo.data.io import load_nifti_with_header
+
+        _, _, header = load_nifti_with_header(path)
+        return header if len(header.get_data_shape()) <= 3 or header.get_data_shape()[3] == 1 else None
+    shape = img.header.get_data_shape()
+    return img.header.copy() if len(shape) <= 3 or int(np.prod(shape[3:])) == 1 else None
+
+
+def find_cases(input_path: str | os.PathLike, in_channels: int = 1) -> list[Any]:
+    """The cases to predict, as :class:`~segzoo.data.sources.ImageCase` objects.
+
+    - a MONAI datalist ``.json``: its ``test`` entries (or ``training``, when it has no test list);
+    - a folder with a dataset.json (nnU-Net raw / Decathlon): its test cases (``imagesTs``, the ``test`` list);
+    - a folder of nnU-Net channel files ``{case}_{XXXX}.nii.gz``: grouped by case (a case lacking a channel fails
+      alone, naming the missing file); with one channel, ``{case}_0000.nii.gz`` predicts to ``{case}.nii.gz`` as
+      nnU-Net writes it;
+    - otherwise :func:`find_inputs` (NIfTI files, KiTS19 case folders); a multi-channel model reads each file as a
+      4D image with the channels on its last axis (the Decathlon's).
+    """
+    from segzoo.data.sources import ImageCase, group_channel_files, open_source
+
+    root = Path(input_path)
+    if root.is_file() and root.suffix.lower() == ".json" or (root.is_dir() and (root / "dataset.json").is_file()):
+        source = open_source(root)
+        cases = source.test or (source.training if root.is_file() else [])
+        if not cases:
+            raise DataError(f"{root}: no test cases (imagesTs / 'test') to predict")
+        if source.in_channels != in_channels:
+            raise DataError(f"{root}: {source.in_channels} channels; the model takes {in_channels}")
+        return cases
+    if root.is_dir():
+        groups: dict[str, dict[int, Path]] = {}
+        for ending in (".nii.gz", ".nii"):
+            found, _ = group_channel_files(root, ending)
+            for case, files in found.items():
+                groups.setdefault(case, {}).update(files)
+        if groups and (in_channels > 1 or all(set(f) == {0} for f in groups.values())):
+            ending = {c: files[min(files)].name[len(f"{c}_0000") :] for c, files in groups.items()}
+            return [
+                ImageCase(
+                    case,
+                    tuple(files.get(i, root / f"{case}_{i:04d}{ending[case]}") for i in range(in_channels)),
+                    num_channels=in_channels,
+                )
+                for case, files in sorted(groups.items())
+            ]
+    paths = find_inputs(root)
+    return [ImageCase(case_name(p), (p,), four_d=in_channels > 1, num_channels=in_channels) for p in paths]
 
 
 def load_predictor(

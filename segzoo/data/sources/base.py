@@ -47,6 +47,9 @@ class ImageCase:
     four_d: bool = False
     num_channels: int = 1
 
+    def __str__(self) -> str:  # what a folder run's error line names
+        return str(self.images[0]) if len(self.images) == 1 else f"{self.images[0].parent}/{self.case_id}_*"
+
     @property
     def image(self) -> Path:
         """The first channel file: its header gives the case's geometry (and its NIfTI header is the output's)."""
