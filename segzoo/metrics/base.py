@@ -55,6 +55,15 @@ class CaseMetric:
             new.append(row)
         return new
 
+    def class_names(self) -> tuple[str, ...]:
+        """Names of the foreground class indices 1, 2, ... in messages (dead-class warnings); ``()``: unnamed."""
+        return ()
+
+    def regions(self) -> dict[str, tuple[int, ...]]:
+        """Regions of several class indices that the metric scores (BraTS WT, KiTS19 kidney = classes 1 + 2), which
+        the dead-class check (:mod:`segzoo.metrics.dead`) watches besides the single classes; ``{}``: none."""
+        return {}
+
     def compute(self) -> dict[str, float]:
         keys = [k for k in (self.rows[0] if self.rows else {}) if k != "case_id"]
         out = {}

@@ -32,13 +32,14 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
 
-from segzoo.data.brats import BRATS_LABELS
+from segzoo.data.brats import BRATS_CLASS_NAMES, BRATS_LABELS
 from segzoo.metrics._common import check_label_maps, check_spacing, dice, foreground_box, slices_are_a_selection
 from segzoo.metrics.base import CaseMetric
 
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 BRATS_HD95_PENALTY = 373.13
 HD95_DEFINITIONS = ("directed_max", "pooled")
+_LABEL_NAMES = dict(zip(BRATS_LABELS, BRATS_CLASS_NAMES, strict=True))  # BraTS label -> name, for messages
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -180,6 +181,16 @@ class BraTSMetric(CaseMetric):
         self.hd95_penalty = float(hd95_penalty)
         self.hd95 = hd95
         self.per_slice = per_slice
+
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(_LABEL_NAMES.get(label, f"label_{label}") for label in self.label_map[1:])
+
+    def regions(self) -> dict[str, tuple[int, ...]]:
+        """WT, TC and ET as class indices (through ``label_map``)."""
+        return {
+            region: tuple(i for i, label in enumerate(self.label_map) if label in labels)
+            for region, labels in BRATS_REGIONS.items()
+        }
 
     def score_case(
         self, pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None

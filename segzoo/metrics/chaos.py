@@ -110,6 +110,9 @@ class CHAOSMetric(CaseMetric):
         self.organs = tuple(str(o) for o in organs)
         self.empty_distance = None if empty_distance is None else float(empty_distance)
 
+    def class_names(self) -> tuple[str, ...]:
+        return self.organs
+
     def score_case(
         self, pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None
     ) -> dict[str, float]:

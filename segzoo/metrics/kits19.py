@@ -51,6 +51,12 @@ class KiTS19Metric(CaseMetric):
         super().__init__()
         self.empty_value = float(empty_value)
 
+    def class_names(self) -> tuple[str, ...]:
+        return ("kidney", "tumour")
+
+    def regions(self) -> dict[str, tuple[int, ...]]:
+        return {"kidney": (1, 2), "tumour": (2,)}
+
     def score_case(
         self, pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None
     ) -> dict[str, float]:

@@ -82,6 +82,12 @@ class LabelMetric(CaseMetric):
         if self.labels is None:
             self.labels = {int(k): str(v) for k, v in labels.items()}
 
+    def class_names(self) -> tuple[str, ...]:
+        """Names of the label values 1, 2, ... (the class indices); a value without a name gets ``""``."""
+        if not self.labels:
+            return ()
+        return tuple(self.labels.get(k, "") for k in range(1, max(self.labels) + 1))
+
     def score_case(
         self, pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None
     ) -> dict[str, float]:

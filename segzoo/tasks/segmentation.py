@@ -9,6 +9,7 @@ optimizer/scheduler factories are injected, from YAML through LightningCLI or fr
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,10 @@ from torch import nn
 
 from segzoo.checkpoint import labels_on_original_grid
 from segzoo.metrics.base import CaseMetric
+from segzoo.metrics.dead import DeadClassCounter, confusion, label_regions
 from segzoo.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 def _subset_key(steps) -> str:
@@ -105,6 +109,12 @@ class SegmentationTask(pl.LightningModule):
     post-processing (``mean``, ``cases``) and without (``without_postprocess``), and the decision
     (``postprocess``). The validation loss (the loss on the whole-case output, logged as ``val/loss``) is there for
     checkpoint selection on its moving average (:class:`~segzoo.tasks.callbacks.MovingAverage`).
+
+    Dead classes: after each validation and test, a class or region of the metric (``metric.class_names()``,
+    ``metric.regions()``) that no scored prediction held, or whose Dice was 0 in every case holding it, is named in
+    one warning line (logger ``segzoo.tasks.segmentation``; :mod:`segzoo.metrics.dead`), in ``metrics.json``
+    (``dead_classes``) and in ``self.dead_class_warning``. During a fit the line is logged when the set of dead
+    classes changes, and once more when the fit ends with one.
     """
 
     def __init__(
@@ -146,6 +156,8 @@ class SegmentationTask(pl.LightningModule):
         self.score_key = score_key
         self.metrics_file = metrics_file
         self.last_summary: dict[str, Any] | None = None
+        self.dead_class_warning: str | None = None
+        self._dead_names: list[str] | None = None  # at the last validation, to log only changes during a fit
         self.batch_augment = batch_augment
         self.compile = compile
         self.channels_last = channels_last
@@ -257,7 +269,11 @@ class SegmentationTask(pl.LightningModule):
             if self.metric is not None and target is not None:
                 case_id = str(ids[i]) if ids is not None else str(len(self._case_scores))
                 scores = {k: self.metric.score_case(v, target, sp) for k, v in variants.items()}
-                self._case_scores.append({"case_id": case_id, "scores": scores})
+                # voxel counts per (reference, predicted) class of each variant: the dead-class check's input
+                counts = {k: confusion(v, target, out.shape[1]) for k, v in variants.items()}
+                self._case_scores.append(
+                    {"case_id": case_id, "scores": scores, "confusion": counts, "num_classes": int(out.shape[1])}
+                )
         if len(self.overlays) < self.num_overlays and "label" in batch:
             if on_original:  # the picture is drawn on the preprocessed grid, where the image is
                 grid = out.argmax(1).cpu()
@@ -390,10 +406,36 @@ class SegmentationTask(pl.LightningModule):
             summary["postprocess"] = post_info
             logged.update({f"{prefix}/no_postprocess/{k}": v for k, v in raw_mean.items()})
         summary["scored_on"] = "original grid" if self._scored_on_original else "preprocessed grid"
+        summary["dead_classes"] = self._check_dead_classes(table, key, prefix)
         self.log_dict(logged, sync_dist=False, batch_size=1)
         self.last_summary = summary
         if write_file and self.metrics_file:
             self._write_summary(summary)
+
+    def _check_dead_classes(self, table: list[dict[str, Any]], key: str, prefix: str) -> list[str]:
+        """Name the dead classes of the scored predictions (``key``) in one warning line; return their phrases."""
+        rows = [r for r in table if key in r.get("confusion", {})]
+        if not rows:
+            self.dead_class_warning = None
+            return []
+        num_classes = max(r["num_classes"] for r in rows)
+        names = getattr(self.metric, "class_names", lambda: ())()
+        regions = getattr(self.metric, "regions", lambda: {})()
+        counter = DeadClassCounter(label_regions(num_classes, names, regions))
+        for r in rows:
+            counter.add_confusion(r["confusion"][key])
+        dead = counter.dead_names()
+        self.dead_class_warning = counter.warning("validation" if prefix == "val" else prefix)
+        # during a fit only a change is news (an untrained net starts with every class dead); the fit's end restates it
+        news = self.trainer.state.fn != "fit" or dead != self._dead_names
+        self._dead_names = dead
+        if self.dead_class_warning and news and self.trainer.is_global_zero:
+            log.warning(self.dead_class_warning)
+        return counter.dead()
+
+    def on_fit_end(self) -> None:
+        if self.dead_class_warning and self.trainer.is_global_zero:
+            log.warning("segzoo fit ended with " + self.dead_class_warning.removeprefix("segzoo: "))
 
     def _score(self, means: dict[str, float]) -> float | None:
         if self.score_key is not None:
