@@ -1,0 +1,161 @@
+"""A user's own dataset end to end, as the README walks it: verify -> plan -> fit (MSS U-Net, a few steps) -> infer ->
+evaluate, on a two-channel, four-label, anisotropic nnU-Net raw dataset stored in mixed orientations; the Decathlon
+and datalist forms train too; segzoo's per-label Dice equals nnU-Net's ``compute_metrics_on_folder``."""
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segzoo.cli import main
+from segzoo.data.synthetic.nnunet import write_nnunet
+
+TINY = [
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.precision",
+    "32-true",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--trainer.logger",
+    "CSVLogger",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--data.iterations_per_epoch",
+    "2",
+    "--data.num_workers",
+    "0",
+    "--data.num_val_cases",
+    "1",
+    "--data.max_patch_voxels",
+    "8192",
+    "--data.base_features",
+    "4",
+    "--data.max_features",
+    "16",
+    "--model.net.init_args.base_features",
+    "4",
+    "--model.net.init_args.max_features",
+    "16",
+]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own") / "Dataset501_Synth"
+    write_nnunet(root, cases=4, test_cases=2, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    args = ["fit", "--config", "mss_unet3d", "--data.data_dir", str(dataset), "--trainer.default_root_dir", str(run)]
+    assert main([*args, *TINY, "--trainer.logger.save_dir", str(run)]) == 0
+    return run
+
+
+def test_walkthrough(dataset, trained, tmp_path, capsys):
+    assert main(["verify", str(dataset)]) == 0
+    assert main(["plan", str(dataset), "--out", str(tmp_path / "plan.json")]) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["normalization"] == ["ct", "zscore"] and plan["dataset"]["channel_names"] == ["CT", "T2"]
+    # the run stored its plan and the checkpoint its per-channel preprocessing
+    stored = json.loads((dataset.parent / f"{dataset.name}_preprocessed" / "plan.json").read_text())
+    assert stored["normalization"] == ["ct", "zscore"]
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    from segzoo.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    pre = loaded.preprocessor()
+    assert type(pre).__name__ == "Preprocessor" and pre.normalization == ["ct", "zscore"]
+    assert loaded.net.init_config["init_args"]["in_channels"] == 2
+    assert loaded.net.init_config["init_args"]["out_channels"] == 4
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert {"organ/dice", "lesion/dice", "vessel/dice", "mean/dice"} <= set(metrics["mean"])
+
+    out = tmp_path / "pred"
+    assert (
+        main(
+            ["infer", "--ckpt", str(ckpt), "--input", str(dataset / "imagesTs"), "--output", str(out), "--tta", "none"]
+        )
+        == 0
+    )
+    for case in ("synth_004", "synth_005"):
+        pred, src = nib.load(str(out / f"{case}.nii.gz")), nib.load(str(dataset / "imagesTs" / f"{case}_0000.nii.gz"))
+        assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)  # the input's own grid, any orientation
+        assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 3}
+    # a whole dataset folder predicts its test cases the same way
+    out2 = tmp_path / "pred2"
+    assert main(["infer", "--ckpt", str(ckpt), "--input", str(dataset), "--output", str(out2), "--tta", "none"]) == 0
+    for case in ("synth_004", "synth_005"):
+        a = np.asarray(nib.load(str(out / f"{case}.nii.gz")).dataobj)
+        np.testing.assert_array_equal(a, np.asarray(nib.load(str(out2 / f"{case}.nii.gz")).dataobj))
+
+
+def test_infer_names_a_missing_channel_and_goes_on(dataset, trained, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    shutil.copytree(dataset / "imagesTs", inputs)
+    (inputs / "synth_004_0001.nii.gz").unlink()
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    code = main(
+        ["infer", "--ckpt", str(ckpt), "--input", str(inputs), "--output", str(tmp_path / "o"), "--tta", "none"]
+    )
+    assert code == 1
+    err = capsys.readouterr()
+    assert "synth_004_0001.nii.gz" in err.err and "1 written" in err.out and "1 failed" in err.out
+
+
+def test_evaluate_equals_nnunet_compute_metrics_on_folder(dataset, trained, tmp_path, capsys):
+    pytest.importorskip("SimpleITK")
+    evaluate = pytest.importorskip("nnunetv2.evaluation.evaluate_predictions")
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    assert (
+        main(
+            ["infer", "--ckpt", str(ckpt), "--input", str(dataset / "imagesTr"), "--output", str(pred), "--tta", "none"]
+        )
+        == 0
+    )
+    shutil.copytree(dataset / "labelsTr", ref)
+    assert main(["evaluate", str(pred), str(ref), "--labels", str(dataset / "dataset.json"), "--no-hd95"]) == 0
+    ours = json.loads((pred / "summary.json").read_text())
+    theirs = evaluate.compute_metrics_on_folder(
+        str(ref), str(pred), str(tmp_path / "nnunet_summary.json"), SimpleITKIO(), ".nii.gz", [1, 2, 3], None, 1
+    )
+    names = {1: "organ", 2: "lesion", 3: "vessel"}
+    for row in ours["cases"]:
+        case = next(c for c in theirs["metric_per_case"] if c["reference_file"].endswith(f"{row['case_id']}.nii.gz"))
+        for label, name in names.items():
+            np.testing.assert_allclose(row[f"{name}/dice"], case["metrics"][label]["Dice"], rtol=1e-9, equal_nan=True)
+    for label, name in names.items():
+        np.testing.assert_allclose(ours["mean"][f"{name}/dice"], theirs["mean"][label]["Dice"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("form", ["msd", "datalist"])
+def test_other_forms_train(form, tmp_path):
+    write_nnunet(tmp_path / "ds", cases=3, test_cases=1, seed=2, form=form)
+    data = tmp_path / "ds" / ("datalist.json" if form == "datalist" else "")
+    run = tmp_path / "run"
+    args = ["fit", "--config", "mss_unet3d", "--data.data_dir", str(data), "--trainer.default_root_dir", str(run)]
+    assert main([*args, *TINY, "--trainer.logger.save_dir", str(run)]) == 0
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_broken_dataset_stops_fit_before_writing(dataset, tmp_path, capsys):
+    root = tmp_path / dataset.name
+    shutil.copytree(dataset, root)
+    (root / "imagesTr" / "synth_001_0001.nii.gz").unlink()
+    run = tmp_path / "run"
+    args = ["fit", "--config", "mss_unet3d", "--data.data_dir", str(root), "--trainer.default_root_dir", str(run)]
+    assert main([*args, *TINY, "--trainer.logger.save_dir", str(run)]) == 2
+    assert "synth_001_0001.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / f"{dataset.name}_preprocessed").exists()
