@@ -35,10 +35,30 @@ def test_recipes_are_the_repository_configs():
         assert len(text.splitlines()) < 20
 
 
+@pytest.fixture(scope="module")
+def own_dataset(tmp_path_factory):
+    """An nnU-Net raw dataset for the generic recipes (they plan from the data, so they need one to instantiate)."""
+    from segzoo.data.synthetic.nnunet import write_nnunet
+
+    root = tmp_path_factory.mktemp("own") / "Dataset501_Synth"
+    write_nnunet(root, cases=3, test_cases=0)
+    return root
+
+
+GENERIC = ("mss_unet3d",)
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_config_instantiates(recipe, tmp_path):
-    cli = _instantiate(recipe, tmp_path)
+def test_config_instantiates(recipe, tmp_path, own_dataset):
+    extra = ["--data.data_dir", str(own_dataset)] if recipe in GENERIC else []
+    cli = _instantiate(recipe, tmp_path, *extra)
     config = recipe
+    if recipe in GENERIC:  # channels and classes from dataset.json, topology from the plan
+        plan = cli.datamodule.plan
+        net_args = cli.model.net.init_config["init_args"]
+        assert (cli.datamodule.in_channels, cli.datamodule.num_classes) == (2, 4)
+        assert (list(net_args["kernel_size"]), list(net_args["strides"])) == (plan["kernel_size"], plan["strides"])
+        assert list(cli.datamodule.patch_size) == plan["patch_size"]
     assert isinstance(cli.model, segzoo.tasks.SegmentationTask)
     assert isinstance(cli.model.net, torch.nn.Module) and isinstance(cli.model.loss, torch.nn.Module)
     assert cli.model.metric is not None
