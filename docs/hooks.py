@@ -23,6 +23,7 @@ from mkdocs.structure.files import File, Files
 _NAV = [
     ("Home", "index.md"),
     ("Quick start", "quickstart.md"),
+    ("Train on your own data", "own_data.md"),
     ("Training", "training.md"),
     ("Configs", "configs.md"),
     ("Nets", "nets/"),

@@ -84,6 +84,13 @@ RENAMED_NET_ARGS: dict[str, dict[str, str]] = {
         "features": "attention_features",
     },
 }
+# Net constructor arguments added after checkpoints were written, with the value that rebuilds the net those
+# checkpoints hold: a stored config (every argument, defaults applied: SegNet.init_config) that lacks the name was
+# written before it existed. Constants of this file, never read from a file.
+ADDED_NET_ARGS: dict[str, dict[str, Any]] = {
+    # issue 25: norm + act on the direction maps before the residual; older DR-Nets had linear maps
+    "segzoo.nets.drnet.DRNet": {"map_norm_act": False},
+}
 # run-time placement of an inferer, not a property of the trained model: never stored
 _INFERER_RUNTIME_ARGS = ("sw_device", "device", "progress", "memory_budget_gb")
 
@@ -189,12 +196,16 @@ def _init_parameters(cls: type) -> list[str]:
 
 def current_init_args(cls: type | None, init_args: dict[str, Any]) -> dict[str, Any]:
     """``init_args`` of net class ``cls`` with the names of :data:`RENAMED_NET_ARGS` mapped to today's, when they
-    hold an old-only name (a config written before the rename); otherwise ``init_args`` unchanged."""
+    hold an old-only name (a config written before the rename), and the old values of :data:`ADDED_NET_ARGS` where a
+    full stored config predates them; otherwise ``init_args`` unchanged."""
     renames = RENAMED_NET_ARGS.get(_class_path(cls), {}) if cls is not None else {}
     old_only = set(renames) - set(_init_parameters(cls)) if renames else set()
-    if not old_only & set(init_args):
-        return init_args
-    return {renames.get(k, k): v for k, v in init_args.items()}
+    if old_only & set(init_args):
+        init_args = {renames.get(k, k): v for k, v in init_args.items()}
+    added = ADDED_NET_ARGS.get(_class_path(cls), {}) if cls is not None else {}
+    if added and "in_channels" in init_args:  # a full stored config (defaults applied), not a few overrides
+        init_args = {**{k: v for k, v in added.items() if k not in init_args}, **init_args}
+    return init_args
 
 
 def callable_config(obj: Any, strict: bool = True, skip: Sequence[str] = ()) -> dict[str, Any] | None:

@@ -444,6 +444,9 @@ def run_summary(cli: Any, subcommand: str) -> list[str]:
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in list(means.items())[:6])
         where = f" (per case: {root / metrics_file})" if metrics_file and (root / metrics_file).is_file() else ""
         lines.append(f"  metrics           {shown}{where}")
+        warning = getattr(task, "dead_class_warning", None)
+        if warning:  # a class never predicted (or Dice 0 wherever present): said here too, not only in the log
+            lines.append(f"  warning           {warning.removeprefix('segzoo: ')}")
     elif subcommand == "fit":
         lines.append(
             f"  no validation ran: the fit stopped after {trainer.global_step} training steps, before the first"

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 
 def _fail(cmd: str, message: object) -> int:
     print(f"segzoo {cmd}: error: {' '.join(str(message).split())}", file=sys.stderr)
@@ -130,6 +132,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     if not set(refs) & set(preds):
         return _fail("evaluate", f"{pred_dir}: no prediction has the name of a label map in {label_dir}")
     metric = LabelMetric(labels, hd95=args.hd95)
+    counter = None
     failed = 0
     for case in sorted(set(refs) & set(preds)):
         try:
@@ -140,6 +143,13 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
             from segzoo.data.geometry import spacing_from_affine
 
             metric.update(pred[None], ref[None], [case], [spacing_from_affine(ref_affine)])
+            if counter is None:
+                from segzoo.metrics.dead import DeadClassCounter, label_regions
+
+                names = metric.labels or {v: f"label_{v}" for v in range(1, int(max(ref.max(), pred.max())) + 1)}
+                top = max(names)
+                counter = DeadClassCounter(label_regions(top + 1, [names.get(k, "") for k in range(1, top + 1)]))
+            counter.update(np.minimum(pred, counter.num_classes - 1), np.minimum(ref, counter.num_classes - 1))
         except DataError as e:
             print(f"segzoo evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
             failed += 1
@@ -151,25 +161,13 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     means = summary["mean"]
     for key in sorted(means):
         print(f"{key:<28} {means[key]:.4f}")
-    _warn_dead(metric)
+    warning = counter.warning("evaluated") if counter is not None else None
+    if warning:  # a label never predicted, or Dice 0 wherever it is present: one line
+        print(f"segzoo evaluate: warning: {warning.removeprefix('segzoo: ')}", file=sys.stderr)
     print(
         f"segzoo evaluate: {len(metric.rows)} cases scored, {failed} failed, {len(missing)} without prediction -> {out}"
     )
     return 1 if failed else 0
-
-
-def _warn_dead(metric) -> None:
-    """Name a label that was never predicted while present in the references (one line)."""
-    rows = metric.per_case()
-    names = sorted({k.split("/")[0] for r in rows for k in r if k.endswith("/dice") and not k.startswith("mean")})
-    dead = []
-    for name in names:
-        scored = [r[f"{name}/dice"] for r in rows if f"{name}/dice" in r]
-        present = [d for d in scored if d == d]  # NaN: absent from both
-        if present and all(d == 0 for d in present):
-            dead.append(f"'{name}' (Dice 0 on all {len(present)} cases where it is present)")
-    if dead:
-        print(f"segzoo evaluate: warning: never predicted right: {', '.join(dead)}", file=sys.stderr)
 
 
 DATASET_COMMANDS = {

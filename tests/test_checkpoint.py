@@ -564,3 +564,20 @@ def test_net_resolution_imports_nothing_from_the_file(pretrained, monkeypatch):
     # a public re-export of an allowed class is accepted (it is the same class object)
     _rewrite(pretrained / "config.json", pretrained, lambda c: c.update({"class_path": "segzoo.nets.MSSUNet"}))
     assert isinstance(segzoo.from_pretrained(pretrained), segzoo.nets.MSSUNet)
+
+
+def test_drnet_config_written_before_map_norm_act_rebuilds_its_net():
+    """A DR-Net stored before the direction maps had norm + act (issue 25) has no ``map_norm_act`` in its config: it
+    rebuilds with linear maps and its state dict loads; a few overrides (no full config) get today's default."""
+    import segzoo
+    from segzoo.checkpoint import build_net
+
+    old = segzoo.create_net("drnet", map_norm_act=False)
+    cfg = old.init_config
+    stored = {k: v for k, v in cfg["init_args"].items() if k != "map_norm_act"}
+    rebuilt = build_net({"class_path": cfg["class_path"], "init_args": stored})
+    rebuilt.load_state_dict(old.state_dict())  # strict: the same keys and shapes
+    assert rebuilt.init_config["init_args"]["map_norm_act"] is False
+    assert build_net({"registry_name": "drnet", "init_args": {"out_channels": 5}}).init_config["init_args"][
+        "map_norm_act"
+    ]

@@ -159,3 +159,26 @@ def test_broken_dataset_stops_fit_before_writing(dataset, tmp_path, capsys):
     assert main([*args, *TINY, "--trainer.logger.save_dir", str(run)]) == 2
     assert "synth_001_0001.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / f"{dataset.name}_preprocessed").exists()
+
+
+def test_evaluate_names_a_dead_label(dataset, tmp_path, capsys):
+    """Predictions equal to the references except that the lesion is never predicted: Dice 1 for the others, one
+    warning line naming the lesion, and the means computed by hand."""
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    shutil.copytree(dataset / "labelsTr", ref)
+    for f in sorted(ref.iterdir()):
+        img = nib.load(str(f))
+        a = np.asarray(img.dataobj).copy()
+        a[a == 2] = 1
+        nib.save(nib.Nifti1Image(a, img.affine, img.header), str(pred / f.name))
+    assert main(["evaluate", str(pred), str(ref), "--labels", str(dataset / "dataset.json"), "--no-hd95"]) == 0
+    err = capsys.readouterr().err
+    assert "lesion" in err and "organ" not in err.split("warning:")[-1] and err.count("warning:") == 1
+    summary = json.loads((pred / "summary.json").read_text())
+    assert summary["mean"]["lesion/dice"] == 0.0 and summary["mean"]["vessel/dice"] == 1.0
+    organ = []
+    for f in sorted(ref.iterdir()):
+        r = np.asarray(nib.load(str(f)).dataobj)
+        organ.append(2 * np.sum(r == 1) / (np.sum(r == 1) + np.sum((r == 1) | (r == 2))))
+    np.testing.assert_allclose(summary["mean"]["organ/dice"], np.mean(organ), rtol=1e-9)

@@ -90,7 +90,7 @@ class ImageCase:
         for path in self.images:
             data, aff = load_nifti(path, dtype=np.float32)
             if data.ndim != 3:
-                raise DataError(f"{path}: expected a 3D volume, got shape {data.shape}")
+                raise DataError(f"{path}: expected a 3D image (one scalar volume), got shape {data.shape}")
             if affine is None:
                 affine = aff
             else:
