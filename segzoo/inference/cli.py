@@ -1,4 +1,4 @@
-"""``segzoo infer``: predict NIfTI files or KiTS-layout case folders with a checkpoint."""
+"""``segzoo infer``: predict NIfTI files, KiTS-layout case folders or DICOM series with a checkpoint."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from pathlib import Path
 
 
 def cmd_infer(argv: Sequence[str]) -> int:
+    from segzoo.inference.outputs import OUTPUT_FORMATS
     from segzoo.tools_cli import TRUST_HELP
 
     p = argparse.ArgumentParser(
         prog="segzoo infer",
         description="Predict label maps. 3D checkpoints: NIfTI images (any orientation) or KiTS19 case folders -> "
-        "OUT/<case>.nii.gz with the input's shape and header. 2D checkpoints (DR-Net, 2D baselines): BraTS case "
+        "OUT/<case>.nii.gz with the input's shape and header; a DICOM series folder (or a study folder and --series "
+        "UID) -> OUT/<folder>.nii.gz on the series' grid and/or a DICOM Segmentation OUT/<folder>.dcm "
+        "(--output-format). 2D checkpoints (DR-Net, 2D baselines): BraTS case "
         "folders -> OUT/<case>_seg.nii.gz (0/1/2/4), CHAOS DICOM series or Train_Sets/Test_Sets trees -> "
         "OUT/<case>_<sequence>.nii.gz (+ Ground-style PNGs with --chaos-png). A bad input is reported on one line "
         "and skipped; the run ends with a written / skipped / failed summary and exits 1 if any input failed.",
@@ -23,10 +26,39 @@ def cmd_infer(argv: Sequence[str]) -> int:
     p.add_argument(
         "--input",
         required=True,
-        help="3D: a .nii/.nii.gz file, a folder of them, or of KiTS19 case folders; 2D: a BraTS case folder or a "
-        "folder of them, a CHAOS DICOM series folder or a CHAOS Train_Sets/Test_Sets tree",
+        help="3D: a .nii/.nii.gz file, a folder of them, or of KiTS19 case folders, or a DICOM series folder (or a "
+        "study folder with --series); 2D: a BraTS case folder or a folder of them, a CHAOS DICOM series folder or a "
+        "CHAOS Train_Sets/Test_Sets tree",
     )
     p.add_argument("--output", required=True, help="output folder")
+    p.add_argument(
+        "--output-format",
+        default="nifti",
+        choices=OUTPUT_FORMATS,
+        help="nifti (default): OUT/<case>.nii.gz; dicom-seg: one DICOM Segmentation OUT/<case>.dcm per case, "
+        "referencing its source series (DICOM inputs only); both",
+    )
+    p.add_argument(
+        "--series",
+        default=None,
+        metavar="UID",
+        help="the SeriesInstanceUID to predict when --input is a study folder holding several DICOM series (the "
+        "refusal lists them)",
+    )
+    p.add_argument(
+        "--stats",
+        action="store_true",
+        help="also write OUT/stats.json and OUT/stats.csv: per case and label the voxel count and volume in ml",
+    )
+    p.add_argument(
+        "--label-names",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="names of the model's labels in order (1, 2, ...; BraTS 1, 2, 4) (for --stats and the DICOM-SEG segments; known names such as kidney, "
+        "tumour, liver, spleen get their SNOMED CT codes). Default: the dataset's names where the checkpoint tells "
+        "(KiTS19 post-processing, CHAOS, BraTS), else label_1, label_2, ...",
+    )
     p.add_argument(
         "--tta",
         nargs="?",
@@ -113,7 +145,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
 
     from segzoo.checkpoint import load_checkpoint
     from segzoo.data.io import DataError
-    from segzoo.inference.predict import find_cases, load_predictor
+    from segzoo.inference.predict import find_cases, find_series_input, load_predictor
     from segzoo.inference.predict_2d import load_slice_predictor
 
     try:
@@ -133,8 +165,27 @@ def cmd_infer(argv: Sequence[str]) -> int:
         print(f"segzoo infer: error: --chaos-png: {args.ckpt} is a 3D checkpoint, not a CHAOS one", file=sys.stderr)
         return 2
     try:
-        in_channels = int(getattr(loaded.net, "init_config", {}).get("init_args", {}).get("in_channels", 1))
-        inputs = find_cases(args.input, in_channels)
+        series_dir = find_series_input(args.input)
+        if series_dir is None:
+            if args.series is not None:
+                raise DataError(f"{args.input}: --series picks a series of a DICOM folder; this is not one")
+            in_channels = int(getattr(loaded.net, "init_config", {}).get("init_args", {}).get("in_channels", 1))
+            inputs = find_cases(args.input, in_channels)
+            if args.output_format != "nifti":
+                raise DataError(
+                    f"{args.input}: NIfTI input; --output-format {args.output_format} writes a DICOM Segmentation, "
+                    "which needs the DICOM source images (give the DICOM series folder, or use --output-format nifti)"
+                )
+        writer = case_writer(args, _model_labels(loaded))
+        series = None
+        if series_dir is not None:
+            name = series_dir.resolve().name + (f"_{args.series}" if args.series else "")
+            if not (args.resume and writer.finished(name)):
+                from segzoo.data.dicom_series import load_dicom_series
+
+                # read before the net is built: a series that is no volume (or a study folder without --series,
+                # listing its series) ends the run here with exit 2, as a bad --input does
+                series = load_dicom_series(series_dir, args.series)
         predictor = load_predictor(
             loaded,
             device=args.device,
@@ -152,21 +203,44 @@ def cmd_infer(argv: Sequence[str]) -> int:
             backend=args.backend,
         )
     except (DataError, FileNotFoundError) as e:
-        print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)
+        _print_error(e)
         return 2
     import logging
 
     logging.basicConfig(level=logging.INFO, format="segzoo infer: %(message)s")  # notes such as oblique inputs
     out_dir = Path(args.output)
+    if series_dir is not None:
+
+        def predict_series(folder: Path, out: Path) -> list[Path]:
+            labels = predictor.predict_volume(series.image, series.affine, name=folder)
+            frames = labels.transpose(2, 1, 0)  # (columns, rows, slices) -> frames (slices, rows, columns)
+            return writer.write(name, labels, series.affine, seg_frames=frames, seg_sources=series.headers)
+
+        todo = [(series_dir, writer.paths(name)[0])] if series is not None else []
+        if not todo:
+            writer.add_existing(name)
+        summary = run_folder(todo, predict_series, desc="segzoo infer")
+        return report(summary, out_dir, skipped=1 - len(todo), writer=writer)
+
+    def predict_case(case, out: Path) -> Path:
+        written = predictor.predict_case(case, out)
+        writer.add_existing(case.case_id)  # statistics of the label map as written
+        return written
+
     todo = [(case, out_dir / f"{case.case_id}.nii.gz") for case in inputs]
     if args.resume:
-        todo = [(case, out) for case, out in todo if not _readable_nifti(out)]
-    summary = run_folder(todo, predictor.predict_case, desc="segzoo infer")
-    return report(summary, out_dir, skipped=len(inputs) - len(todo))
+        done = [case.case_id for case in inputs if writer.finished(case.case_id)]
+        todo = [(case, out) for case, out in todo if case.case_id not in done]
+        for case_id in done:
+            writer.add_existing(case_id)
+    summary = run_folder(todo, predict_case, desc="segzoo infer")
+    return report(summary, out_dir, skipped=len(inputs) - len(todo), writer=writer)
 
 
 def _infer_2d(predictor, args) -> int:
     """The 2D branch of ``segzoo infer``: BraTS case folders or CHAOS series, slice by slice."""
+    from segzoo.data.brats import BRATS_CLASS_NAMES
+    from segzoo.data.chaos import CHAOS_CLASS_NAMES
     from segzoo.data.io import DataError
     from segzoo.inference.predict_2d import find_2d_inputs
 
@@ -176,23 +250,90 @@ def _infer_2d(predictor, args) -> int:
             file=sys.stderr,
         )
         return 2
+    pre = predictor.preprocessor
     try:
-        items = find_2d_inputs(args.input, predictor.preprocessor)
+        if args.series is not None:
+            raise DataError(f"--series: {args.ckpt} is a 2D checkpoint; it reads whole CHAOS series folders")
+        items = find_2d_inputs(args.input, pre)
+        if args.output_format != "nifti" and pre.dataset != "chaos":
+            raise DataError(
+                f"{args.input}: NIfTI input ({pre.dataset.upper()}); --output-format {args.output_format} writes a "
+                "DICOM Segmentation, which needs DICOM source images (use --output-format nifti)"
+            )
+        names = CHAOS_CLASS_NAMES if pre.dataset == "chaos" else BRATS_CLASS_NAMES
+        values = [int(v) for v in pre.label_values]
+        writer = case_writer(args, ([v for v in values if v], dict(zip(values, names))))
     except DataError as e:
-        print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)
+        _print_error(e)
         return 2
     import logging
 
     logging.basicConfig(level=logging.INFO, format="segzoo infer: %(message)s")
     out_dir = Path(args.output)
     by_path = {item.path: item for item in items}
-    todo = [(item.path, out_dir / f"{item.name}.nii.gz") for item in items]
+    todo = [(item.path, writer.paths(item.name)[0]) for item in items]
     if args.resume:
-        todo = [(path, out) for path, out in todo if not _readable_nifti(out)]
+        done = [item.name for item in items if writer.finished(item.name)]
+        todo = [(path, out) for path, out in todo if by_path[path].name not in done]
+        for name in done:
+            writer.add_existing(name)
     summary = run_folder(
-        todo, lambda path, out: predictor.predict(by_path[path], out.parent, png=args.chaos_png), desc="segzoo infer"
+        todo,
+        lambda path, out: predictor.predict(by_path[path], out.parent, png=args.chaos_png, writer=writer),
+        desc="segzoo infer",
     )
-    return report(summary, out_dir, skipped=len(items) - len(todo))
+    return report(summary, out_dir, skipped=len(items) - len(todo), writer=writer)
+
+
+def _model_labels(loaded) -> tuple[list[int], dict[int, str]]:
+    """``(label values, known names)`` of a 3D checkpoint: ``1 .. out_channels - 1``; KiTS19's names when it carries
+    the KiTS19 post-processing (which defines labels 1 kidney, 2 tumour)."""
+    out_channels = getattr(loaded.net, "init_config", {}).get("init_args", {}).get("out_channels")
+    values = list(range(1, int(out_channels))) if out_channels is not None else []
+    post = (loaded.format.get("postprocess") or {}).get("class_path", "")
+    if post.rsplit(".", 1)[-1] == "KiTSPostprocess":
+        from segzoo.data.kits19 import KITS19_LABELS
+
+        return values, dict(KITS19_LABELS)
+    return values, {}
+
+
+def case_writer(args, labels: tuple[list[int], dict[int, str]]):
+    """The :class:`~segzoo.inference.outputs.CaseWriter` of a run: output format, statistics and label names
+    (``--label-names`` for the labels 1, 2, ..., else the known names of the model's label values)."""
+    from segzoo.data.io import DataError
+    from segzoo.inference.outputs import CaseWriter, default_label_names
+
+    values, known = labels
+    if args.label_names is not None:
+        if values and len(args.label_names) != len(values):
+            raise DataError(
+                f"--label-names: {len(args.label_names)} names for the {len(values)} labels {values} of {args.ckpt}"
+            )
+        values = values or list(range(1, len(args.label_names) + 1))
+        names = list(args.label_names)
+    else:
+        if not values and (args.stats or args.output_format != "nifti"):
+            raise DataError(
+                f"{args.ckpt}: the checkpoint does not say how many labels its net predicts; pass --label-names"
+            )
+        names = default_label_names(values, known)
+    return CaseWriter(
+        Path(args.output),
+        output_format=args.output_format,
+        label_values=values,
+        label_names=names,
+        stats=args.stats,
+        model_name=Path(str(args.ckpt)).stem or "segzoo",
+    )
+
+
+def _print_error(e: BaseException) -> None:
+    """One ``segzoo infer: error:`` line (whitespace folded); a message that lists things on its own lines (the series
+    of a study folder) keeps them below it."""
+    first, *rest = str(e).split("\n")
+    lines = [" ".join(first.split())] + [line for line in rest if line.strip()]
+    print("segzoo infer: error: " + "\n".join(lines), file=sys.stderr)
 
 
 def run_folder(todo, predict, desc: str) -> dict[str, list]:
@@ -219,24 +360,15 @@ def run_folder(todo, predict, desc: str) -> dict[str, list]:
     return {"written": written, "failed": failed}
 
 
-def report(summary: dict[str, list], out_dir: Path, skipped: int = 0) -> int:
-    """Print the written / skipped / failed summary; exit code 1 when any input failed, else 0."""
+def report(summary: dict[str, list], out_dir: Path, skipped: int = 0, writer=None) -> int:
+    """Print the written / skipped / failed summary (and write the statistics when ``writer`` collects them); exit
+    code 1 when any input failed, else 0."""
     n_written, n_failed = len(summary["written"]), len(summary["failed"])
+    if writer is not None and writer.stats:
+        stats_json, stats_csv = writer.write_stats()
+        print(f"segzoo infer: label volumes of {len(writer.rows)} cases -> {stats_json}, {stats_csv}")
     print(f"segzoo infer: {n_written} written, {skipped} skipped (already there), {n_failed} failed -> {out_dir}")
     return 1 if n_failed else 0
-
-
-def _readable_nifti(path: Path) -> bool:
-    """True when ``path`` exists and its header and data can be read (a finished prediction)."""
-    if not path.is_file():
-        return False
-    from segzoo.data.io import DataError, load_nifti
-
-    try:
-        load_nifti(path)
-    except DataError:
-        return False
-    return True
 
 
 INFERENCE_COMMANDS = {"infer": (cmd_infer, "predict NIfTI files / KiTS case folders with a checkpoint")}

@@ -46,6 +46,10 @@ def find_inputs(input_path: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"{root}: no such file or folder")
     _refuse_2d_layouts(root)
+    if any(p.is_file() and p.suffix.lower() == ".dcm" for p in root.iterdir()):
+        raise DataError(
+            f"{root}: a DICOM series, not NIfTI files; read it with segzoo.data.dicom_series (segzoo infer does)"
+        )
     found = [p for p in sorted(root.iterdir()) if p.is_file() and is_nifti_name(p)]
     for case in sorted(p for p in root.iterdir() if p.is_dir()):
         images = sorted(
@@ -63,16 +67,28 @@ def find_inputs(input_path: str | os.PathLike) -> list[Path]:
     return found
 
 
+def find_series_input(input_path: str | os.PathLike) -> Path | None:
+    """``input_path`` when it is a folder of DICOM files (a series, or a study to pick a series from), else ``None``.
+
+    A CHAOS tree or BraTS folders are refused as in :func:`find_inputs` (they are for 2D checkpoints).
+    """
+    from segzoo.data.dicom_series import is_dicom_folder
+
+    root = Path(input_path)
+    if not is_dicom_folder(root):
+        return None
+    _refuse_2d_layouts(root)
+    return root
+
+
 def _refuse_2d_layouts(root: Path) -> None:
     """One clear line when a 3D checkpoint is pointed at what only 2D checkpoints predict (BraTS case folders,
-    DICOM series), instead of predicting each BraTS modality as a separate volume or finding nothing."""
+    CHAOS trees), instead of predicting each BraTS modality as a separate volume or finding nothing."""
     from segzoo.data.brats import brats_file
 
     hint = "; it is predicted by a 2D checkpoint (DR-Net or a 2D baseline), this one is a 3D net for NIfTI volumes"
     if brats_file(root, "flair") is not None:
         raise DataError(f"{root}: a BraTS case folder{hint}")
-    if any(p.is_file() and p.suffix.lower() == ".dcm" for p in root.iterdir()):
-        raise DataError(f"{root}: a DICOM series{hint}")
     if not any(p.is_file() and is_nifti_name(p) for p in root.iterdir()):
         subs = [p for p in root.iterdir() if p.is_dir()]
         if any(brats_file(p, "flair") is not None for p in subs):

@@ -29,6 +29,7 @@ from segzoo.utils import atomic_path
 
 if TYPE_CHECKING:
     from segzoo.checkpoint import LoadedModel
+    from segzoo.inference.outputs import CaseWriter
 
 CHAOS_PNG_STEP = 63  # Ground grey value of class k is 63 * k (liver 63, right kidney 126, left kidney 189, spleen 252)
 
@@ -170,15 +171,18 @@ class SlicePredictor:
             out = out[0]
         return self.preprocessor.restore(out[0], image.shape[-2:])
 
-    def predict(self, item: Input2D, out_dir: Path, png: bool = False) -> list[Path]:
-        """Predict one input and write its outputs into ``out_dir`` (atomically); returns the files written."""
+    def predict(self, item: Input2D, out_dir: Path, png: bool = False, writer: CaseWriter | None = None) -> list[Path]:
+        """Predict one input and write its outputs into ``out_dir`` (atomically); returns the files written.
+
+        ``writer``: writes the label map instead (NIfTI and/or, for CHAOS DICOM series, DICOM-SEG; statistics).
+        """
         if item.kind != self.preprocessor.dataset:
             raise DataError(f"{item.path}: a {item.kind} input for a checkpoint trained on {self.preprocessor.dataset}")
         if item.kind == "brats":
-            return [self._brats(item, out_dir)]
-        return self._chaos(item, out_dir, png)
+            return self._brats(item, out_dir, writer)
+        return self._chaos(item, out_dir, png, writer)
 
-    def _brats(self, item: Input2D, out_dir: Path) -> Path:
+    def _brats(self, item: Input2D, out_dir: Path, writer: CaseWriter | None = None) -> list[Path]:
         from segzoo.data.brats import load_brats_images
 
         images = load_brats_images(item.path, self.preprocessor.orientation)
@@ -186,9 +190,11 @@ class SlicePredictor:
         indices = self.predict_stack(stack)  # (Z, X, Y)
         labels = self.preprocessor.to_label_values(np.transpose(indices, (1, 2, 0)))  # (X, Y, Z), 0/1/2/4
         labels = images.reorientation.undo(labels)
-        return save_nifti(labels, None, out_dir / f"{item.name}.nii.gz", header=images.header)
+        if writer is not None:  # the voxel volume (the affine's determinant) is the same in any axis order
+            return writer.write(item.name, labels, images.affine, header=images.header)
+        return [save_nifti(labels, None, out_dir / f"{item.name}.nii.gz", header=images.header)]
 
-    def _chaos(self, item: Input2D, out_dir: Path, png: bool) -> list[Path]:
+    def _chaos(self, item: Input2D, out_dir: Path, png: bool, writer: CaseWriter | None = None) -> list[Path]:
         from PIL import Image
 
         from segzoo.data.chaos import load_chaos_series
@@ -200,7 +206,12 @@ class SlicePredictor:
         indices = self.predict_stack(series.image[None])  # (S, H, W) class indices
         labels = self.preprocessor.to_label_values(indices)
         affine = series.affine[:, [2, 1, 0, 3]]  # (columns, rows, slices) as dcm2niix writes DICOM series
-        written = [save_nifti(np.ascontiguousarray(labels.transpose(2, 1, 0)), affine, out_dir / f"{item.name}.nii.gz")]
+        volume = np.ascontiguousarray(labels.transpose(2, 1, 0))
+        if writer is not None:
+            sources = _dicom_headers(series.files) if writer.dicom_seg else None
+            written = writer.write(item.name, volume, affine, seg_frames=labels, seg_sources=sources)
+        else:
+            written = [save_nifti(volume, affine, out_dir / f"{item.name}.nii.gz")]
         if png:
             png_dir = out_dir / f"{item.name}_png"
             for k, f in enumerate(series.files):
@@ -210,6 +221,13 @@ class SlicePredictor:
                     Image.fromarray(grey).save(tmp)  # uint8 (H, W): an 8-bit grey PNG
                 written.append(path)
         return written
+
+
+def _dicom_headers(files: list) -> list:
+    """The pydicom headers (no pixel data) of a series' slice files, in the order given."""
+    import pydicom
+
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
 
 
 def is_2d_preprocessor(config: dict[str, Any] | None) -> bool:

@@ -154,7 +154,7 @@ def test_wrong_kind_of_input_is_one_line(brats, chaos, tmp_path):
     with pytest.raises(DataError, match="a folder of BraTS case folders"):
         find_inputs(brats)
     series = next(chaos.rglob("T2SPIR")) / "DICOM_anon"
-    with pytest.raises(DataError, match="a DICOM series; it is predicted by a 2D checkpoint"):
+    with pytest.raises(DataError, match="a DICOM series, not NIfTI files"):
         find_inputs(series)
     with pytest.raises(DataError, match="a CHAOS tree"):
         find_inputs(chaos)
