@@ -22,7 +22,8 @@ ALLOWED = {
     "inference": {"utils", "nets", "data", "checkpoint", "export", "tools_cli"},
     "export": {"utils", "nets", "data", "checkpoint"},
     "viz": {"utils", "data"},
-    "tasks": {"utils", "nets", "losses", "metrics", "data", "inference", "checkpoint", "viz"},
+    # hub: fine-tuning from hf-hub:ORG/NAME (segzoo.tasks.finetune)
+    "tasks": {"utils", "nets", "losses", "metrics", "data", "inference", "checkpoint", "viz", "hub"},
 }
 # heavy libraries a layer may import at module level (elsewhere only inside the function that needs them)
 HEAVY = ("lightning", "pytorch_lightning", "wandb", "onnx", "onnxruntime")

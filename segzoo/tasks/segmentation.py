@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,16 @@ class SegmentationTask(pl.LightningModule):
         tune_postprocess: after every validation, keep each post-processing step only if it improves the mean
             validation score (nnU-Net's rule, ``score_key``); the decided object becomes ``self.postprocess`` (so a
             checkpoint stores it with its constructor arguments) and is what ``test`` and ``predict`` use.
+        init_from: fine-tuning: a ``segzoo fit`` checkpoint, pretrained folder or ``hf-hub:ORG/NAME`` whose weights
+            start the fit wherever name and shape match (the output heads stay freshly initialised when the number
+            of classes differs); one summary line says what was loaded, re-initialised and unexpected
+            (:mod:`segzoo.tasks.finetune`; read by the safe loader). A resumed fit (``--ckpt_path``) continues
+            from its checkpoint instead.
+        freeze_encoder_epochs: the optimizer leaves the net's encoder unchanged for this many epochs
+            (:func:`~segzoo.tasks.finetune.encoder_parameters`).
+
+    Out-of-fold predictions: with ``prediction_dir`` set (``segzoo cv`` does), validation writes every scored case's
+    label map before post-processing, its reference and spacing to ``prediction_dir/<case>.npz`` (atomically).
 
     Scoring: when validation/test batches carry ``original_label`` and ``original_shape`` (``KiTS19DataModule``),
     each prediction is restored to the case's original grid with the datamodule's ``preprocessor`` and
@@ -134,8 +145,19 @@ class SegmentationTask(pl.LightningModule):
         channels_last: bool = False,
         num_overlays: int = 2,
         tune_postprocess: bool = True,
+        init_from: str | None = None,
+        freeze_encoder_epochs: int = 0,
     ) -> None:
         super().__init__()
+        if freeze_encoder_epochs < 0:
+            raise ValueError(f"freeze_encoder_epochs must be >= 0, got {freeze_encoder_epochs}")
+        self.init_from = init_from
+        self.freeze_encoder_epochs = int(freeze_encoder_epochs)
+        if self.freeze_encoder_epochs:
+            from segzoo.tasks.finetune import encoder_parameters
+
+            encoder_parameters(net)  # a net without a known encoder fails here, not after the data is prepared
+        self.prediction_dir: Path | None = None
         self.net = net
         self.loss = loss
         self.inferer = inferer
@@ -166,6 +188,12 @@ class SegmentationTask(pl.LightningModule):
         self._train_forward = None
 
     def setup(self, stage: str) -> None:
+        if self.init_from and stage == "fit":  # a resumed fit loads its checkpoint after this, over these weights
+            from segzoo.tasks.finetune import load_matching_weights, source_state_dict
+
+            report = load_matching_weights(self.net, source_state_dict(self.init_from), self.init_from)
+            if self.trainer is None or self.trainer.is_global_zero:
+                print(f"segzoo: {report.summary()}", file=sys.stderr)
         if self.channels_last:
             to_channels_last(self.net)
         if self.compile and self._train_forward is None:
@@ -192,6 +220,13 @@ class SegmentationTask(pl.LightningModule):
             )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.current_epoch < self.freeze_encoder_epochs:  # no gradient: the optimizer skips them (no decay either)
+            from segzoo.tasks.finetune import encoder_parameters
+
+            for p in encoder_parameters(self.net):
+                p.grad = None
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
@@ -266,6 +301,8 @@ class SegmentationTask(pl.LightningModule):
                 if self.postprocess is not None:
                     variants["post"] = pred
             preds.append(pred)
+            if self.prediction_dir is not None and target is not None:
+                self._write_prediction(str(ids[i]) if ids is not None else str(i), raw, target, sp)
             if self.metric is not None and target is not None:
                 case_id = str(ids[i]) if ids is not None else str(len(self._case_scores))
                 scores = {k: self.metric.score_case(v, target, sp) for k, v in variants.items()}
@@ -282,6 +319,17 @@ class SegmentationTask(pl.LightningModule):
                 self._keep_overlay(batch, grid)
             else:
                 self._keep_overlay(batch, torch.as_tensor(np.stack(preds)))
+
+    def _write_prediction(self, case_id: str, raw: np.ndarray, target: np.ndarray, spacing: list | None) -> None:
+        from segzoo.utils import atomic_path
+
+        with atomic_path(Path(self.prediction_dir) / f"{case_id}.npz", suffix=".tmp.npz") as tmp:
+            np.savez_compressed(
+                tmp,
+                prediction=np.asarray(raw, dtype=np.uint8),
+                reference=np.asarray(target).astype(np.uint8),
+                spacing=np.asarray(spacing if spacing is not None else [], dtype=np.float64),
+            )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch)
