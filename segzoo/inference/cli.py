@@ -22,7 +22,14 @@ def cmd_infer(argv: Sequence[str]) -> int:
         "OUT/<case>_<sequence>.nii.gz (+ Ground-style PNGs with --chaos-png). A bad input is reported on one line "
         "and skipped; the run ends with a written / skipped / failed summary and exits 1 if any input failed.",
     )
-    p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) or save_pretrained directory")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        action="append",
+        help="Lightning checkpoint (.ckpt), save_pretrained directory or segzoo cv run folder (its folds); repeat it "
+        "for an ensemble: the mean of the members' probabilities (segzoo.inference.ensemble)",
+    )
+    p.add_argument("--folds", type=int, nargs="+", default=None, help="the folds of a cv run folder to ensemble")
     p.add_argument(
         "--input",
         required=True,
@@ -143,15 +150,16 @@ def cmd_infer(argv: Sequence[str]) -> int:
     if not 0 <= args.overlap < 1:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
 
-    from segzoo.checkpoint import load_checkpoint
     from segzoo.data.io import DataError
-    from segzoo.inference.predict import find_cases, find_series_input, load_predictor
-    from segzoo.inference.predict_2d import load_slice_predictor
+    from segzoo.inference.ensemble import load_ensemble_predictor, load_members, load_slice_ensemble
+    from segzoo.inference.predict import find_cases, find_series_input
 
+    ckpts, args.ckpt = args.ckpt, args.ckpt[0] if len(args.ckpt) == 1 else f"the {len(args.ckpt)} checkpoints"
     try:
-        loaded = load_checkpoint(args.ckpt, trust=args.trust_checkpoint)  # read once, for the 2D or the 3D path
-        slices = load_slice_predictor(
-            loaded,
+        members = load_members(ckpts, args.folds, trust=args.trust_checkpoint)  # read once, for the 2D or 3D path
+        loaded = members[0]
+        slices = load_slice_ensemble(
+            members,
             device=args.device,
             sw_batch_size=args.sw_batch_size or 16,
             trust=args.trust_checkpoint,
@@ -186,8 +194,8 @@ def cmd_infer(argv: Sequence[str]) -> int:
                 # read before the net is built: a series that is no volume (or a study folder without --series,
                 # listing its series) ends the run here with exit 2, as a bad --input does
                 series = load_dicom_series(series_dir, args.series)
-        predictor = load_predictor(
-            loaded,
+        predictor = load_ensemble_predictor(
+            members,
             device=args.device,
             tta=args.tta,
             overlap=args.overlap,

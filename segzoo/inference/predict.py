@@ -119,15 +119,20 @@ class Predictor:
         per array axis.
         """
         image = np.asarray(image)
+        xt = self.prepare(image, spacing)
+        with torch.inference_mode():
+            out = self.inferer(xt, self.net)[0]
+        return labels_on_original_grid(out, image.shape[-3:], self.preprocessor, self.postprocess)
+
+    def prepare(self, image: np.ndarray, spacing: Sequence[float]) -> torch.Tensor:
+        """The net's input ``(1, C, *preprocessed spatial)`` float32 on the CPU: ``image`` preprocessed (an ensemble
+        does this once for all its members)."""
         if self.preprocessor is not None:
             x = np.asarray(self.preprocessor.preprocess(image, spacing), dtype=np.float32)
         else:
             x = np.asarray(image, dtype=np.float32)
             x = x[None] if x.ndim == 3 else x
-        xt = torch.from_numpy(x)[None]  # the inferer moves it to the net's device (once, when the output fits there)
-        with torch.inference_mode():
-            out = self.inferer(xt, self.net)[0]
-        return labels_on_original_grid(out, image.shape[-3:], self.preprocessor, self.postprocess)
+        return torch.from_numpy(x)[None]  # the inferer moves it to the net's device (once, when the output fits there)
 
     def reorientation(self, affine: np.ndarray, shape: Sequence[int], name: object = "image") -> Reorientation:
         """Permutation/flip from a stored array to the training orientation (identity without a recorded one)."""
