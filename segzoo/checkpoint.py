@@ -54,6 +54,7 @@ PRETRAINED_FILES = ("config.json", "model.safetensors", "preprocessor.json", "in
 PREPROCESSORS: dict[str, type | str] = {
     "ct": "segzoo.data.preprocessor.CTPreprocessor",
     "planned": "segzoo.data.preprocessor.Preprocessor",  # any dataset: per-channel normalisation from the plan
+    "planned2d": "segzoo.data.slice2d.VolumeSlicePreprocessor",  # any dataset, 2D nets: slices of the coarsest axis
     "slice2d": "segzoo.data.slice2d.SlicePreprocessor",  # 2D nets: BraTS / CHAOS slice stacks (segzoo infer)
 }
 INFERERS: dict[str, type | str] = {

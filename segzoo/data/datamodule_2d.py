@@ -38,7 +38,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from segzoo.data.augment import AugmentConfig, SliceAugmentConfig, resolve_augment
@@ -48,7 +47,7 @@ from segzoo.data.datamodule import split_cases
 from segzoo.data.gpu_augment import SampleAugment
 from segzoo.data.io import DataError
 from segzoo.data.sampling import EpochShuffleSampler
-from segzoo.data.slice2d import SlicePreprocessor
+from segzoo.data.slice2d import SlicePreprocessor, fit_slices, zscore  # noqa: F401  (re-exported)
 
 _NORMALIZE = ("none", "zscore")
 _RESIZE = ("resize", "pad")
@@ -73,60 +72,6 @@ def select_slices(label: np.ndarray, mode: str) -> np.ndarray:
         order = np.argsort(-area, kind="stable")[: int(match.group(1))]
         return np.sort(order[area[order] > 0])
     raise ValueError(f"slice_selection must be 'all', 'lesion' or 'largest<k>' (e.g. 'largest2'), got {mode!r}")
-
-
-def zscore(image: np.ndarray, nonzero: bool = False) -> np.ndarray:
-    """Per-channel z-score of ``image`` (C, *spatial).
-
-    Args:
-        image: float array, channels first.
-        nonzero: statistics over the non-zero voxels only, and zero voxels stay 0 (skull-stripped MR).
-    """
-    out = np.empty_like(image, dtype=np.float32)
-    for c, channel in enumerate(image):
-        mask = channel != 0 if nonzero else np.ones(channel.shape, dtype=bool)
-        if mask.sum() < 2:
-            out[c] = 0
-            continue
-        values = channel[mask].astype(np.float64)
-        std = max(float(values.std()), 1e-8)
-        out[c] = (channel - values.mean()) / std
-        if nonzero:
-            out[c][~mask] = 0
-    return out
-
-
-def fit_slices(
-    image: torch.Tensor, label: torch.Tensor, size: Sequence[int], mode: str = "resize"
-) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
-    """Bring a slice stack to the in-plane ``size``.
-
-    Args:
-        image: (C, S, H, W) float.
-        label: (S, H, W) integer class indices.
-        size: target (H', W').
-        mode: ``"resize"`` (image bilinear, antialiased when shrinking; label nearest) or ``"pad"`` (centred
-            zero padding, as the paper does for 240x240 BraTS slices; an error when a slice is larger).
-
-    Returns:
-        ``(image (C, S, H', W'), label (S, H', W'), (row, col) factor by which the pixel spacing grows)``.
-    """
-    h, w = image.shape[-2:]
-    th, tw = int(size[0]), int(size[1])
-    if (h, w) == (th, tw):
-        return image, label, (1.0, 1.0)
-    if mode == "pad":
-        if h > th or w > tw:
-            raise DataError(f"slices of {h}x{w} do not fit into image_size {th}x{tw} with resize_mode='pad'")
-        top, left = (th - h) // 2, (tw - w) // 2
-        pad = (left, tw - w - left, top, th - h - top)
-        return F.pad(image, pad), F.pad(label, pad), (1.0, 1.0)
-    if mode != "resize":
-        raise ValueError(f"resize_mode must be one of {_RESIZE}, got {mode!r}")
-    shrink = th < h or tw < w
-    img = F.interpolate(image.transpose(0, 1), size=(th, tw), mode="bilinear", align_corners=False, antialias=shrink)
-    lab = F.interpolate(label[:, None].float(), size=(th, tw), mode="nearest-exact")[:, 0].to(label.dtype)
-    return img.transpose(0, 1).contiguous(), lab, (h / th, w / tw)
 
 
 def split_case_ids(case_ids: Sequence[str], train_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -564,3 +509,137 @@ class BraTSDataModule(_SliceDataModule):
         from segzoo.data.synthetic.brats import write_brats
 
         write_brats(self.data_dir, cases=self.synthetic_cases, seed=self.synthetic_seed, size=self.synthetic_size)
+
+
+class SliceDataModule(_SliceDataModule):
+    """2D slices of any dataset (nnU-Net v2 raw, Decathlon, MONAI datalist) for DR-Net and the 2D baselines.
+
+    Channels, classes and label names come from the dataset; each channel is normalised by its name as in the 3D
+    plan (:func:`segzoo.data.planning.normalization_for`: ``CT`` with the dataset's foreground clip and z-score,
+    others per-case z-score, ``noNorm``); every case is brought to the dataset's majority orientation and cut into
+    slices along its coarsest axis (the thick-slice axis of anisotropic data), each slice fitted to ``image_size``.
+    The dataset is checked (``segzoo verify``) before the first case is read for training. The preprocessing is
+    stored in the checkpoint (:class:`~segzoo.data.slice2d.VolumeSlicePreprocessor`), so ``segzoo infer`` writes
+    each prediction on its input's grid.
+
+    Args:
+        data_dir: a folder with dataset.json (nnU-Net raw or Decathlon) or a MONAI datalist ``.json`` file.
+        image_size: in-plane size ``(H, W)`` of the slices fed to the net (the paper: 256x256).
+        resize_mode: ``"resize"`` (bilinear) or ``"pad"`` (centred zero padding).
+        slice_selection: ``"all"``, ``"lesion"`` or ``"largest<k>"`` slices per case.
+        batch_size: training slices per batch.
+        train_fraction: fraction of the labelled cases trained on; the rest validate (case level).
+        split_seed: seed of the case split.
+        num_workers: DataLoader workers.
+        augment: slice augmentation (``SliceAugmentConfig``) or ``False``.
+        verify: check the dataset before training.
+        seed: seed of the shuffle and augmentation.
+    """
+
+    _dataset = "generic"
+
+    def __init__(
+        self,
+        data_dir: str,
+        image_size: Sequence[int] = (256, 256),
+        resize_mode: str = "resize",
+        slice_selection: str = "all",
+        batch_size: int = 8,
+        train_fraction: float = 0.8,
+        split_seed: int = 0,
+        num_workers: int = 2,
+        augment: bool | AugmentConfig = False,
+        verify: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            data_dir,
+            slice_selection,
+            image_size,
+            resize_mode,
+            batch_size,
+            train_fraction,
+            split_seed,
+            num_workers,
+            "none",  # the per-channel normalisation of the preprocessor replaces the parent's z-score
+            augment,
+            0,
+            0,
+            "small",
+            seed,
+        )
+        from segzoo.data.planning import header_fingerprint, normalization_for
+        from segzoo.data.sources import open_source
+
+        self.source = open_source(data_dir)
+        if self.source.regions:
+            raise DataError(
+                f"{self.source.root}: region labels ({', '.join(self.source.regions)}): training on regions (sigmoid "
+                "outputs) is not supported yet; declare plain labels in dataset.json"
+            )
+        if not self.source.training:
+            raise DataError(f"{self.source.root}: no labelled training case found")
+        self.verify = bool(verify)
+        self.in_channels = self.source.in_channels
+        self.num_classes = self.source.num_classes
+        self.label_names = self.source.label_names
+        self.class_names = [self.label_names[k] for k in sorted(self.label_names) if k != 0]
+        headers = header_fingerprint(self.source.training)
+        self.orientation = tuple(headers["orientation"])
+        self.slice_axis = int(np.argmax(headers["median_spacing"]))  # the coarsest axis
+        self.normalization = [normalization_for(n) for n in self.source.channel_names]
+        self._channel_stats: list | None = None
+
+    def prepare_data(self) -> None:
+        """The dataset check (``segzoo verify``) before anything is read for training; nothing is written."""
+        if self.verify:
+            from segzoo.data.verify import verify_source
+
+            report = verify_source(self.source)
+            if not report.ok:
+                import sys
+
+                for line in report.errors:
+                    print(f"segzoo verify: error: {line}", file=sys.stderr)
+                report.raise_if_bad()
+
+    def _case_paths(self) -> dict[str, Any]:
+        if self._paths is None:
+            self._paths = {c.case_id: c for c in self.source.training}
+        return self._paths
+
+    def _stats(self) -> list:
+        """Foreground statistics of the ``CT`` channels over the training cases (computed once)."""
+        if self._channel_stats is None:
+            if "ct" in self.normalization:
+                from segzoo.data.fingerprint import compute_fingerprint
+
+                if not self.train_case_ids:
+                    self.setup("fit")
+                paths = self._case_paths()
+                fp = compute_fingerprint([paths[c] for c in self.train_case_ids])
+                self._channel_stats = fp["channels"]
+            else:
+                self._channel_stats = [None] * len(self.normalization)
+        return self._channel_stats
+
+    @property
+    def preprocessor(self):
+        from segzoo.data.slice2d import VolumeSlicePreprocessor
+
+        return VolumeSlicePreprocessor(
+            self.normalization, self._stats(), self.image_size, self.resize_mode, self.slice_axis, self.orientation
+        )
+
+    def _read(self, case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        from segzoo.data.geometry import spacing_from_affine
+
+        image, label, affine = case.load()
+        pre = self.preprocessor
+        r = pre.reorientation(affine, image.shape[1:], name=case.image)
+        image, label = r.apply(image, first_axis=1), r.apply(label)
+        spacing = r.apply_spacing(spacing_from_affine(affine))
+        image = pre.to_stack(pre.normalize(image))
+        label = pre.to_stack(label, channels=False)
+        sp = (spacing[self.slice_axis], *[s for i, s in enumerate(spacing) if i != self.slice_axis])
+        return np.ascontiguousarray(image), np.ascontiguousarray(label), tuple(float(v) for v in sp)

@@ -20,6 +20,7 @@ from segzoo.data.io import DataError
 
 PREPROCESSOR_TYPE = "slice2d"
 DATASETS = ("brats", "chaos")
+_RESIZE_MODES = ("resize", "pad")
 
 
 class SlicePreprocessor:
@@ -121,8 +122,6 @@ class SlicePreprocessor:
         if image.ndim != 4 or image.shape[0] != self.in_channels:
             raise ValueError(f"expected a (C={self.in_channels}, S, H, W) slice stack, got shape {image.shape}")
         if self.normalize == "zscore":
-            from segzoo.data.datamodule_2d import zscore
-
             image = zscore(image, nonzero=self.zscore_nonzero)
         h, w = image.shape[-2:]
         th, tw = self.image_size
@@ -130,8 +129,6 @@ class SlicePreprocessor:
             raise DataError(
                 f"slices of {h}x{w} are larger than the checkpoint's image_size {th}x{tw} (resize_mode 'pad')"
             )
-        from segzoo.data.datamodule_2d import fit_slices
-
         x = torch.from_numpy(np.ascontiguousarray(image))
         dummy = torch.zeros(image.shape[1:], dtype=torch.uint8)
         x, _, _ = fit_slices(x, dummy, self.image_size, self.resize_mode)
@@ -155,3 +152,189 @@ class SlicePreprocessor:
         """Class indices -> stored label values (BraTS index 3 -> 4), uint8."""
         lut = np.asarray(self.label_values, dtype=np.uint8)
         return lut[np.asarray(indices, dtype=np.int64)]
+
+
+def zscore(image: np.ndarray, nonzero: bool = False) -> np.ndarray:
+    """Per-channel z-score of ``image`` (C, *spatial).
+
+    Args:
+        image: float array, channels first.
+        nonzero: statistics over the non-zero voxels only, and zero voxels stay 0 (skull-stripped MR).
+    """
+    out = np.empty_like(image, dtype=np.float32)
+    for c, channel in enumerate(image):
+        mask = channel != 0 if nonzero else np.ones(channel.shape, dtype=bool)
+        if mask.sum() < 2:
+            out[c] = 0
+            continue
+        values = channel[mask].astype(np.float64)
+        std = max(float(values.std()), 1e-8)
+        out[c] = (channel - values.mean()) / std
+        if nonzero:
+            out[c][~mask] = 0
+    return out
+
+
+def fit_slices(
+    image: torch.Tensor, label: torch.Tensor, size: Sequence[int], mode: str = "resize"
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
+    """Bring a slice stack to the in-plane ``size``.
+
+    Args:
+        image: (C, S, H, W) float.
+        label: (S, H, W) integer class indices.
+        size: target (H', W').
+        mode: ``"resize"`` (image bilinear, antialiased when shrinking; label nearest) or ``"pad"`` (centred
+            zero padding, as the paper does for 240x240 BraTS slices; an error when a slice is larger).
+
+    Returns:
+        ``(image (C, S, H', W'), label (S, H', W'), (row, col) factor by which the pixel spacing grows)``.
+    """
+    h, w = image.shape[-2:]
+    th, tw = int(size[0]), int(size[1])
+    if (h, w) == (th, tw):
+        return image, label, (1.0, 1.0)
+    if mode == "pad":
+        if h > th or w > tw:
+            raise DataError(f"slices of {h}x{w} do not fit into image_size {th}x{tw} with resize_mode='pad'")
+        top, left = (th - h) // 2, (tw - w) // 2
+        pad = (left, tw - w - left, top, th - h - top)
+        return F.pad(image, pad), F.pad(label, pad), (1.0, 1.0)
+    if mode != "resize":
+        raise ValueError(f"resize_mode must be one of {_RESIZE_MODES}, got {mode!r}")
+    shrink = th < h or tw < w
+    img = F.interpolate(image.transpose(0, 1), size=(th, tw), mode="bilinear", align_corners=False, antialias=shrink)
+    lab = F.interpolate(label[:, None].float(), size=(th, tw), mode="nearest-exact")[:, 0].to(label.dtype)
+    return img.transpose(0, 1).contiguous(), lab, (h / th, w / tw)
+
+
+PLANNED_2D_TYPE = "planned2d"
+
+
+class VolumeSlicePreprocessor:
+    """Any dataset for a 2D net: each channel normalised by its name (as :class:`~segzoo.data.preprocessor.Preprocessor`),
+    the volume brought to the training orientation and cut into slices along its coarsest axis, each slice fitted to
+    ``image_size``; :meth:`restore` undoes the fitting and the slicing on the class scores.
+
+    It has the interface of the 3D preprocessing (``reorientation``, ``preprocess``, ``restore``), so ``segzoo infer``
+    predicts a 2D net's cases through the same :class:`~segzoo.inference.predict.Predictor` as a 3D net's (with
+    MONAI's ``SliceInferer``), writing each label map on its input's grid.
+
+    Args:
+        normalization: one scheme per channel (``"ct"``, ``"zscore"``, ``"none"``, ``"rescale_0_1"``).
+        channel_stats: per channel the fingerprint's foreground statistics (``"ct"`` channels), else ``None``.
+        image_size: in-plane size ``(H, W)`` of every slice fed to the net.
+        resize_mode: ``"resize"`` (bilinear) or ``"pad"`` (centred zero padding).
+        slice_axis: the spatial axis (training orientation) the slices are cut along: the coarsest one.
+        orientation: axis codes of the training data; ``None`` keeps arrays as stored.
+    """
+
+    type = PLANNED_2D_TYPE
+
+    def __init__(
+        self,
+        normalization: Sequence[str],
+        channel_stats: Sequence[dict[str, float] | None] | None = None,
+        image_size: Sequence[int] = (256, 256),
+        resize_mode: str = "resize",
+        slice_axis: int = 0,
+        orientation: Sequence[str] | None = None,
+    ) -> None:
+        from segzoo.data.preprocessor import Preprocessor
+
+        if len(image_size) != 2 or min(int(s) for s in image_size) < 1:
+            raise ValueError(f"image_size={tuple(image_size)}: expected two positive sizes (H, W)")
+        if resize_mode not in _RESIZE_MODES:
+            raise ValueError(f"resize_mode={resize_mode!r}: expected one of {_RESIZE_MODES}")
+        if int(slice_axis) not in (0, 1, 2):
+            raise ValueError(f"slice_axis={slice_axis}: expected 0, 1 or 2")
+        # the normalisation (and its checks) is the 3D preprocessing's; its grid settings are not used
+        self._norm = Preprocessor(normalization, channel_stats, (1.0, 1.0, 1.0), 1, orientation)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.resize_mode = resize_mode
+        self.slice_axis = int(slice_axis)
+        self.orientation = self._norm.orientation
+
+    @property
+    def in_channels(self) -> int:
+        return self._norm.in_channels
+
+    @property
+    def normalization(self) -> list[str]:
+        return list(self._norm.normalization)
+
+    def to_dict(self) -> dict[str, Any]:
+        n = self._norm.to_dict()
+        return {
+            "type": PLANNED_2D_TYPE,
+            "normalization": n["normalization"],
+            "channel_stats": n["channel_stats"],
+            "image_size": list(self.image_size),
+            "resize_mode": self.resize_mode,
+            "slice_axis": self.slice_axis,
+            "orientation": n["orientation"],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VolumeSlicePreprocessor:
+        try:
+            return cls(
+                d["normalization"],
+                d.get("channel_stats"),
+                d["image_size"],
+                d.get("resize_mode", "resize"),
+                d["slice_axis"],
+                d.get("orientation"),
+            )
+        except KeyError as e:
+            raise DataError(
+                f"planned2d preprocessor state lacks key {e}; expected VolumeSlicePreprocessor.to_dict()"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"VolumeSlicePreprocessor({', '.join(f'{k}={v}' for k, v in self.to_dict().items() if k != 'type')})"
+
+    def reorientation(self, affine: np.ndarray, shape: Sequence[int], name: object = "image"):
+        """The exact permutation/flip from a stored array to the training orientation."""
+        from segzoo.data.geometry import Reorientation
+
+        return Reorientation.to_codes(affine, shape, self.orientation, name=name)
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """``(C, *spatial)`` normalised channel by channel."""
+        return self._norm.normalize(image)
+
+    def to_stack(self, array: np.ndarray, channels: bool = True) -> np.ndarray:
+        """``(C, *spatial)`` (or ``(*spatial)`` with ``channels=False``) with the slice axis first: ``(C, S, H, W)``."""
+        first = 1 if channels else 0
+        return np.moveaxis(np.asarray(array), first + self.slice_axis, first)
+
+    def from_stack(self, array: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_stack` for a ``(S, H, W)`` label map."""
+        return np.moveaxis(np.asarray(array), 0, self.slice_axis)
+
+    def preprocess(self, image: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """``(C, *spatial)`` in the training orientation -> float32 ``(C, S, *image_size)``."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 3:
+            image = image[None]
+        stack = np.ascontiguousarray(self.to_stack(self.normalize(image)))
+        x = torch.from_numpy(stack)
+        x, _, _ = fit_slices(x, torch.zeros(stack.shape[1:], dtype=torch.uint8), self.image_size, self.resize_mode)
+        return x.float().contiguous().numpy()
+
+    def restore(self, scores: np.ndarray | torch.Tensor, original_shape: Sequence[int]) -> np.ndarray:
+        """Class scores ``(K, S, *image_size)`` -> label map uint8 of ``original_shape`` (training orientation)."""
+        shape = tuple(int(s) for s in original_shape)
+        stack_shape = (shape[self.slice_axis], *[n for i, n in enumerate(shape) if i != self.slice_axis])
+        s = torch.as_tensor(scores).float()
+        h, w = stack_shape[1:]
+        th, tw = self.image_size
+        if (h, w) != (th, tw):
+            if self.resize_mode == "pad":
+                top, left = (th - h) // 2, (tw - w) // 2
+                s = s[..., top : top + h, left : left + w]
+            else:
+                s = F.interpolate(s.transpose(0, 1), size=(h, w), mode="bilinear", align_corners=False).transpose(0, 1)
+        labels = s.argmax(0).to(torch.uint8).cpu().numpy()
+        return np.ascontiguousarray(self.from_stack(labels))

@@ -20,7 +20,7 @@ from torch import nn
 
 from segzoo.checkpoint import LoadedModel, labels_on_original_grid
 from segzoo.data.geometry import Reorientation, spacing_from_affine
-from segzoo.data.io import DataError, is_nifti_name, load_nifti_with_header, save_nifti, strip_nifti_suffix
+from segzoo.data.io import DataError, is_nifti_name, save_nifti, strip_nifti_suffix
 
 
 def case_name(path: Path) -> str:
@@ -162,13 +162,12 @@ class Predictor:
         return save_nifti(labels, affine if header is None else None, output_path, header=header)
 
     def predict_file(self, image_path: Path, output_path: Path) -> Path:
-        """Predict one NIfTI file and write ``output_path`` (atomically) with the input's shape and header."""
+        """Predict one NIfTI file and write ``output_path`` (atomically) with the input's shape and header: the
+        one-channel case of :meth:`predict_case`."""
+        from segzoo.data.sources import ImageCase
+
         image_path = Path(image_path)
-        image, affine, header = load_nifti_with_header(image_path, dtype=np.float32)
-        if image.ndim != 3:
-            raise DataError(f"{image_path}: expected a 3D image (one scalar volume), got shape {image.shape}")
-        labels = self.predict_volume(image, affine, name=image_path)
-        return save_nifti(labels, None, output_path, header=header)
+        return self.predict_case(ImageCase(case_name(image_path), (image_path,)), output_path)
 
 
 def _expected_channels(net: nn.Module) -> int | None:
@@ -281,6 +280,14 @@ def load_predictor(
         raise DataError(f"{loaded.source}: holds no sliding-window size; pass --roi-size")
     dev = torch.device(device)
     post = loaded.postprocess() if postprocess else None
+    if getattr(loaded.net, "spatial_dims", 3) == 2:  # a 2D net on volumes (its preprocessing cuts slices)
+        from monai.inferers import SliceInferer
+
+        if backend != "torch":
+            raise ValueError(f"backend {backend!r}: 2D nets on volumes run with the torch backend")
+        size = list(getattr(loaded.preprocessor(), "image_size", roi[-2:]))
+        inferer = SliceInferer(roi_size=size, sw_batch_size=max(sw_batch_size, 1), spatial_dim=0, progress=False)
+        return Predictor(loaded.net.to(dev).eval(), inferer, loaded.preprocessor(), post, dev)
     inferer = SlidingWindowTTAInferer(
         roi_size=roi,
         sw_batch_size=sw_batch_size,

@@ -117,13 +117,13 @@ def infer_setup(tmp_path, tiny_net):
 @pytest.fixture
 def predict_calls(monkeypatch):
     calls: list[str] = []
-    real = Predictor.predict_file
+    real = Predictor.predict_case
 
-    def counting(self, image_path, output_path):
-        calls.append(Path(image_path).name)
-        return real(self, image_path, output_path)
+    def counting(self, case, output_path):
+        calls.append(Path(case.image).name)
+        return real(self, case, output_path)
 
-    monkeypatch.setattr(Predictor, "predict_file", counting)
+    monkeypatch.setattr(Predictor, "predict_case", counting)
     return calls
 
 
