@@ -243,6 +243,13 @@ class PatchDataModule(L.LightningDataModule):
         num_val_cases: validation cases taken out of the labelled cases (int = count, float = fraction).
         num_test_cases: held-out test cases among the labelled cases; 0 = none.
         split_seed: seed of the case split.
+        num_folds: k-fold cross-validation (``segzoo cv``): the cases the test split leaves are cut into this many
+            case-level folds (:func:`segzoo.data.splits.fold_split`, recorded in ``cache_dir`` the first time and read
+            back after, copied to ``RUN/splits_final.json``); validation = fold ``fold``, ``num_val_cases`` unused;
+            the fingerprint then comes from all the folds' cases, so every fold preprocesses alike (as nnU-Net). 0 = no
+            folds.
+        fold: the fold this run validates on (``0 <= fold < num_folds``).
+        splits_file: a splits file in nnU-Net's ``splits_final.json`` layout to take the folds from instead.
         foreground_oversample: fraction of training patches centred on a foreground voxel.
         augment: the augmentation (see :class:`KiTS19DataModule`).
         image_order: image resampling order (1 linear, 3 cubic).
@@ -271,6 +278,9 @@ class PatchDataModule(L.LightningDataModule):
         num_val_cases: int | float = 0.2,
         num_test_cases: int | float = 0,
         split_seed: int = 0,
+        num_folds: int = 0,
+        fold: int = 0,
+        splits_file: str | None = None,
         foreground_oversample: float = 0.33,
         augment: bool | AugmentConfig = True,
         image_order: int = 1,
@@ -390,23 +400,42 @@ class PatchDataModule(L.LightningDataModule):
         if not labelled:
             raise DataError(self._no_labels_message())
         hp = self.hparams
+        if hp.num_folds or hp.splits_file:
+            from segzoo.data.splits import fold_record_name, fold_split
+
+            record = None if hp.splits_file else self.cache_dir / fold_record_name(hp.num_folds, hp.split_seed)
+            return fold_split(labelled, hp.num_folds, hp.fold, hp.num_test_cases, hp.split_seed, hp.splits_file, record)
         return split_train_val_test(labelled, hp.num_val_cases, hp.num_test_cases, hp.split_seed)
+
+    def _record_folds(self, train: list[str], val: list[str]) -> list[str]:
+        """With folds: copy them to ``RUN/splits_final.json`` and return the cases of all folds (the fingerprint's, so
+        every fold preprocesses alike); else the training cases."""
+        hp = self.hparams
+        if not (hp.num_folds or hp.splits_file):
+            return train
+        from segzoo.data.splits import SPLITS_FILE, fold_record_name, read_splits, write_splits
+
+        if self.trainer is not None:
+            source = hp.splits_file or self.cache_dir / fold_record_name(hp.num_folds, hp.split_seed)
+            write_splits(Path(self.trainer.default_root_dir) / SPLITS_FILE, read_splits(source))
+        return sorted([*train, *val])
 
     def prepare_data(self) -> None:
         """Dataset check (or synthetic data if asked), split, fingerprint (training split only), preprocessing cache.
         Rank 0 only."""
         cases = self._prepare_cases()
         train, val, test = self._split(cases)
+        fp_cases = self._record_folds(train, val)
         fp_path = self.cache_dir / "fingerprint.json"
         fingerprint = None
         if fp_path.is_file():
             fingerprint = load_fingerprint(fp_path)
-            if fingerprint.get("train_cases") != train or fingerprint.get("version") != FINGERPRINT_VERSION:
+            if fingerprint.get("train_cases") != fp_cases or fingerprint.get("version") != FINGERPRINT_VERSION:
                 fingerprint = None  # the split changed (or an older fingerprint): recompute from the training cases
         if fingerprint is None:
             by_id = {c.case_id: c for c in cases}
             fingerprint = compute_fingerprint(
-                [by_id[c] for c in train], num_workers=self.hparams.preprocess_num_workers
+                [by_id[c] for c in fp_cases], num_workers=self.hparams.preprocess_num_workers
             )
             save_fingerprint(fingerprint, fp_path)
         atomic_write_text(
@@ -558,6 +587,9 @@ class KiTS19DataModule(PatchDataModule):
         num_test_cases: held-out test cases among the labelled cases (int = count, float = fraction; the paper: 42 of
             210), scored by ``segzoo test`` only; 0 = no test split.
         split_seed: seed of the case split (:func:`segzoo.data.splits.split_train_val_test`).
+        num_folds: k-fold cross-validation; see :class:`PatchDataModule`.
+        fold: the fold this run validates on.
+        splits_file: folds from a splits file in nnU-Net's ``splits_final.json`` layout.
         foreground_oversample: fraction of training patches centred on a foreground voxel.
         augment: the augmentation of the training patches in the DataLoader workers
             (:func:`build_kits19_transforms`): ``True`` = :class:`~segzoo.data.augment.AugmentConfig` defaults
@@ -593,6 +625,9 @@ class KiTS19DataModule(PatchDataModule):
         num_val_cases: int | float = 0.2,
         num_test_cases: int | float = 0,
         split_seed: int = 0,
+        num_folds: int = 0,
+        fold: int = 0,
+        splits_file: str | None = None,
         foreground_oversample: float = 0.33,
         augment: bool | AugmentConfig = True,
         image_order: int = 1,

@@ -171,6 +171,9 @@ class _SliceDataModule(L.LightningDataModule):
         synthetic_seed: int,
         synthetic_size: str,
         seed: int = 0,
+        num_folds: int = 0,
+        fold: int = 0,
+        splits_file: str | None = None,
     ) -> None:
         super().__init__()
         select_slices(np.zeros((1, 1, 1), dtype=np.uint8), slice_selection)  # validates the mode
@@ -180,8 +183,8 @@ class _SliceDataModule(L.LightningDataModule):
             raise ValueError(f"resize_mode must be one of {_RESIZE}, got {resize_mode!r}")
         if normalize not in _NORMALIZE:
             raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
-        if not 0.0 < train_fraction < 1.0:
-            raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        if not (0.0 < train_fraction < 1.0 or (train_fraction == 1.0 and (num_folds or splits_file))):
+            raise ValueError(f"train_fraction must be in (0, 1) (1 with folds: no test cases), got {train_fraction}")
         if synthetic_size not in ("small", "large"):
             raise ValueError(f"synthetic_size must be 'small' or 'large', got {synthetic_size!r}")
         if batch_size < 1 or num_workers < 0:
@@ -200,6 +203,8 @@ class _SliceDataModule(L.LightningDataModule):
         self.synthetic_seed = synthetic_seed
         self.synthetic_size = synthetic_size
         self.seed = int(seed)
+        self.num_folds, self.fold, self.splits_file = int(num_folds), int(fold), splits_file
+        self._fold_val_ids: list[str] = []
         self._cache: dict[str, SliceCase | None] = {}
         self._paths: dict[str, Path] | None = None
         self.train_case_ids: list[str] = []
@@ -235,8 +240,18 @@ class _SliceDataModule(L.LightningDataModule):
 
     @property
     def val_case_ids(self) -> list[str]:
-        """Validation cases: the held-out (test) cases, as the paper has only a 3:2 train/test split."""
-        return self.test_case_ids
+        """Validation cases: the held-out (test) cases, as the paper has only a 3:2 train/test split; with folds
+        (``num_folds``, ``fold``) the held-out fold."""
+        return self._fold_val_ids if self._folds() else self.test_case_ids
+
+    @property
+    def statistics_case_ids(self) -> list[str]:
+        """The cases a dataset's normalisation statistics come from: the training cases; with folds every fold's
+        (so all folds preprocess alike, as nnU-Net)."""
+        return sorted(self.train_case_ids + self._fold_val_ids)
+
+    def _folds(self) -> bool:
+        return bool(self.num_folds or self.splits_file)
 
     def prepare_data(self) -> None:
         """Write ``synthetic_cases`` synthetic cases into ``data_dir`` if it is missing or empty."""
@@ -258,6 +273,18 @@ class _SliceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Find the cases, split them 3:2 (``train_fraction``) and load the cases the stage needs (once)."""
         paths = self._case_paths()
+        if self._folds():  # the test cases of the plain split stay held out; folds over the rest (k-fold CV)
+            from segzoo.data.splits import SPLITS_FILE, fold_split
+
+            n = len(paths)
+            n_test = 0 if self.train_fraction == 1.0 else n - min(max(int(round(self.train_fraction * n)), 1), n - 1)
+            # recorded in the run folder the first time and read back after (2D data have no preprocessing folder)
+            record = Path(self.trainer.default_root_dir) / SPLITS_FILE if self.trainer is not None else None
+            split = fold_split(
+                list(paths), self.num_folds, self.fold, n_test, self.split_seed, self.splits_file, record
+            )
+            self.train_case_ids, self._fold_val_ids, self.test_case_ids = split
+            return
         self.train_case_ids, self.test_case_ids = split_case_ids(list(paths), self.train_fraction, self.split_seed)
 
     def _prepared(self, case_ids: Sequence[str]) -> list[SliceCase]:
@@ -308,11 +335,11 @@ class _SliceDataModule(L.LightningDataModule):
         seed = int(np.random.default_rng(self._seed()).integers(2**31))
         return SliceDataset(self._prepared(self.train_case_ids), self._train_transform(), seed=seed)
 
-    def eval_dataset(self) -> CaseDataset:
-        """One 3D slice stack per held-out case."""
-        if not self.test_case_ids:
+    def eval_dataset(self, split: str = "test") -> CaseDataset:
+        """One 3D slice stack per held-out case (``split="val"``: per validation case)."""
+        if not self.train_case_ids:
             self.setup("test")
-        return CaseDataset(self._prepared(self.test_case_ids))
+        return CaseDataset(self._prepared(self.val_case_ids if split == "val" else self.test_case_ids))
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool):
         from monai.data import DataLoader
@@ -334,7 +361,7 @@ class _SliceDataModule(L.LightningDataModule):
         return self._loader(self.train_dataset(), self.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.eval_dataset(), 1, shuffle=False)
+        return self._loader(self.eval_dataset("val"), 1, shuffle=False)
 
     def test_dataloader(self):
         return self._loader(self.eval_dataset(), 1, shuffle=False)
@@ -369,6 +396,12 @@ class CHAOSDataModule(_SliceDataModule):
         synthetic_seed: seed of the synthetic cases.
         synthetic_size: ``"small"`` (128x128) or ``"large"`` (256x256) synthetic cases.
         strict_labels: unknown ground-truth grey values are an error (else a warning, mapped to background).
+        num_folds: k-fold cross-validation (``segzoo cv``): the cases the ``train_fraction`` split trains on (all,
+            with ``train_fraction`` 1) are cut into this many case-level folds
+            (:func:`segzoo.data.splits.fold_split`, recorded in ``RUN/splits_final.json``); validation = fold ``fold``,
+            the held-out cases stay the test cases. 0 = no folds.
+        fold: the fold this run validates on (``0 <= fold < num_folds``).
+        splits_file: the folds from a splits file in nnU-Net's ``splits_final.json`` layout.
     """
 
     _dataset = "CHAOS"
@@ -394,12 +427,16 @@ class CHAOSDataModule(_SliceDataModule):
         synthetic_seed: int = 0,
         synthetic_size: str = "small",
         strict_labels: bool = True,
+        num_folds: int = 0,
+        fold: int = 0,
+        splits_file: str | None = None,
     ) -> None:
         if sequence not in CHAOS_SEQUENCES:
             raise ValueError(f"sequence must be one of {CHAOS_SEQUENCES}, got {sequence!r}")
         super().__init__(
             data_dir, slice_selection, image_size, resize_mode, batch_size, train_fraction, split_seed,
             num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size, seed,
+            num_folds=num_folds, fold=fold, splits_file=splits_file,
         )  # fmt: skip
         self.sequence = sequence
         self.strict_labels = strict_labels
@@ -454,6 +491,12 @@ class BraTSDataModule(_SliceDataModule):
         orientation: axis codes every case is brought to (exact permutation/flip) before slicing along the last
             axis; the default ``("L", "P", "S")`` is how the BraTS releases store them, so a case re-saved RAS by
             another tool gives the same slices. ``None`` slices the arrays as stored.
+        num_folds: k-fold cross-validation (``segzoo cv``): the cases the ``train_fraction`` split trains on (all,
+            with ``train_fraction`` 1) are cut into this many case-level folds
+            (:func:`segzoo.data.splits.fold_split`, recorded in ``RUN/splits_final.json``); validation = fold ``fold``,
+            the held-out cases stay the test cases. 0 = no folds.
+        fold: the fold this run validates on (``0 <= fold < num_folds``).
+        splits_file: the folds from a splits file in nnU-Net's ``splits_final.json`` layout.
     """
 
     _dataset = "BraTS"
@@ -480,12 +523,16 @@ class BraTSDataModule(_SliceDataModule):
         synthetic_size: str = "small",
         et_label: int = 4,
         orientation: Sequence[str] | None = ("L", "P", "S"),
+        num_folds: int = 0,
+        fold: int = 0,
+        splits_file: str | None = None,
     ) -> None:
         if et_label not in (3, 4):
             raise ValueError(f"et_label must be 4 (BraTS 2018-2021) or 3 (BraTS 2023), got {et_label}")
         super().__init__(
             data_dir, slice_selection, image_size, resize_mode, batch_size, train_fraction, split_seed,
             num_workers, normalize, augment, synthetic_cases, synthetic_seed, synthetic_size, seed,
+            num_folds=num_folds, fold=fold, splits_file=splits_file,
         )  # fmt: skip
         self.et_label = et_label
         self.orientation = None if orientation is None else tuple(orientation)
@@ -534,6 +581,12 @@ class SliceDataModule(_SliceDataModule):
         augment: slice augmentation (``SliceAugmentConfig``) or ``False``.
         verify: check the dataset before training.
         seed: seed of the shuffle and augmentation.
+        num_folds: k-fold cross-validation (``segzoo cv``): the cases the ``train_fraction`` split trains on (all,
+            with ``train_fraction`` 1) are cut into this many case-level folds
+            (:func:`segzoo.data.splits.fold_split`, recorded in ``RUN/splits_final.json``); validation = fold ``fold``,
+            the held-out cases stay the test cases. 0 = no folds.
+        fold: the fold this run validates on (``0 <= fold < num_folds``).
+        splits_file: the folds from a splits file in nnU-Net's ``splits_final.json`` layout.
     """
 
     _dataset = "generic"
@@ -551,6 +604,9 @@ class SliceDataModule(_SliceDataModule):
         augment: bool | AugmentConfig = False,
         verify: bool = True,
         seed: int = 0,
+        num_folds: int = 0,
+        fold: int = 0,
+        splits_file: str | None = None,
     ) -> None:
         super().__init__(
             data_dir,
@@ -567,6 +623,9 @@ class SliceDataModule(_SliceDataModule):
             0,
             "small",
             seed,
+            num_folds=num_folds,
+            fold=fold,
+            splits_file=splits_file,
         )
         from segzoo.data.planning import header_fingerprint, normalization_for
         from segzoo.data.sources import open_source
@@ -617,7 +676,7 @@ class SliceDataModule(_SliceDataModule):
                 if not self.train_case_ids:
                     self.setup("fit")
                 paths = self._case_paths()
-                fp = compute_fingerprint([paths[c] for c in self.train_case_ids])
+                fp = compute_fingerprint([paths[c] for c in self.statistics_case_ids])
                 self._channel_stats = fp["channels"]
             else:
                 self._channel_stats = [None] * len(self.normalization)
