@@ -38,10 +38,11 @@ def _ellipsoid(grid, centre, radii) -> np.ndarray:
 def synth_nnunet_case(seed: int, shape=(56, 56, 18)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(image float32 (2, X, Y, Z), label uint8 (X, Y, Z), RAS affine)`` of one case (``seed`` decides all)."""
     rng = np.random.default_rng(seed)
+    scale = shape[0] / 56.0  # the anatomy was drawn for 56 voxels in-plane: larger cases, larger organs
     shape = tuple(int(s + rng.integers(-4, 5)) if i < 2 else int(s + rng.integers(-2, 3)) for i, s in enumerate(shape))
     spacing = np.array([rng.uniform(0.9, 1.1), rng.uniform(0.9, 1.1), rng.uniform(2.6, 3.4)])
-    grid = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")  # mm
-    extent = np.array(shape) * spacing
+    grid = np.meshgrid(*[np.arange(n) * s / scale for n, s in zip(shape, spacing)], indexing="ij")  # mm, normalised
+    extent = np.array(shape) * spacing / scale
     body = _ellipsoid(grid, extent / 2, extent * np.array([0.47, 0.42, 0.6]))
     centre = extent / 2 + rng.uniform(-4, 4, 3) * np.array([1, 1, 2])
     radii = np.array([rng.uniform(13, 18), rng.uniform(11, 16), rng.uniform(14, 20)])
@@ -77,6 +78,8 @@ def write_nnunet(
     test_cases: int = 2,
     form: str = "nnunet",
     regions: bool = False,
+    shape: tuple[int, int, int] = (56, 56, 18),
+    mixed_orientations: bool = True,
     **_: object,
 ) -> list[Path]:
     """Write ``cases`` labelled and ``test_cases`` unlabelled cases to ``out_dir``; returns the files written.
@@ -90,6 +93,8 @@ def write_nnunet(
             ``training``/``test`` lists) or ``"datalist"`` (the nnU-Net files plus ``datalist.json``, a MONAI
             datalist with a list of channel files per image).
         regions: nnU-Net region labels in dataset.json (``form="nnunet"`` only).
+        shape: voxels per case (RAS order; varied by a few voxels per case); the anatomy scales with it.
+        mixed_orientations: store the cases in :data:`ORIENTATIONS` in turn (else all RAS).
     """
     if form not in FORMS:
         raise ValueError(f"form={form!r}: expected one of {FORMS}")
@@ -102,8 +107,8 @@ def write_nnunet(
     entries, tests = [], []
     for i in range(cases + test_cases):
         case = f"synth_{i:03d}"
-        image, label, affine = synth_nnunet_case(seed * 10_000 + i)
-        codes = ORIENTATIONS[i % len(ORIENTATIONS)]
+        image, label, affine = synth_nnunet_case(seed * 10_000 + i, shape)
+        codes = ORIENTATIONS[i % len(ORIENTATIONS)] if mixed_orientations else ("R", "A", "S")
         r = Reorientation.between_codes(("R", "A", "S"), codes, label.shape)
         image, label, affine = r.apply(image, first_axis=1), r.apply(label), r.apply_affine(affine)
         ct = np.round(image[0]).astype(np.int16)  # CT as scanners store it: integer HU
