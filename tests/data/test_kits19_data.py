@@ -277,3 +277,25 @@ def test_three_disjoint_splits_and_test_batches_on_the_original_grid(dm, tmp_pat
     assert batch["case_id"] == test
     seg = np.asarray(nib.load(tmp_path / "data" / test[0] / "segmentation.nii.gz").dataobj)
     np.testing.assert_array_equal(batch["original_label"][0].numpy(), seg)
+
+
+def test_filling_an_empty_folder_is_announced(tmp_path, capsys):
+    """A recipe that writes synthetic cases into an empty data folder says so in one line naming the folder and the
+    count; the generic datamodule never fills a folder (an empty one is an error naming it)."""
+    from segzoo.data.datamodule import PatchDataModule
+    from segzoo.data.io import DataError
+
+    data = tmp_path / "empty"
+    data.mkdir()
+    dm = KiTS19DataModule(
+        str(data), synthetic_cases=2, target_spacing=[3.0, 4.0, 4.0], patch_size=[8, 32, 32], num_workers=0
+    )
+    dm.prepare_data()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "synthetic" in line]
+    assert len(lines) == 1 and str(data) in lines[0] and "writing 2 synthetic cases" in lines[0]
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(DataError, match=str(other)):
+        PatchDataModule(str(other))
+    assert not any(other.iterdir())
