@@ -603,7 +603,7 @@ class KiTS19DataModule(PatchDataModule):
             there first (:func:`segzoo.data.synthetic.kits19.write_kits19`, size "small").
         synthetic_seed: seed of the synthetic cases.
         synthetic_regime: appearance regime of the synthetic cases (a name in
-            :data:`segzoo.data.synthetic.kits19.REGIMES`).
+            :data:`segzoo.data.synthetic.kits19.REGIMES`, or ``"single_appearance"``: the earlier generator).
         score_on_original_grid: validation and test batches carry each case's stored label map and geometry, so the
             task scores predictions restored to the original grid (as ``segzoo infer`` writes them).
         seed: seed of the training patches and their augmentation, passed explicitly (``seed_everything`` seeds

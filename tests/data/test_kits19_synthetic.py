@@ -165,3 +165,20 @@ def test_registry_and_bad_arguments(tmp_path):
         KiTS19Regime(phases=("portal",))
     with pytest.raises(ValueError, match="slice_thickness"):
         KiTS19Regime(slice_thickness=(3.0, 1.0))
+
+
+def test_single_appearance_regime_is_the_earlier_generator(tmp_path):
+    """Regime "single_appearance" keeps the generator of commit b3e466f: case (0, 0) has the bytes it wrote then
+    (digests computed by running that commit's ``synth_kits19_case``), and ``write_kits19`` accepts the name."""
+    import hashlib
+
+    image, label, affine = synth_kits19_case(np.random.default_rng((0, 0)), regime="single_appearance")
+    assert image.shape == (43, 128, 128) and image.dtype == np.int16 and label.dtype == np.uint8
+    assert hashlib.sha256(image.tobytes()).hexdigest()[:16] == "9cd0ce5de8abe1db"
+    assert hashlib.sha256(label.tobytes()).hexdigest()[:16] == "16bc701b56bb86f8"
+    assert np.isclose(-affine[2, 0], 2.9081947047872387)
+    folders = write_kits19(tmp_path, cases=2, seed=0, regime="single_appearance")
+    for folder in folders:
+        lab = np.asarray(nib.load(folder / "segmentation.nii.gz").dataobj)
+        assert set(np.unique(lab)) == {0, 1, 2}
+        assert ndimage.label(lab == 2)[1] == 1  # one tumour per case

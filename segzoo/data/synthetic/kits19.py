@@ -153,7 +153,8 @@ def get_regime(regime: str | KiTS19Regime) -> KiTS19Regime:
     if isinstance(regime, KiTS19Regime):
         return regime
     if regime not in REGIMES:
-        raise ValueError(f"regime='{regime}': expected one of {sorted(REGIMES) + ['heldout']} or a KiTS19Regime")
+        names = sorted(REGIMES) + ["heldout", "single_appearance"]
+        raise ValueError(f"regime='{regime}': expected one of {names} or a KiTS19Regime")
     return REGIMES[regime]
 
 
@@ -318,6 +319,126 @@ def _lower_abdomen(
         hu[sl][m & (r > 0.75)] = rng.uniform(700, 1100)  # cortical rim
 
 
+#: the generator before domain randomisation (one appearance: nephrographic-like HU, ~3 x 2 x 2 mm, one hypo-enhancing
+#: tumour of radius 6-25 mm, two kidneys, liver, bowel gas, spine, aorta and vena cava); regime "single_appearance"
+SINGLE_APPEARANCE = "single_appearance"
+# size -> (slice-count range, in-plane pixels, in-plane spacing range mm, slice thickness range mm)
+_SINGLE_APPEARANCE_SIZES = {
+    "small": ((32, 44), 128, (1.9, 2.1), (2.9, 3.1)),
+    "large": ((60, 100), 512, (0.74, 0.82), (2.9, 3.1)),
+}
+
+
+def _single_appearance_case(rng: np.random.Generator, size: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One case of segzoo's earlier single-appearance generator (commit b3e466f), kept verbatim as a regime so the
+    demo recipe is measured on it too (issue 25): the same draws give the same bytes as that commit's
+    ``synth_kits19_case``."""
+    (zlo, zhi), n_xy, (slo, shi), (tlo, thi) = _SINGLE_APPEARANCE_SIZES[size]
+    depth = int(rng.integers(zlo, zhi + 1))
+    pix = float(rng.uniform(slo, shi))
+    thick = float(rng.uniform(tlo, thi))
+    shape = (depth, n_xy, n_xy)
+    spacing = (thick, pix, pix)
+    cv = _Canvas(shape, spacing)
+    fov_xy = n_xy * pix
+    scale = fov_xy / 256.0  # anatomy is sized for a 256 mm field of view; large cases (~400 mm) get a bigger body
+    scale = float(np.clip(scale, 1.0, 1.35))
+
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    big_z = 10_000.0  # "infinite" extent along the slice axis for cylinders
+
+    # body: fat ellipse with a soft-tissue core (rows = anterior->posterior, columns = right->left)
+    body_ax = np.array([big_z, rng.uniform(95, 110) * scale, rng.uniform(120, 125) * scale])
+    sl, m, _ = cv.ellipsoid((0, 0, 0), body_ax)
+    hu[sl][m] = -100.0 + rng.normal(0, 8)
+    core = body_ax * np.array([1.0, rng.uniform(0.78, 0.85), rng.uniform(0.8, 0.87)])
+    sl, m, _ = cv.ellipsoid((0, 0, 0), core)
+    hu[sl][m] = 40.0 + rng.normal(0, 5)
+
+    # liver: large ellipsoid on the patient's right (image left), upper slices, anterior-lateral
+    z_top = cv.axes[0][-1]
+    liver_c = (z_top - rng.uniform(0, 25), rng.uniform(-25, -5) * scale, rng.uniform(-60, -45) * scale)
+    liver_ax = (rng.uniform(55, 80), rng.uniform(50, 65) * scale, rng.uniform(55, 70) * scale)
+    sl, m, _ = cv.ellipsoid(liver_c, liver_ax, _rotation(rng.uniform(-0.3, 0.3), 0.0))
+    hu[sl][m] = rng.uniform(60, 110)
+
+    # bowel gas pockets, anterior
+    for _ in range(int(rng.integers(2, 6))):
+        c = (rng.uniform(cv.axes[0][0], cv.axes[0][-1]), rng.uniform(-75, -35) * scale, rng.uniform(-40, 60) * scale)
+        sl, m, _ = cv.ellipsoid(c, (rng.uniform(8, 20), rng.uniform(5, 12), rng.uniform(6, 15)))
+        hu[sl][m] = -800.0
+
+    # kidneys: bean = ellipsoid minus a medial hilum notch; cortex bright, medulla darker
+    spine_y = rng.uniform(48, 58) * scale
+    kidneys = []
+    for side in (-1.0, 1.0):
+        c = np.array(
+            [rng.uniform(-12, 12), spine_y - rng.uniform(5, 15), side * rng.uniform(55, 68) * scale], dtype=np.float64
+        )
+        ax = np.array([rng.uniform(42, 55), rng.uniform(22, 28), rng.uniform(24, 30)])
+        rot = _rotation(side * rng.uniform(0.2, 0.5), rng.uniform(-0.2, 0.2))
+        sl, m, r = cv.ellipsoid(c, ax, rot)
+        hilum_c = c - rot @ np.array([0.0, 0.0, side * ax[2] * 0.95])
+        hsl, hm, _ = cv.ellipsoid(hilum_c, ax * np.array([0.45, 0.55, 0.5]), rot)
+        kidney = np.zeros(shape, dtype=bool)
+        kidney[sl] = m
+        kidney[hsl] &= ~hm
+        cortex_hu, medulla_hu = rng.uniform(160, 200), rng.uniform(125, 150)
+        inner = np.zeros(shape, dtype=bool)
+        inner[sl] = r <= 0.65
+        hu[kidney] = cortex_hu
+        hu[kidney & inner] = medulla_hu
+        label[kidney] = 1
+        kidneys.append((c, ax, rot, side, kidney))
+
+    # tumour: centre on the kidney surface (never on the hilum side) so it protrudes and touches the kidney
+    c, ax, rot, side, kidney = kidneys[int(rng.integers(0, 2))]
+    radius = float(rng.choice([rng.uniform(6, 10), rng.uniform(10, 25)]))  # some small, some large
+    for _ in range(100):
+        d = rng.normal(size=3)
+        d /= np.linalg.norm(d)
+        if d[2] * side > -0.2:  # lateral / anterior / posterior half, away from the hilum
+            break
+    surface = c + rot @ (d * ax)
+    t_c = surface - rot @ (d * ax) / np.linalg.norm(d * ax) * radius * rng.uniform(0.0, 0.5)
+    t_ax = radius * rng.uniform(0.8, 1.2, size=3)
+    sl, m, r = cv.ellipsoid(t_c, t_ax, _rotation(rng.uniform(0, np.pi), 0.0))
+    tumour = np.zeros(shape, dtype=bool)
+    tumour[sl] = m
+    if not (tumour & kidney).any():  # degenerate draw on very thin volumes: force overlap
+        tumour |= ndimage.binary_dilation(kidney, iterations=1) & ~kidney
+    # hypo-enhancing relative to cortex and medulla (as renal cell carcinoma in the nephrographic phase) but in the
+    # liver's range; larger lesions get a darker necrotic core
+    t_hu = rng.uniform(70, 110)
+    hu[tumour] = t_hu + rng.normal(0, 12, size=int(tumour.sum()))  # heterogeneous lesion
+    if radius > 12:
+        core = np.zeros(shape, dtype=bool)
+        core[sl] = m & (r < 0.5)
+        hu[core & tumour] -= rng.uniform(25, 45)
+    label[tumour] = 2
+
+    # spine (cortical ring around cancellous core), aorta and vena cava in front of it
+    sp_c = (0.0, spine_y + 10 * scale, rng.uniform(-4, 4))
+    sl, m, r = cv.ellipsoid(sp_c, (big_z, 17 * scale, 19 * scale))
+    hu[sl][m] = rng.uniform(400, 550)
+    ring = m & (r > 0.8)
+    hu[sl][ring] = rng.uniform(800, 1000)
+    sl, m, _ = cv.ellipsoid((0.0, spine_y + 38 * scale, 0.0), (big_z, 12 * scale, 8 * scale))  # spinous process
+    hu[sl][m] = rng.uniform(500, 900)
+    sl, m, _ = cv.ellipsoid((0.0, spine_y - 15 * scale, 18 * scale), (big_z, 11, 11))
+    hu[sl][m] = rng.uniform(180, 250)
+    sl, m, _ = cv.ellipsoid((0.0, spine_y - 15 * scale, -20 * scale), (big_z, 9, 13))
+    hu[sl][m] = rng.uniform(150, 190)
+
+    # partial volume (blur ~0.6 mm in-plane, ~1 mm across slices, expressed in voxels) then noise, then quantise
+    sigma = (1.0 / thick, 0.6 / pix + 0.3, 0.6 / pix + 0.3)
+    hu = ndimage.gaussian_filter(hu, sigma=sigma, output=np.float32)
+    hu += rng.normal(0, rng.uniform(15, 25), size=shape).astype(np.float32)
+    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    return image, label, kits19_affine(spacing)
+
+
 def synth_kits19_case(
     rng: np.random.Generator, size: str = "small", regime: str | KiTS19Regime = "all"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -327,13 +448,16 @@ def synth_kits19_case(
         rng: random generator (all randomness of the case comes from it).
         size: ``"small"`` (the kidney region, <= 192 x 192 pixels per slice) or ``"large"`` (a real-size
             abdominal CT: 512 x 512 pixels over a field of view set to the body, 320-480 mm of slices).
-        regime: a :class:`KiTS19Regime` or a name in :data:`REGIMES`.
+        regime: a :class:`KiTS19Regime`, a name in :data:`REGIMES`, or ``"single_appearance"`` (the earlier
+            generator's one appearance, :data:`SINGLE_APPEARANCE`; its "small" cases are 32-44 slices of 128 x 128).
 
     Returns:
         ``(image int16 (D, H, W), label uint8 (D, H, W), affine 4x4)``.
     """
     if size not in SIZES:
         raise ValueError(f"size='{size}': expected one of {list(SIZES)}")
+    if regime == SINGLE_APPEARANCE:
+        return _single_appearance_case(rng, size)
     reg = get_regime(regime)
     shape, spacing, scale, layout = _geometry(rng, reg, size)
     cv = _Canvas(shape, spacing, None if layout is None else layout[0])
@@ -560,7 +684,8 @@ def write_kits19(
         size: ``"small"`` (laptop scale) or ``"large"`` (a real-size abdominal CT, 512 x 512 pixels per slice).
         start_index: index of the first case (folder ``case_{start_index:05d}``).
         regime: a :class:`KiTS19Regime`, a name in :data:`REGIMES`, or ``"heldout"`` (case ``i`` uses
-            ``HELDOUT[i % 3]``: other contrast phase, thick slices, small tumours in turn).
+            ``HELDOUT[i % 3]``: other contrast phase, thick slices, small tumours in turn), or
+            ``"single_appearance"`` (the generator before domain randomisation).
 
     Returns:
         The case folders, in index order.
@@ -569,7 +694,7 @@ def write_kits19(
         raise ValueError(f"cases={cases}, unlabelled={unlabelled}: expected 0 <= unlabelled <= cases")
     if size not in SIZES:
         raise ValueError(f"size='{size}': expected one of {list(SIZES)}")
-    if regime != "heldout":
+    if regime not in ("heldout", SINGLE_APPEARANCE):
         get_regime(regime)  # fail before writing anything
     out_dir = Path(out_dir)
     folders = []
