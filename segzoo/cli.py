@@ -338,6 +338,11 @@ _PLAIN_ELSEWHERE = {
         "cmd_export",
         "export a checkpoint's net to ONNX, TorchScript or a pretrained directory",
     ),
+    "cv": (
+        "segzoo.cv_cli",
+        "cmd_cv",
+        "k-fold cross-validation: every fold into RUN/fold_k/, then RUN/cv_metrics.json",
+    ),
 }
 
 

@@ -53,13 +53,15 @@ def test_help_lists_commands(capsys):
 
 
 def test_plain_command_table_matches_the_modules():
+    from segzoo.cv_cli import CV_COMMANDS
     from segzoo.dataset_cli import DATASET_COMMANDS
     from segzoo.inference.cli import INFERENCE_COMMANDS
     from segzoo.tools_cli import TOOLS_COMMANDS
 
-    for name, (function, description) in {**INFERENCE_COMMANDS, **TOOLS_COMMANDS, **DATASET_COMMANDS}.items():
+    commands = {**INFERENCE_COMMANDS, **TOOLS_COMMANDS, **DATASET_COMMANDS, **CV_COMMANDS}
+    for name, (function, description) in commands.items():
         assert _PLAIN_ELSEWHERE[name][1:] == (function.__name__, description)
-    assert set(_PLAIN_ELSEWHERE) == {*INFERENCE_COMMANDS, *TOOLS_COMMANDS, *DATASET_COMMANDS, "demo"}
+    assert set(_PLAIN_ELSEWHERE) == {*commands, "demo"}
 
 
 def _imports_after(argv: list[str], tmp_path: Path) -> tuple[set[str], str]:

@@ -109,9 +109,9 @@ class SegmentationTask(pl.LightningModule):
             from its checkpoint instead.
         freeze_encoder_epochs: the optimizer leaves the net's encoder unchanged for this many epochs
             (:func:`~segzoo.tasks.finetune.encoder_parameters`).
-
-    Out-of-fold predictions: with ``prediction_dir`` set (``segzoo cv`` does), validation writes every scored case's
-    label map before post-processing, its reference and spacing to ``prediction_dir/<case>.npz`` (atomically).
+        prediction_dir: validation and test write every scored case's label map before post-processing (on the grid it
+            is scored on), its reference and spacing to ``prediction_dir/<case>.npz`` (atomically): ``segzoo cv``'s
+            out-of-fold predictions, from which it scores the folds together and decides their post-processing.
 
     Scoring: when validation/test batches carry ``original_label`` and ``original_shape`` (``KiTS19DataModule``),
     each prediction is restored to the case's original grid with the datamodule's ``preprocessor`` and
@@ -147,6 +147,7 @@ class SegmentationTask(pl.LightningModule):
         tune_postprocess: bool = True,
         init_from: str | None = None,
         freeze_encoder_epochs: int = 0,
+        prediction_dir: str | None = None,
     ) -> None:
         super().__init__()
         if freeze_encoder_epochs < 0:
@@ -157,7 +158,7 @@ class SegmentationTask(pl.LightningModule):
             from segzoo.tasks.finetune import encoder_parameters
 
             encoder_parameters(net)  # a net without a known encoder fails here, not after the data is prepared
-        self.prediction_dir: Path | None = None
+        self.prediction_dir = prediction_dir
         self.net = net
         self.loss = loss
         self.inferer = inferer
@@ -302,7 +303,7 @@ class SegmentationTask(pl.LightningModule):
                     variants["post"] = pred
             preds.append(pred)
             if self.prediction_dir is not None and target is not None:
-                self._write_prediction(str(ids[i]) if ids is not None else str(i), raw, target, sp)
+                self._write_prediction(str(ids[i]) if ids is not None else str(i), raw, target, sp, on_original)
             if self.metric is not None and target is not None:
                 case_id = str(ids[i]) if ids is not None else str(len(self._case_scores))
                 scores = {k: self.metric.score_case(v, target, sp) for k, v in variants.items()}
@@ -320,7 +321,9 @@ class SegmentationTask(pl.LightningModule):
             else:
                 self._keep_overlay(batch, torch.as_tensor(np.stack(preds)))
 
-    def _write_prediction(self, case_id: str, raw: np.ndarray, target: np.ndarray, spacing: list | None) -> None:
+    def _write_prediction(
+        self, case_id: str, raw: np.ndarray, target: np.ndarray, spacing: list | None, on_original: bool
+    ) -> None:
         from segzoo.utils import atomic_path
 
         with atomic_path(Path(self.prediction_dir) / f"{case_id}.npz", suffix=".tmp.npz") as tmp:
@@ -329,6 +332,7 @@ class SegmentationTask(pl.LightningModule):
                 prediction=np.asarray(raw, dtype=np.uint8),
                 reference=np.asarray(target).astype(np.uint8),
                 spacing=np.asarray(spacing if spacing is not None else [], dtype=np.float64),
+                on_original_grid=np.asarray(on_original),
             )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
