@@ -32,7 +32,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
-BENCHES = ("train_step", "nets2d", "inference", "inference_mem", "window_model", "window_speed", "whole_case", "data")
+BENCHES = (
+    "train_step",
+    "nets2d",
+    "inference",
+    "inference_mem",
+    "window_model",
+    "window_speed",
+    "whole_case",
+    "data",
+    "plan",
+    "own_data",
+)
 # the trained checkpoint and held-out cases the whole-case benchmark needs (written by `make demo`)
 DEMO = ROOT / "runs" / "demo"
 # the accelerator-memory check: a 600-slice 512x512 CT, one window per batch, at most 4 windows x flips per pass
@@ -105,6 +116,13 @@ def bench_command(name: str, device: str, quick: bool, out: Path) -> list[str] |
             return None
         args = ["--quick"] if quick else []
         code = _RUNNER.format(here=str(HERE), module="data_bench", out=str(out), script="data_bench.py", args=args)
+        return [py, "-c", code]
+    if name in ("plan", "own_data"):  # the own-data path: CPU work whatever device trains
+        if device != "cpu":
+            return None
+        module = {"plan": "plan_bench", "own_data": "own_data_run"}[name]
+        args = (["--quick"] if name == "plan" else ["--steps", "50", "--cases", "10"]) if quick else []
+        code = _RUNNER.format(here=str(HERE), module=module, out=str(out), script=f"{module}.py", args=args)
         return [py, "-c", code]
     raise ValueError(f"unknown benchmark {name!r}; choose from {BENCHES}")
 
