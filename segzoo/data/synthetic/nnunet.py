@@ -88,7 +88,8 @@ def write_nnunet(
         out_dir: the dataset folder (``Dataset501_Synth``-like; created).
         cases: labelled training cases (``imagesTr`` + ``labelsTr``).
         seed: seed of the whole dataset.
-        test_cases: unlabelled cases (``imagesTs``).
+        test_cases: test cases (``imagesTs``, unlabelled for training; their labels in ``labelsTs`` to score
+            predictions with ``segzoo evaluate``).
         form: ``"nnunet"`` (v2 raw, one file per channel), ``"msd"`` (Decathlon: 4D images, value -> name labels,
             ``training``/``test`` lists) or ``"datalist"`` (the nnU-Net files plus ``datalist.json``, a MONAI
             datalist with a list of channel files per image).
@@ -101,7 +102,7 @@ def write_nnunet(
     if regions and form != "nnunet":
         raise ValueError("regions=True: region labels are an nnU-Net v2 dataset.json feature (form='nnunet')")
     out = Path(out_dir)
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     entries, tests = [], []
@@ -128,7 +129,8 @@ def write_nnunet(
             lab = save_nifti(label, affine, out / "labelsTr" / f"{case}.nii.gz")
             written.append(lab)
             entries.append({"image": rel if form == "datalist" else rel[0], "label": f"./labelsTr/{lab.name}"})
-        else:
+        else:  # the test cases' labels go to labelsTs, for scoring predictions (nnU-Net and segzoo ignore the folder)
+            written.append(save_nifti(label, affine, out / "labelsTs" / f"{case}.nii.gz"))
             tests.append(rel if form == "datalist" else rel[0])
     if form == "msd":
         meta = {
