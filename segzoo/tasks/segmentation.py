@@ -193,7 +193,7 @@ class SegmentationTask(pl.LightningModule):
             from segzoo.tasks.finetune import load_matching_weights, source_state_dict
 
             report = load_matching_weights(self.net, source_state_dict(self.init_from), self.init_from)
-            if self.trainer is None or self.trainer.is_global_zero:
+            if self._trainer is None or self.trainer.is_global_zero:
                 print(f"segzoo: {report.summary()}", file=sys.stderr)
         if self.channels_last:
             to_channels_last(self.net)

@@ -138,3 +138,17 @@ def test_freezing_a_net_without_an_encoder_is_refused_at_construction():
     assert not set(dict(net.named_children())) & set(ENCODER_NAMES)
     with pytest.raises(ValueError, match="no encoder submodule"):
         SegmentationTask(net, torch.nn.CrossEntropyLoss(), freeze_encoder_epochs=2)
+
+
+def test_a_task_loads_init_from_when_the_fit_sets_it_up(kits_ckpt, capsys):
+    from segzoo.tasks import SegmentationTask
+
+    task = SegmentationTask(_net(4), torch.nn.CrossEntropyLoss(), init_from=str(kits_ckpt))
+    fresh = {k: v.clone() for k, v in task.net.state_dict().items()}
+    task.setup("validate")  # only a fit starts from init_from
+    assert all(torch.equal(v, fresh[k]) for k, v in task.net.state_dict().items())
+    task.setup("fit")
+    source, state = source_state_dict(kits_ckpt), task.net.state_dict()
+    assert all(torch.equal(state[k], source[k]) for k in state if not k.startswith("heads."))
+    assert all(torch.equal(state[k], fresh[k]) for k in state if k.startswith("heads."))
+    assert capsys.readouterr().err.count("init_from") == 1
