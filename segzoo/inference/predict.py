@@ -157,9 +157,8 @@ class Predictor:
             raise DataError(
                 f"{case.image}: case '{case.case_id}' has {image.shape[0]} channels; the model takes {channels}"
             )
-        header = _spatial_header(case.image)
         labels = self.predict_volume(image if image.shape[0] > 1 else image[0], affine, name=case.image)
-        return save_nifti(labels, affine if header is None else None, output_path, header=header)
+        return write_labels(labels, case.image, output_path, affine)
 
     def predict_file(self, image_path: Path, output_path: Path) -> Path:
         """Predict one NIfTI file and write ``output_path`` (atomically) with the input's shape and header: the
@@ -168,6 +167,19 @@ class Predictor:
 
         image_path = Path(image_path)
         return self.predict_case(ImageCase(case_name(image_path), (image_path,)), output_path)
+
+
+def write_labels(labels: np.ndarray, source: Path, output_path: Path, affine: np.ndarray | None = None) -> Path:
+    """Write a ``uint8`` label map atomically on the grid of ``source`` (the input's first channel file), with its
+    NIfTI header (qform, sform and codes kept: :func:`segzoo.data.io.save_nifti`); ``affine`` serves a 4D input, whose
+    header does not describe a label map. ``segzoo infer`` and ``segzoo predict``
+    (:class:`segzoo.tasks.NiftiPredictionWriter`) both write through it."""
+    header = _spatial_header(Path(source))
+    if header is None and affine is None:
+        from segzoo.data.io import load_nifti
+
+        affine = load_nifti(source)[1]
+    return save_nifti(labels, affine if header is None else None, output_path, header=header)
 
 
 def _expected_channels(net: nn.Module) -> int | None:

@@ -68,16 +68,13 @@ class NiftiPredictionWriter(Callback):
                 labels = labels_on_original_grid(probs, shape, preprocessor, pl_module.postprocess)
                 save_nifti(labels, batch["affine"][i].cpu().numpy(), out_dir / f"{case_id}.nii.gz")
                 continue
-            # the net saw the case in the training orientation: restore there, flip back, keep the input's header
-            import nibabel as nib
-
+            # the net saw the case in the training orientation: the one way back of `segzoo infer`
             from segzoo.data.geometry import Reorientation
+            from segzoo.inference.predict import write_labels
 
-            oriented = tuple(int(s) for s in batch["oriented_shape"][i])
-            labels = labels_on_original_grid(probs, oriented, preprocessor, pl_module.postprocess)
-            labels = Reorientation.from_transform(batch["orientation_transform"][i].tolist(), shape).undo(labels)
-            header = nib.load(batch["source_image"][i]).header
-            save_nifti(labels, None, out_dir / f"{case_id}.nii.gz", header=header)
+            r = Reorientation.from_transform(batch["orientation_transform"][i].tolist(), shape)
+            labels = r.undo(labels_on_original_grid(probs, r.oriented_shape, preprocessor, pl_module.postprocess))
+            write_labels(labels, Path(batch["source_image"][i]), out_dir / f"{case_id}.nii.gz")
 
 
 class MovingAverage(Callback):
