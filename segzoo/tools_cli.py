@@ -158,11 +158,12 @@ def cmd_export(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="segzoo export",
         description="Export the net of a checkpoint (eval mode, one logits output) as ONNX, TorchScript or a "
-        "save_pretrained directory.",
+        "save_pretrained directory, or the whole model (preprocessing, sliding window, post-processing) as a MONAI "
+        "bundle.",
     )
     p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) or save_pretrained directory")
-    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
-    p.add_argument("--out", required=True, help="output file (.onnx / .pt) or directory (pretrained)")
+    p.add_argument("--format", required=True, choices=(*EXPORT_FORMATS, "monai-bundle"))
+    p.add_argument("--out", required=True, help="output file (.onnx / .pt) or directory (pretrained, monai-bundle)")
     p.add_argument(
         "--shape", type=int, nargs="+", default=None, help="example input B C *spatial (default: the net's example)"
     )
@@ -171,12 +172,28 @@ def cmd_export(argv: Sequence[str]) -> int:
     p.add_argument(
         "--dynamic", action=argparse.BooleanOptionalAction, default=True, help="dynamic batch and spatial ONNX axes"
     )
+    p.add_argument("--label-names", nargs="+", default=None, help="monai-bundle: names of the labels 1, 2, ...")
+    p.add_argument("--channel-names", nargs="+", default=None, help="monai-bundle: names of the input channels")
+    p.add_argument("--bundle-version", default="0.1.0", help="monai-bundle: the version in metadata.json")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     args = p.parse_args(argv)
     from segzoo.data.io import DataError
     from segzoo.export import export_net
 
     try:
+        if args.format == "monai-bundle":
+            from segzoo.export_bundle import export_bundle
+
+            out = export_bundle(
+                args.ckpt,
+                args.out,
+                label_names=args.label_names,
+                channel_names=args.channel_names,
+                version=args.bundle_version,
+                trust=args.trust_checkpoint,
+            )
+            print(f"wrote {out}")
+            return 0
         out = export_net(
             args.ckpt,
             args.format,

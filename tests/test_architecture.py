@@ -21,6 +21,8 @@ ALLOWED = {
     # export: the ONNX graph for --backend; tools_cli: the shared --trust-checkpoint help
     "inference": {"utils", "nets", "data", "checkpoint", "export", "tools_cli"},
     "export": {"utils", "nets", "data", "checkpoint"},
+    # the MONAI bundle writer: the net trace (export) and the label names and transforms of segzoo.inference
+    "export_bundle": {"utils", "nets", "data", "checkpoint", "export", "inference"},
     "viz": {"utils", "data"},
     # hub: fine-tuning from hf-hub:ORG/NAME (segzoo.tasks.finetune)
     "tasks": {"utils", "nets", "losses", "metrics", "data", "inference", "checkpoint", "viz", "hub"},

@@ -41,6 +41,12 @@ def _resample_linear(array: np.ndarray | torch.Tensor, shape: Sequence[int]) -> 
     return F.interpolate(t[None], size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)[0]
 
 
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
+    """Shape of ``shape`` voxels of ``spacing`` resampled to ``target`` spacing: ``round(shape * spacing / target)``,
+    at least 1 per axis (the one rule of segzoo's preprocessing and of exported MONAI bundles)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=True))
+
+
 class _ResamplingPreprocessor:
     """What every 3D preprocessing shares: the training orientation, resampling to ``target_spacing`` and
     :meth:`restore` back to the original grid. Subclasses define ``normalize_channels`` and ``to_dict``."""
@@ -75,7 +81,7 @@ class _ResamplingPreprocessor:
 
     def new_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, ...]:
         """Shape after resampling ``shape`` at ``spacing`` to the target spacing: ``round(shape * spacing / target)``."""
-        return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, self.target_spacing, strict=True))
+        return resampled_shape(shape, spacing, self.target_spacing)
 
     def _resample(self, x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         """Resample normalised ``(C, *spatial)`` float32 to ``(C, *shape)`` with ``image_order``."""
