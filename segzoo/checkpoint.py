@@ -47,6 +47,7 @@ from segzoo.utils import atomic_path, atomic_write_text
 FORMAT_KEY = "segzoo_format"
 FORMAT_VERSION = 1
 PRETRAINED_FILES = ("config.json", "model.safetensors", "preprocessor.json", "inference.json")
+HF_PREFIX = "hf-hub:"  # a pretrained folder on the Hugging Face Hub (segzoo.hub)
 
 # Allow-lists. A value is a class, or the "module.Class" of a class in segzoo's own code (imported lazily, so that
 # reading a checkpoint imports no more than it needs); keys are the class paths a file may name (canonical
@@ -551,8 +552,9 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> LoadedModel
     """Load a segzoo checkpoint (``.ckpt`` of ``segzoo fit``) or a pretrained folder, without running its code.
 
     Args:
-        path: a Lightning checkpoint file, or a folder written by ``save_pretrained`` /
-            ``segzoo export --format pretrained``.
+        path: a Lightning checkpoint file, a folder written by ``save_pretrained`` /
+            ``segzoo export --format pretrained``, or ``hf-hub:ORG/NAME[@REVISION]``: such a folder on the Hugging
+            Face Hub, fetched into (or, with ``HF_HUB_OFFLINE=1``, read from) the local hub cache.
         trust: unpickle a checkpoint that ``weights_only`` loading refuses (it then may run code from the file; a
             :class:`UntrustedCheckpointWarning` is issued). Net, inferer and post-processing classes are checked
             against the allow-lists either way.
@@ -561,6 +563,8 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> LoadedModel
         CheckpointError: one line naming the file and the reason (unreadable, refused object or class, no segzoo
             record, a newer format, weights that do not fit the net).
     """
+    if str(path).startswith(HF_PREFIX):
+        return load_pretrained(_hub_folder(str(path)))
     path = Path(path)
     if path.is_dir():
         return load_pretrained(path)
@@ -593,6 +597,16 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> LoadedModel
     )
     _load_weights(net, state, str(path), what)
     return LoadedModel(net=net.eval(), format=fmt, source=path)
+
+
+def _hub_folder(source: str) -> Path:
+    """The local snapshot folder of ``hf-hub:ORG/NAME[@REVISION]`` (:func:`segzoo.hub.pretrained_folder`)."""
+    from segzoo.hub import pretrained_folder
+
+    try:
+        return pretrained_folder(source)
+    except (FileNotFoundError, ImportError) as e:  # not reachable nor cached; huggingface_hub missing (its extra named)
+        raise CheckpointError(_one_line(e, 500)) from None
 
 
 def _read_json(path: Path) -> Any:

@@ -143,6 +143,8 @@ def preprocessing_transforms(pre: Any, in_channels: int) -> list[dict[str, Any]]
         raise DataError(
             f"preprocessing {type(pre).__name__} has no MONAI bundle form (3D CTPreprocessor and Preprocessor only)"
         )
+    if getattr(pre, "regions", None):  # sigmoid region outputs: softmax + argmax would not give the labels
+        raise DataError("a region-based model (nnU-Net regions) has no MONAI bundle form yet; softmax + argmax only")
     channels = 1 if isinstance(pre, CTPreprocessor) else pre.in_channels
     if channels != in_channels:
         raise DataError(f"the preprocessing normalises {channels} channels; the net takes {in_channels}")

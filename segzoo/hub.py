@@ -1,10 +1,13 @@
 """Pretrained nets the way timm and smp users expect: a local folder or ``hf-hub:ORG/NAME``.
 
-A pretrained net is a folder with ``config.json`` (registry name, class path, constructor arguments) and
-``model.safetensors``, as :meth:`segzoo.nets.SegNet.save_pretrained` writes it. Loading always goes through
-:func:`segzoo.nets.base.from_pretrained`: weights are safetensors (no unpickling) and nothing from the folder runs.
-On the Hugging Face Hub the same two files (plus a generated ``README.md`` model card) form a model repository;
-with ``HF_HUB_OFFLINE=1`` a repository already in the local hub cache loads without the network.
+A pretrained folder holds ``config.json`` (registry name, class path, constructor arguments) and
+``model.safetensors``, and, when it comes from a trained checkpoint, ``preprocessor.json`` (normalisation, spacing,
+training orientation) and ``inference.json`` (window, post-processing): :data:`segzoo.checkpoint.PRETRAINED_FILES`,
+as :func:`segzoo.checkpoint.save_pretrained` writes them. Loading always goes through
+:func:`segzoo.checkpoint.load_checkpoint`: weights are safetensors (no unpickling), classes come from allow-lists
+and nothing from the folder runs. On the Hugging Face Hub the same files (plus a generated ``README.md`` model card)
+form a model repository, so ``segzoo infer --ckpt hf-hub:ORG/NAME`` predicts as with the checkpoint; with
+``HF_HUB_OFFLINE=1`` a repository already in the local hub cache loads without the network.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from typing import Any
 
 from torch import nn
 
-HF_PREFIX = "hf-hub:"
-PRETRAINED_FILES = ("config.json", "model.safetensors")
+from segzoo.checkpoint import HF_PREFIX, PRETRAINED_FILES, LoadedModel
 
 
 def _hub():
@@ -83,11 +85,19 @@ def create_net(name: str, pretrained: str | os.PathLike | None = None, **kwargs:
     return net
 
 
-def model_card(net: nn.Module, repo_id: str | None = None, description: str | None = None) -> str:
-    """A Markdown model card (Hub ``README.md``) for ``net``: metadata header, how to load, constructor arguments."""
+def model_card(
+    net: nn.Module, repo_id: str | None = None, description: str | None = None, files: tuple[str, ...] | None = None
+) -> str:
+    """A Markdown model card (Hub ``README.md``) for ``net``: metadata header, how to load, constructor arguments.
+
+    ``files``: the pretrained files beside it (default ``config.json`` and ``model.safetensors``); with
+    ``preprocessor.json`` the card shows ``segzoo infer --ckpt``.
+    """
     import json
 
     import segzoo
+
+    files = tuple(files or PRETRAINED_FILES[:2])
 
     config = getattr(net, "init_config", {"class_path": type(net).__name__, "init_args": {}})
     name = getattr(net, "registry_name", None)
@@ -105,7 +115,7 @@ def model_card(net: nn.Module, repo_id: str | None = None, description: str | No
         "",
         f"- segzoo registry name: `{name}`" if name else f"- class: `{config['class_path']}`",
         f"- parameters: {params:,}",
-        f"- written by segzoo {segzoo.__version__}; files: `config.json`, `model.safetensors` (no code is run to load)",
+        f"- written by segzoo {segzoo.__version__}; files: {', '.join(f'`{f}`' for f in files)} (no code is run to load)",
         "",
         "## Load",
         "",
@@ -115,6 +125,18 @@ def model_card(net: nn.Module, repo_id: str | None = None, description: str | No
         f"net = {load}",
         "```",
         "",
+    ]
+    if "preprocessor.json" in files:  # a whole model: preprocessing, window and post-processing travel with it
+        source = f"hf-hub:{repo_id}" if repo_id else "FOLDER"
+        lines += [
+            "## Predict",
+            "",
+            "```bash",
+            f"segzoo infer --ckpt {source} --input IMAGES --output PRED",
+            "```",
+            "",
+        ]
+    lines += [
         "## Constructor arguments",
         "",
         "```json",
@@ -125,28 +147,60 @@ def model_card(net: nn.Module, repo_id: str | None = None, description: str | No
     return "\n".join(lines)
 
 
-def save_pretrained(net: nn.Module, folder: str | os.PathLike, repo_id: str | None = None, **card: Any) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and ``README.md`` (the model card) into ``folder``."""
+def _net_and_format(model: nn.Module | LoadedModel | str | os.PathLike) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The net and its ``segzoo_format`` record (preprocessing, inferer, post-processing) of ``model``: a net alone
+    (no record), a :class:`~segzoo.checkpoint.LoadedModel`, or a checkpoint file / pretrained folder read through
+    the safe loader."""
+    if isinstance(model, nn.Module):
+        return model, None
+    if not isinstance(model, LoadedModel):
+        from segzoo.checkpoint import load_checkpoint
+
+        model = load_checkpoint(model)
+    return model.net, model.format
+
+
+def save_pretrained(
+    model: nn.Module | LoadedModel | str | os.PathLike,
+    folder: str | os.PathLike,
+    repo_id: str | None = None,
+    description: str | None = None,
+) -> Path:
+    """Write a pretrained folder and its ``README.md`` model card into ``folder``.
+
+    Args:
+        model: a segzoo net (``config.json`` + ``model.safetensors``), or a ``segzoo fit`` checkpoint, a pretrained
+            folder or a :class:`~segzoo.checkpoint.LoadedModel`, whose preprocessing, window and post-processing are
+            written too (``preprocessor.json``, ``inference.json``: everything ``segzoo infer`` needs).
+        folder: the folder to write.
+        repo_id: the Hub repository named in the card.
+        description: the card's first paragraph.
+    """
+    from segzoo.checkpoint import save_pretrained as save_folder
     from segzoo.utils import atomic_write_text
 
-    folder = Path(net.save_pretrained(folder))
-    atomic_write_text(folder / "README.md", model_card(net, repo_id, **card))
+    net, fmt = _net_and_format(model)
+    folder = Path(save_folder(net, folder, fmt))
+    files = tuple(f for f in PRETRAINED_FILES if (folder / f).is_file())
+    atomic_write_text(folder / "README.md", model_card(net, repo_id, description=description, files=files))
     return folder
 
 
 def push_to_hub(
-    net: nn.Module,
+    model: nn.Module | LoadedModel | str | os.PathLike,
     repo_id: str,
     private: bool | None = None,
     token: str | None = None,
-    commit_message: str = "Upload segzoo net",
+    commit_message: str = "Upload segzoo model",
     description: str | None = None,
     api: Any = None,
 ) -> str:
-    """Upload ``net`` to the Hugging Face Hub repository ``repo_id`` (created if missing).
+    """Upload a model to the Hugging Face Hub repository ``repo_id`` (created if missing).
 
     Args:
-        net: a segzoo net (``SegNet``: it records its constructor arguments).
+        model: a segzoo net (``SegNet``: it records its constructor arguments), or a ``segzoo fit`` checkpoint,
+            pretrained folder or :class:`~segzoo.checkpoint.LoadedModel`: then its preprocessing, window and
+            post-processing are uploaded too, so ``segzoo infer --ckpt hf-hub:ORG/NAME`` predicts as the checkpoint.
         repo_id: ``ORG/NAME``.
         private: create the repository private.
         token: Hub token; default the one ``huggingface-cli login`` stored.
@@ -161,6 +215,6 @@ def push_to_hub(
     api = api if api is not None else hub.HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="segzoo-push-") as tmp:
-        save_pretrained(net, tmp, repo_id=repo_id, description=description)
+        save_pretrained(model, tmp, repo_id=repo_id, description=description)
         info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message, repo_type="model")
     return str(getattr(info, "commit_url", info))

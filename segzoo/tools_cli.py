@@ -161,7 +161,9 @@ def cmd_export(argv: Sequence[str]) -> int:
         "save_pretrained directory, or the whole model (preprocessing, sliding window, post-processing) as a MONAI "
         "bundle.",
     )
-    p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) or save_pretrained directory")
+    p.add_argument(
+        "--ckpt", required=True, help="Lightning checkpoint (.ckpt), save_pretrained directory or hf-hub:ORG/NAME"
+    )
     p.add_argument("--format", required=True, choices=(*EXPORT_FORMATS, "monai-bundle"))
     p.add_argument("--out", required=True, help="output file (.onnx / .pt) or directory (pretrained, monai-bundle)")
     p.add_argument(

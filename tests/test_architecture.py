@@ -17,7 +17,8 @@ ALLOWED = {
     "losses": {"utils"},
     "metrics": {"utils", "data"},  # data: dataset constants only (segzoo.data.brats.BRATS_LABELS), see the page
     "data": {"utils"},
-    "checkpoint": {"utils", "data", "nets"},  # nets: resolved by registry name / registered class only
+    # nets: resolved by registry name / registered class only; hub: the local folder of an hf-hub: source
+    "checkpoint": {"utils", "data", "nets", "hub"},
     # export: the ONNX graph for --backend; tools_cli: the shared --trust-checkpoint help
     "inference": {"utils", "nets", "data", "checkpoint", "export", "tools_cli"},
     "export": {"utils", "nets", "data", "checkpoint"},

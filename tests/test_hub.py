@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,3 +125,112 @@ def test_offline_load_from_the_hub_cache(tiny_net, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MISSING: pretrained 'hf-hub:segzoo-test/not-cached': not in the local hub cache" in result.stdout
+
+
+# ------------------------------------------------------------------------------ hub models in `segzoo infer`
+def _ct_checkpoint(path: Path) -> Path:
+    """A 3D checkpoint carrying everything `segzoo infer` uses: CT preprocessing with a training orientation and
+    spacing, the sliding-window inferer, KiTS19 post-processing."""
+    from segzoo.checkpoint import checkpoint_format
+    from segzoo.data.preprocessor import CTPreprocessor
+    from segzoo.inference import KiTSPostprocess, SlidingWindowTTAInferer
+    from segzoo.nets import MSSUNet
+
+    torch.manual_seed(1)
+    net = MSSUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], base_features=4)
+    pre = CTPreprocessor(-1.0, 3.0, 0.5, 0.7, target_spacing=(2.0, 1.5, 1.5), orientation=("I", "P", "L"))
+    post = KiTSPostprocess(min_relative_size=0.0, remove_detached_tumour=False, validation={"chosen": "by test"})
+    fmt = checkpoint_format(net, SlidingWindowTTAInferer(roi_size=[8, 16, 16], overlap=0.25), post, pre)
+    torch.save({"segzoo_format": fmt, "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, path)
+    return path
+
+
+@pytest.fixture
+def offline_hub_cache(tmp_path, monkeypatch):
+    """An empty hub cache and HF_HUB_OFFLINE=1 for this process (huggingface_hub reads both at import)."""
+    hub = pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_infer_from_the_hub_cache_equals_the_checkpoint(tmp_path, offline_hub_cache):
+    """push_to_hub of a checkpoint uploads the whole model; `segzoo infer --ckpt hf-hub:...` from the cache, offline,
+    predicts what the checkpoint predicts, on an image stored in another orientation and spacing."""
+    import nibabel as nib
+
+    from segzoo.checkpoint import load_checkpoint
+    from segzoo.cli import main
+    from segzoo.data.io import save_nifti
+
+    ckpt = _ct_checkpoint(tmp_path / "model.ckpt")
+    push_to_hub(ckpt, "segzoo-test/ct", api=RecordingHubApi(tmp_path / "remote"))
+    files = sorted(p.name for p in (tmp_path / "remote").iterdir())
+    assert files == ["README.md", "config.json", "inference.json", "model.safetensors", "preprocessor.json"]
+    assert "segzoo infer --ckpt hf-hub:segzoo-test/ct" in (tmp_path / "remote" / "README.md").read_text()
+    put_in_hub_cache(tmp_path / "remote", offline_hub_cache, "segzoo-test/ct")
+
+    hub_model, own = load_checkpoint("hf-hub:segzoo-test/ct"), load_checkpoint(ckpt)
+    for key in ("preprocessor", "inferer", "postprocess"):  # orientation, spacing, window, post-processing
+        assert hub_model.format[key] == own.format[key], key
+    assert hub_model.format["preprocessor"]["orientation"] == ["I", "P", "L"]
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0.5, 1.0, (36, 40, 14)).astype(np.float32)  # stored R/A/S, slices last
+    volume[8:28, 10:30, 4:10] += 2.0
+    save_nifti(volume, np.diag([1.3, 1.2, 2.6, 1.0]), tmp_path / "in" / "ct.nii.gz")
+    labels = {}
+    for name, source in (("ckpt", str(ckpt)), ("hub", "hf-hub:segzoo-test/ct")):
+        out = tmp_path / name
+        assert main(["infer", "--ckpt", source, "--input", str(tmp_path / "in"), "--output", str(out)]) == 0
+        labels[name] = np.asarray(nib.load(str(out / "ct.nii.gz")).dataobj)
+    assert len(np.unique(labels["ckpt"])) > 1
+    np.testing.assert_array_equal(labels["hub"], labels["ckpt"])
+
+
+def test_hub_models_are_read_by_the_safe_loader(tmp_path, offline_hub_cache, capsys):
+    """What is not cached, and a cached repository naming a class outside the allow-list, are one line each."""
+    from expect import expect_cli_error
+
+    from segzoo.data.io import save_nifti
+
+    image = save_nifti(np.zeros((8, 16, 16), np.float32), np.eye(4), tmp_path / "in" / "ct.nii.gz")
+    args = ["--input", str(image), "--output", str(tmp_path / "out")]
+    expect_cli_error(
+        ["infer", "--ckpt", "hf-hub:segzoo-test/absent", *args], capsys, "hf-hub:segzoo-test/absent", "HF_HUB_OFFLINE"
+    )
+
+    segzoo.hub.save_pretrained(_ct_checkpoint(tmp_path / "model.ckpt"), tmp_path / "evil")
+    marker = tmp_path / "ran"
+    config = json.loads((tmp_path / "evil" / "config.json").read_text())
+    config.update(class_path="subprocess.run", init_args={"args": ["touch", str(marker)]})
+    (tmp_path / "evil" / "config.json").write_text(json.dumps(config))
+    put_in_hub_cache(tmp_path / "evil", offline_hub_cache, "segzoo-test/evil")
+    expect_cli_error(["infer", "--ckpt", "hf-hub:segzoo-test/evil", *args], capsys, "config.json", "subprocess.run")
+    assert not marker.exists()
+
+
+def test_hub_download_asks_for_every_pretrained_file(tmp_path, monkeypatch):
+    """Online, `hf-hub:` fetches only the files it asks for: all of PRETRAINED_FILES, so preprocessing, window and
+    post-processing arrive with the weights (huggingface_hub's download replaced by a copy of the matching files)."""
+    import fnmatch
+
+    hub = pytest.importorskip("huggingface_hub")
+    from segzoo.checkpoint import load_checkpoint
+
+    push_to_hub(_ct_checkpoint(tmp_path / "model.ckpt"), "segzoo-test/ct", api=RecordingHubApi(tmp_path / "remote"))
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=(), **kwargs):
+        local = tmp_path / "downloaded"
+        local.mkdir(exist_ok=True)
+        for f in (tmp_path / "remote").iterdir():
+            if any(fnmatch.fnmatch(f.name, pattern) for pattern in allow_patterns):
+                shutil.copyfile(f, local / f.name)
+        return str(local)
+
+    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    loaded = load_checkpoint("hf-hub:segzoo-test/ct")
+    assert loaded.roi_size == [8, 16, 16] and loaded.preprocessor().orientation == ("I", "P", "L")
+    assert type(loaded.postprocess()).__name__ == "KiTSPostprocess"

@@ -26,7 +26,8 @@ def cmd_infer(argv: Sequence[str]) -> int:
         "--ckpt",
         required=True,
         action="append",
-        help="Lightning checkpoint (.ckpt), save_pretrained directory or segzoo cv run folder (its folds); repeat it "
+        help="Lightning checkpoint (.ckpt), save_pretrained directory, hf-hub:ORG/NAME or segzoo cv run folder (its "
+        "folds); repeat it "
         "for an ensemble: the mean of the members' probabilities (segzoo.inference.ensemble)",
     )
     p.add_argument("--folds", type=int, nargs="+", default=None, help="the folds of a cv run folder to ensemble")
