@@ -103,6 +103,23 @@ def _before_run(cli) -> None:
     labels = getattr(dm, "label_names", None)
     if labels and hasattr(getattr(task, "metric", None), "bind_labels"):
         task.metric.bind_labels(labels)  # a generic metric scores the dataset's own labels
+    regions = getattr(dm, "regions", None)
+    if regions:  # nnU-Net region labels: one sigmoid output per region, a region loss on the label maps
+        from torch import nn
+
+        from segzoo.data.io import DataError
+
+        loss = getattr(task, "loss", None)
+        binders = [m for m in loss.modules() if hasattr(m, "bind_regions")] if isinstance(loss, nn.Module) else []
+        if not binders:
+            raise DataError(
+                f"{dm.data_dir}: region labels ({len(regions)} regions) train with a region loss on sigmoid outputs: "
+                "use --config mss_unet3d_regions (segzoo.losses.RegionLoss)"
+            )
+        for module in binders:
+            module.bind_regions(regions)
+        if hasattr(getattr(task, "metric", None), "bind_regions"):
+            task.metric.bind_regions(dict(zip(dm.source.regions, regions)))
     window = getattr(dm, "patch_size", None) or getattr(dm, "image_size", None)
     channels = getattr(dm, "in_channels", None)
     if cli.subcommand == "fit" and window and channels and getattr(task, "example_input_array", None) is None:

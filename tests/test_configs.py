@@ -40,23 +40,30 @@ def own_dataset(tmp_path_factory):
     """An nnU-Net raw dataset for the generic recipes (they plan from the data, so they need one to instantiate)."""
     from segzoo.data.synthetic.nnunet import write_nnunet
 
-    root = tmp_path_factory.mktemp("own") / "Dataset501_Synth"
-    write_nnunet(root, cases=3, test_cases=0)
+    root = tmp_path_factory.mktemp("own")
+    write_nnunet(root / "Dataset501_Synth", cases=3, test_cases=0)
+    write_nnunet(root / "Dataset502_Reg", cases=3, test_cases=0, regions=True)
     return root
 
 
-GENERIC = ("mss_unet3d",)
+# the generic recipes plan from the data, so they need a dataset to instantiate: recipe -> (dataset, classes)
+GENERIC = {
+    "mss_unet3d": ("Dataset501_Synth", 4),
+    "drnet": ("Dataset501_Synth", 4),
+    "mss_unet3d_regions": ("Dataset502_Reg", 3),
+}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_config_instantiates(recipe, tmp_path, own_dataset):
-    extra = ["--data.data_dir", str(own_dataset)] if recipe in GENERIC else []
+    extra = ["--data.data_dir", str(own_dataset / GENERIC[recipe][0])] if recipe in GENERIC else []
     cli = _instantiate(recipe, tmp_path, *extra)
     config = recipe
-    if recipe in GENERIC:  # channels and classes from dataset.json, topology from the plan
+    if recipe in GENERIC:  # channels and classes (labels, or regions) from dataset.json
+        assert (cli.datamodule.in_channels, cli.datamodule.num_classes) == (2, GENERIC[recipe][1])
+    if recipe in GENERIC and recipe != "drnet":  # the 3D topology from the plan
         plan = cli.datamodule.plan
         net_args = cli.model.net.init_config["init_args"]
-        assert (cli.datamodule.in_channels, cli.datamodule.num_classes) == (2, 4)
         assert (list(net_args["kernel_size"]), list(net_args["strides"])) == (plan["kernel_size"], plan["strides"])
         assert list(cli.datamodule.patch_size) == plan["patch_size"]
     assert isinstance(cli.model, segzoo.tasks.SegmentationTask)

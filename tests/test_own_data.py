@@ -252,3 +252,34 @@ def test_slice_preprocessing_round_trip(dataset):
         top, left = (72 - h) // 2, (72 - w) // 2
         padded = torch.nn.functional.pad(onehot, (left, 72 - w - left, top, 72 - h - top))
         np.testing.assert_array_equal(r.undo(pre.restore(padded, oriented.shape)), label)
+
+
+def test_region_dataset_trains_with_sigmoid_outputs_and_writes_label_maps(tmp_path, capsys):
+    """nnU-Net region labels (organ = [1, 2, 3], lesion = [2], vessel = [3], regions_class_order [1, 2, 3]): one sigmoid
+    output per region, region Dice in validation, label maps of the painted values from segzoo infer; the plain
+    recipe refuses such a dataset in one line."""
+    data = tmp_path / "Dataset502_Reg"
+    write_nnunet(data, cases=4, test_cases=2, seed=4, regions=True)
+    run = tmp_path / "run"
+    args = ["fit", "--config", "mss_unet3d", "--data.data_dir", str(data), "--trainer.default_root_dir", str(run)]
+    assert main([*args, *TINY, "--trainer.logger.save_dir", str(run)]) == 2
+    assert "mss_unet3d_regions" in capsys.readouterr().err
+    args[2] = "mss_unet3d_regions"
+    assert main([*args, *TINY, "--trainer.logger.save_dir", str(run)]) == 0
+    from segzoo.checkpoint import load_checkpoint
+
+    ckpt = run / "checkpoints" / "last.ckpt"
+    loaded = load_checkpoint(ckpt)
+    assert loaded.net.init_config["init_args"]["out_channels"] == 3  # one output per region
+    assert loaded.preprocessor().regions == [[1, 2, 3], [2], [3]]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"region organ/dice", "region lesion/dice", "region vessel/dice"} <= set(metrics["mean"])
+    out = tmp_path / "pred"
+    assert (
+        main(["infer", "--ckpt", str(ckpt), "--input", str(data / "imagesTs"), "--output", str(out), "--tta", "none"])
+        == 0
+    )
+    for case in ("synth_004", "synth_005"):
+        pred = np.asarray(nib.load(str(out / f"{case}.nii.gz")).dataobj)
+        assert pred.shape == nib.load(str(data / "imagesTs" / f"{case}_0000.nii.gz")).shape
+        assert set(np.unique(pred).tolist()) <= {0, 1, 2, 3}

@@ -302,11 +302,7 @@ class PatchDataModule(L.LightningDataModule):
         from segzoo.data.sources import open_source
 
         self.source = open_source(data_dir)
-        if self.source.regions:
-            raise DataError(
-                f"{self.source.root}: region labels ({', '.join(self.source.regions)}): training on regions (sigmoid "
-                "outputs) is not supported yet; declare plain labels in dataset.json"
-            )
+        self.regions, self.regions_class_order = _region_encoding(self.source)
         self.in_channels = self.source.in_channels
         self.num_classes = self.source.num_classes
         self.label_names = self.source.label_names
@@ -384,7 +380,18 @@ class PatchDataModule(L.LightningDataModule):
         if self._restored is not None:  # a checkpoint's preprocessing wins over a recomputed one
             return Preprocessor.from_dict(self._restored)
         plan = {**self.plan, "target_spacing": list(self.target_spacing), "orientation": fingerprint.get("orientation")}
-        return Preprocessor.from_plan(plan, fingerprint, self.hparams.image_order)
+        return Preprocessor.from_plan(plan, fingerprint, self.hparams.image_order, **self.label_encoding())
+
+    def label_encoding(self) -> dict[str, Any]:
+        """``{"regions", "regions_class_order", "num_labels"}`` of a region dataset (the preprocessing stores it for
+        inference), else ``{}``."""
+        if not self.regions:
+            return {}
+        return {
+            "regions": self.regions,
+            "regions_class_order": self.regions_class_order,
+            "num_labels": len(self.label_names),
+        }
 
     def _preprocessor_from_dict(self, d: dict[str, Any]):
         from segzoo.data.preprocessor import Preprocessor
@@ -720,3 +727,16 @@ def plan_for_config(init_args: dict[str, Any]) -> dict[str, Any]:
     defaults = {k: v.default for k, v in inspect.signature(PatchDataModule.__init__).parameters.items() if k != "self"}
     hp = {**defaults, **{k: v for k, v in dict(init_args).items() if k in defaults}}
     return _plan(open_source(hp["data_dir"]), hp)
+
+
+def _region_encoding(source) -> tuple[list[list[int]] | None, list[int] | None]:
+    """``(regions, regions_class_order)`` of a source with nnU-Net region labels (one sigmoid output per region, in
+    dataset.json's order), else ``(None, None)``."""
+    if not source.regions:
+        return None, None
+    if not source.regions_class_order or len(source.regions_class_order) != len(source.regions):
+        raise DataError(
+            f"{source.root}: {len(source.regions)} region labels need 'regions_class_order' with one value each "
+            "(nnU-Net's convention)"
+        )
+    return [list(m) for m in source.regions.values()], list(source.regions_class_order)

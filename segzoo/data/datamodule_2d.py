@@ -627,15 +627,12 @@ class SliceDataModule(_SliceDataModule):
             fold=fold,
             splits_file=splits_file,
         )
+        from segzoo.data.datamodule import _region_encoding
         from segzoo.data.planning import header_fingerprint, normalization_for
         from segzoo.data.sources import open_source
 
         self.source = open_source(data_dir)
-        if self.source.regions:
-            raise DataError(
-                f"{self.source.root}: region labels ({', '.join(self.source.regions)}): training on regions (sigmoid "
-                "outputs) is not supported yet; declare plain labels in dataset.json"
-            )
+        self.regions, self.regions_class_order = _region_encoding(self.source)
         if not self.source.training:
             raise DataError(f"{self.source.root}: no labelled training case found")
         self.verify = bool(verify)
@@ -686,8 +683,21 @@ class SliceDataModule(_SliceDataModule):
     def preprocessor(self):
         from segzoo.data.slice2d import VolumeSlicePreprocessor
 
+        labels = {}
+        if self.regions:
+            labels = {
+                "regions": self.regions,
+                "regions_class_order": self.regions_class_order,
+                "num_labels": len(self.label_names),
+            }
         return VolumeSlicePreprocessor(
-            self.normalization, self._stats(), self.image_size, self.resize_mode, self.slice_axis, self.orientation
+            self.normalization,
+            self._stats(),
+            self.image_size,
+            self.resize_mode,
+            self.slice_axis,
+            self.orientation,
+            **labels,
         )
 
     def _read(self, case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:

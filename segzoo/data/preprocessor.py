@@ -255,6 +255,11 @@ class Preprocessor(_ResamplingPreprocessor):
         target_spacing: voxel size to resample to, mm, in the training orientation's axis order.
         image_order: image interpolation: 1 trilinear (default), 3 cubic, 0 nearest.
         orientation: axis codes of the training data (see :class:`CTPreprocessor`).
+        regions: a region dataset's label encoding (nnU-Net's region labels: the values of each region, in the
+            net's output order); with ``regions_class_order`` (the value each region paints) and ``num_labels``
+            (label values, background included), inference turns the region outputs into label maps
+            (:class:`segzoo.nets.regions.RegionScores`). Stored here because it travels with the checkpoint the same
+            way; it does not change :meth:`preprocess`.
 
     nnU-Net z-scores MR channels inside the non-zero mask when cropping to it shrinks the case by a quarter or more
     (brain MR); segzoo z-scores over all voxels (one rule for every case; see ``docs/data/own_data.md``).
@@ -267,6 +272,9 @@ class Preprocessor(_ResamplingPreprocessor):
         target_spacing: Sequence[float] = PAPER_TARGET_SPACING,
         image_order: int = 1,
         orientation: Sequence[str] | None = None,
+        regions: Sequence[Sequence[int]] | None = None,
+        regions_class_order: Sequence[int] | None = None,
+        num_labels: int | None = None,
     ) -> None:
         from segzoo.data.planning import NORMALIZATIONS
 
@@ -289,19 +297,31 @@ class Preprocessor(_ResamplingPreprocessor):
             None if st is None else {k: float(st[k]) for k in ("percentile_00_5", "percentile_99_5", "mean", "std")}
             for st in stats
         ]
+        self.regions = None if not regions else [[int(v) for v in r] for r in regions]
+        self.regions_class_order = None if regions_class_order is None else [int(v) for v in regions_class_order]
+        self.num_labels = None if num_labels is None else int(num_labels)
+        if self.regions is not None and (
+            self.regions_class_order is None
+            or len(self.regions_class_order) != len(self.regions)
+            or self.num_labels is None
+        ):
+            raise ValueError("regions need regions_class_order (one value per region) and num_labels")
 
     @property
     def in_channels(self) -> int:
         return len(self.normalization)
 
     @classmethod
-    def from_plan(cls, plan: dict[str, Any], fingerprint: dict[str, Any] | None, image_order: int = 1) -> Preprocessor:
-        """From a :func:`segzoo.data.planning.plan_dataset` plan and (for CT channels) the voxel fingerprint."""
+    def from_plan(
+        cls, plan: dict[str, Any], fingerprint: dict[str, Any] | None, image_order: int = 1, **labels: Any
+    ) -> Preprocessor:
+        """From a :func:`segzoo.data.planning.plan_dataset` plan and (for CT channels) the voxel fingerprint;
+        ``labels``: ``regions``, ``regions_class_order`` and ``num_labels`` of a region dataset."""
         stats = (fingerprint or {}).get("channels") or [None] * len(plan["normalization"])
-        return cls(plan["normalization"], stats, plan["target_spacing"], image_order, plan.get("orientation"))
+        return cls(plan["normalization"], stats, plan["target_spacing"], image_order, plan.get("orientation"), **labels)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "normalization": list(self.normalization),
             "channel_stats": [None if st is None else dict(st) for st in self.channel_stats],
             "target_spacing": list(self.target_spacing),
@@ -309,12 +329,22 @@ class Preprocessor(_ResamplingPreprocessor):
             "label_order": 0,
             "orientation": None if self.orientation is None else list(self.orientation),
         }
+        if self.regions is not None:  # the label encoding of a region dataset (its net has one output per region)
+            out.update(regions=self.regions, regions_class_order=self.regions_class_order, num_labels=self.num_labels)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
         try:
             return cls(
-                d["normalization"], d.get("channel_stats"), d["target_spacing"], d["image_order"], d.get("orientation")
+                d["normalization"],
+                d.get("channel_stats"),
+                d["target_spacing"],
+                d["image_order"],
+                d.get("orientation"),
+                d.get("regions"),
+                d.get("regions_class_order"),
+                d.get("num_labels"),
             )
         except KeyError as e:
             raise DataError(f"preprocessor state lacks key {e}; expected the output of Preprocessor.to_dict") from None

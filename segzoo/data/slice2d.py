@@ -227,6 +227,8 @@ class VolumeSlicePreprocessor:
         resize_mode: ``"resize"`` (bilinear) or ``"pad"`` (centred zero padding).
         slice_axis: the spatial axis (training orientation) the slices are cut along: the coarsest one.
         orientation: axis codes of the training data; ``None`` keeps arrays as stored.
+        regions, regions_class_order, num_labels: a region dataset's label encoding (see
+            :class:`~segzoo.data.preprocessor.Preprocessor`).
     """
 
     type = PLANNED_2D_TYPE
@@ -239,6 +241,9 @@ class VolumeSlicePreprocessor:
         resize_mode: str = "resize",
         slice_axis: int = 0,
         orientation: Sequence[str] | None = None,
+        regions: Sequence[Sequence[int]] | None = None,
+        regions_class_order: Sequence[int] | None = None,
+        num_labels: int | None = None,
     ) -> None:
         from segzoo.data.preprocessor import Preprocessor
 
@@ -249,7 +254,11 @@ class VolumeSlicePreprocessor:
         if int(slice_axis) not in (0, 1, 2):
             raise ValueError(f"slice_axis={slice_axis}: expected 0, 1 or 2")
         # the normalisation (and its checks) is the 3D preprocessing's; its grid settings are not used
-        self._norm = Preprocessor(normalization, channel_stats, (1.0, 1.0, 1.0), 1, orientation)
+        self._norm = Preprocessor(
+            normalization, channel_stats, (1.0, 1.0, 1.0), 1, orientation, regions, regions_class_order, num_labels
+        )
+        self.regions, self.regions_class_order = self._norm.regions, self._norm.regions_class_order
+        self.num_labels = self._norm.num_labels
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.resize_mode = resize_mode
         self.slice_axis = int(slice_axis)
@@ -273,6 +282,7 @@ class VolumeSlicePreprocessor:
             "resize_mode": self.resize_mode,
             "slice_axis": self.slice_axis,
             "orientation": n["orientation"],
+            **{k: n[k] for k in ("regions", "regions_class_order", "num_labels") if k in n},
         }
 
     @classmethod
@@ -285,6 +295,9 @@ class VolumeSlicePreprocessor:
                 d.get("resize_mode", "resize"),
                 d["slice_axis"],
                 d.get("orientation"),
+                d.get("regions"),
+                d.get("regions_class_order"),
+                d.get("num_labels"),
             )
         except KeyError as e:
             raise DataError(

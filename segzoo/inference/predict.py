@@ -297,9 +297,15 @@ def load_predictor(
 
         if backend != "torch":
             raise ValueError(f"backend {backend!r}: 2D nets on volumes run with the torch backend")
-        size = list(getattr(loaded.preprocessor(), "image_size", roi[-2:]))
+        pre = loaded.preprocessor()
+        size = list(getattr(pre, "image_size", roi[-2:]))
         inferer = SliceInferer(roi_size=size, sw_batch_size=max(sw_batch_size, 1), spatial_dim=0, progress=False)
-        return Predictor(loaded.net.to(dev).eval(), inferer, loaded.preprocessor(), post, dev)
+        net2d = loaded.net.to(dev).eval()
+        if getattr(pre, "regions", None):
+            from segzoo.nets.regions import RegionScores
+
+            net2d = RegionScores(net2d, pre.regions_class_order, pre.num_labels).eval()
+        return Predictor(net2d, inferer, pre, post, dev)
     inferer = SlidingWindowTTAInferer(
         roi_size=roi,
         sw_batch_size=sw_batch_size,
@@ -315,6 +321,11 @@ def load_predictor(
         **crop_arguments(crop),
     )
     net = loaded.net.to(dev).eval()
+    pre = loaded.preprocessor()
+    if getattr(pre, "regions", None):  # a region net: class scores whose argmax is the label map
+        from segzoo.nets.regions import RegionScores
+
+        net = RegionScores(net, pre.regions_class_order, pre.num_labels).eval()
     if backend != "torch":
         args = getattr(net, "init_config", {}).get("init_args", {})
         shape = (1, int(args.get("in_channels", 1)), *roi)

@@ -40,8 +40,11 @@ def label_scores(
     labels: Mapping[int, str],
     spacing: Sequence[float] | None = None,
     hd95: bool = True,
+    regions: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, float]:
-    """``{"<name>/dice", "<name>/hd95" ..., "mean/dice"}`` of one case for every foreground label in ``labels``."""
+    """``{"<name>/dice", "<name>/hd95" ..., "mean/dice"}`` of one case for every foreground label in ``labels``;
+    with nnU-Net ``regions`` also ``"region <name>/dice"`` (and hd95) of every region's mask, and ``mean/dice`` is
+    then the mean over the regions (what nnU-Net reports for a region dataset)."""
     pred, target = np.asarray(pred), np.asarray(target)
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {target.shape}")
@@ -58,6 +61,16 @@ def label_scores(
         if hd95:
             out[f"{name}/hd95"] = _hd95(p, r, spacing)
         dices.append(d)
+    if regions:
+        dices = []
+        for name, members in regions.items():
+            p, r = np.isin(pred, list(members)), np.isin(target, list(members))
+            tp, fp_fn = int(np.count_nonzero(p & r)), int(np.count_nonzero(p ^ r))
+            d = float("nan") if tp + fp_fn == 0 else 2 * tp / (2 * tp + fp_fn)
+            out[f"region {name}/dice"] = d
+            if hd95:
+                out[f"region {name}/hd95"] = _hd95(p, r, spacing)
+            dices.append(d)
     finite = [d for d in dices if not np.isnan(d)]
     out["mean/dice"] = float(np.mean(finite)) if finite else float("nan")
     return out
@@ -76,6 +89,15 @@ class LabelMetric(CaseMetric):
         super().__init__()
         self.labels = None if labels is None else {int(k): str(v) for k, v in labels.items()}
         self.hd95 = bool(hd95)
+        self.region_members: dict[str, list[int]] | None = None
+
+    def bind_regions(self, regions: Mapping[str, Sequence[int]]) -> None:
+        """Also score nnU-Net regions (``{name: values}``); ``mean/dice`` becomes their mean."""
+        self.region_members = {str(k): [int(v) for v in m] for k, m in regions.items()}
+
+    def regions(self) -> dict[str, tuple[int, ...]]:
+        """The bound nnU-Net regions (``{name: values}``), for the dead-class check."""
+        return {k: tuple(v) for k, v in (self.region_members or {}).items()}
 
     def bind_labels(self, labels: Mapping[int, str]) -> None:
         """Adopt the dataset's labels unless the config gave some."""
@@ -95,4 +117,4 @@ class LabelMetric(CaseMetric):
         if labels is None:  # no dataset bound: every value seen
             values = sorted(set(np.unique(pred).tolist()) | set(np.unique(target).tolist()))
             labels = {int(v): f"label_{int(v)}" for v in values}
-        return label_scores(pred, target, labels, spacing, self.hd95)
+        return label_scores(pred, target, labels, spacing, self.hd95, self.region_members)

@@ -243,10 +243,22 @@ class SegmentationTask(pl.LightningModule):
     def predict_scores(self, image: torch.Tensor) -> torch.Tensor:
         """Whole-case class scores ``(B, K, *spatial)``: what the inferer returns (the TTA inferer's default: mean
         probabilities; ``SliceInferer`` or no inferer: logits); argmax over ``K`` is the label map."""
+        net = self._eval_net()
         if self.inferer is not None:
-            return self.inferer(image, self.net)
-        out = self.net(image)
+            return self.inferer(image, net)
+        out = net(image)
         return out[0] if isinstance(out, list | tuple) else out
+
+    def _eval_net(self) -> nn.Module:
+        """The net, or for a region dataset (the datamodule's preprocessing holds ``regions``) the net wrapped to give
+        class scores whose argmax is the label map (:class:`segzoo.nets.regions.RegionScores`)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        pre = getattr(datamodule, "preprocessor", None)
+        if getattr(pre, "regions", None):
+            from segzoo.nets.regions import RegionScores
+
+            return RegionScores(self.net, pre.regions_class_order, pre.num_labels)
+        return self.net
 
     def predict_labels(self, image: torch.Tensor) -> torch.Tensor:
         """Whole-case label maps ``(B, *spatial)`` after optional post-processing."""

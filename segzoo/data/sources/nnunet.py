@@ -30,38 +30,33 @@ def is_nnunet_json(meta: dict[str, Any]) -> bool:
 def parse_labels(path: Path, labels: Any) -> tuple[dict[int, str], dict[str, list[int]] | None]:
     """``({value: name}, regions or None)`` from nnU-Net's ``{name: value | [values]}``.
 
-    Every value a label map may hold gets a name; with regions, a value that only occurs inside regions is named
-    after the smallest region that holds it.
+    As nnU-Net's ``LabelManager``: once one label is a list of several values, every foreground label is a region (an
+    int = a one-value region), in the order dataset.json lists them (``regions_class_order`` follows that order).
+    Every value a label map may hold gets a name; a value that only occurs inside regions is named after the smallest
+    region that holds it.
     """
     if not isinstance(labels, dict) or not labels:
         raise DataError(f"{path}: 'labels' must be a non-empty {{name: value}} mapping")
-    values: dict[int, str] = {}
-    regions: dict[str, list[int]] = {}
+    members: dict[str, list[int]] = {}
     for name, value in labels.items():
         if isinstance(value, list | tuple):
-            if not value or not all(isinstance(v, int) for v in value):
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 raise DataError(f"{path}: label '{name}': a region must be a non-empty list of integer values")
-            if len(value) == 1 and value[0] == 0:
-                values[0] = str(name)
-                continue
-            regions[str(name)] = [int(v) for v in value]
+            members[str(name)] = [int(v) for v in value]
         elif isinstance(value, int) and not isinstance(value, bool):
-            values[int(value)] = str(name)
+            members[str(name)] = [int(value)]
         else:
             raise DataError(f"{path}: label '{name}' = {value!r}; expected an integer value or a list (region)")
+    values: dict[int, str] = {m[0]: name for name, m in members.items() if len(m) == 1}
     if 0 not in values:
         raise DataError(f"{path}: 'labels' must declare the background as value 0 (nnU-Net's convention)")
-    if any(len(v) > 1 for v in regions.values()):
-        # nnU-Net's LabelManager: once one label is a region, every foreground label is one (an int = a 1-value region)
-        for v, name in values.items():
-            if v != 0 and name not in regions:
-                regions[name] = [v]
-    if regions:
-        for name, members in sorted(regions.items(), key=lambda kv: len(kv[1])):
-            for v in members:
-                values.setdefault(v, name)
-        regions.pop("background", None)
-    return dict(sorted(values.items())), (regions or None)
+    if not any(len(m) > 1 for m in members.values()):
+        return dict(sorted(values.items())), None
+    regions = {name: m for name, m in members.items() if m != [0]}
+    for name, m in sorted(regions.items(), key=lambda kv: len(kv[1])):
+        for v in m:
+            values.setdefault(v, name)
+    return dict(sorted(values.items())), regions
 
 
 def group_channel_files(folder: Path, file_ending: str) -> tuple[dict[str, dict[int, Path]], list[Path]]:
