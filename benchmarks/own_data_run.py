@@ -37,6 +37,10 @@ def main() -> None:
     p.add_argument("--val-every", type=int, default=50, help="steps per epoch (validation after each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", default=None, help="keep the data and run in this folder")
+    p.add_argument(
+        "--adam", type=float, default=None, help="Adam with this learning rate instead of the recipe's SGD (1e-2)"
+    )
+    p.add_argument("--tag", default="", help="suffix of the result files (own_data_cpu<tag>.json / .md)")
     args = p.parse_args()
     from segzoo.cli import main as segzoo
     from segzoo.data.synthetic.nnunet import write_nnunet
@@ -61,6 +65,8 @@ def main() -> None:
         "--model.scheduler.init_args.total_iters", str(epochs), "--seed_everything", str(args.seed),
         "--data.seed", str(args.seed),
     ]  # fmt: skip
+    if args.adam is not None:
+        fit += ["--model.optimizer", json.dumps({"class_path": "torch.optim.Adam", "init_args": {"lr": args.adam}})]
     t0 = time.perf_counter()
     assert segzoo(["fit", *fit]) == 0
     fit_s = time.perf_counter() - t0
@@ -96,6 +102,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "seed": args.seed,
         "steps": epochs * args.val_every,
+        "optimizer": "recipe (SGD 1e-2, Nesterov)" if args.adam is None else f"Adam {args.adam}",
         "fit_s": fit_s,
         "infer_s": infer_s,
         "test_cases": split["test"],
@@ -108,7 +115,7 @@ def main() -> None:
         "",
         f"`--config mss_unet3d` on `segzoo synth nnunet` data ({args.cases} cases: {len(split['train'])} train, "
         f"{len(split['val'])} validation, {len(split['test'])} held-out test), {result['steps']} steps, seed "
-        f"{args.seed}, CPU ({result['machine']}, {result['date']}): fit {fit_s:.0f} s, `segzoo infer` (8 flips) of "
+        f"{args.seed}, {result['optimizer']}, CPU ({result['machine']}, {result['date']}): fit {fit_s:.0f} s, `segzoo infer` (8 flips) of "
         f"the {len(split['test'])} test cases {infer_s:.0f} s.",
         "",
         "| scored by | " + " | ".join(f"{n} Dice" for n in names) + " | mean Dice |",
@@ -123,8 +130,8 @@ def main() -> None:
         "Validation mean Dice by step: " + ", ".join(f"{s}: {d:.3f}" for s, d in curve),
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "own_data_cpu.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "own_data_cpu.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"own_data_cpu{args.tag}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"own_data_cpu{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
