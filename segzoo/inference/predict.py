@@ -226,13 +226,15 @@ def find_cases(input_path: str | os.PathLike, in_channels: int = 1) -> list[Any]
         return cases
     if root.is_dir():
         groups: dict[str, dict[int, Path]] = {}
+        others: list[Path] = []  # NIfTI files not named {case}_{XXXX}: never dropped silently
         for ending in (".nii.gz", ".nii"):
-            found, _ = group_channel_files(root, ending)
+            found, odd = group_channel_files(root, ending)
+            others += odd
             for case, files in found.items():
                 groups.setdefault(case, {}).update(files)
-        if groups and (in_channels > 1 or all(set(f) == {0} for f in groups.values())):
+        if groups and (in_channels > 1 or (not others and all(set(f) == {0} for f in groups.values()))):
             ending = {c: files[min(files)].name[len(f"{c}_0000") :] for c, files in groups.items()}
-            return [
+            cases = [
                 ImageCase(
                     case,
                     tuple(files.get(i, root / f"{case}_{i:04d}{ending[case]}") for i in range(in_channels)),
@@ -240,6 +242,9 @@ def find_cases(input_path: str | os.PathLike, in_channels: int = 1) -> list[Any]
                 )
                 for case, files in sorted(groups.items())
             ]
+            # other files: 4D images with the channels on their last axis (refused one by one if they are not)
+            cases += [ImageCase(case_name(p), (p,), four_d=True, num_channels=in_channels) for p in sorted(others)]
+            return cases
     paths = find_inputs(root)
     return [ImageCase(case_name(p), (p,), four_d=in_channels > 1, num_channels=in_channels) for p in paths]
 
