@@ -283,3 +283,28 @@ def test_region_dataset_trains_with_sigmoid_outputs_and_writes_label_maps(tmp_pa
         pred = np.asarray(nib.load(str(out / f"{case}.nii.gz")).dataobj)
         assert pred.shape == nib.load(str(data / "imagesTs" / f"{case}_0000.nii.gz")).shape
         assert set(np.unique(pred).tolist()) <= {0, 1, 2, 3}
+
+
+def test_infer_folder_mixing_channel_files_and_a_4d_image(dataset, trained, tmp_path):
+    """A folder holding nnU-Net channel files of one case and a Decathlon-style 4D file of another: both predicted
+    (the 4D one equal to its channel files' prediction), nothing dropped."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in (dataset / "imagesTs").glob("synth_004_*.nii.gz"):
+        shutil.copy(f, inputs / f.name)
+    ch = [nib.load(str(dataset / "imagesTs" / f"synth_005_000{c}.nii.gz")) for c in (0, 1)]
+    stacked = np.stack([np.asarray(c.dataobj, dtype=np.float32) for c in ch], axis=-1)
+    nib.save(nib.Nifti1Image(stacked, ch[0].affine), str(inputs / "other.nii.gz"))
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    out = tmp_path / "out"
+    assert main(["infer", "--ckpt", ckpt, "--input", str(inputs), "--output", str(out), "--tta", "none"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["other.nii.gz", "synth_004.nii.gz"]
+    ref = tmp_path / "ref"
+    assert (
+        main(["infer", "--ckpt", ckpt, "--input", str(dataset / "imagesTs"), "--output", str(ref), "--tta", "none"])
+        == 0
+    )
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(str(out / "other.nii.gz")).dataobj),
+        np.asarray(nib.load(str(ref / "synth_005.nii.gz")).dataobj),
+    )
