@@ -1,8 +1,19 @@
-"""KiTS19 demo on held-out regimes: train a net with the demo budget, score it on synthetic cases of regimes that
-training never saw, and compare with a plain MONAI ``DynUNet`` under the same budget.
+"""KiTS19 demo in distribution and on held-out regimes: train a net with the demo budget, score it on test cases of
+its training data's distribution and on synthetic cases of regimes that training never saw, and compare with a plain
+MONAI ``DynUNet`` under the same budget.
 
     python benchmarks/kits19_heldout.py --out runs/heldout --net mss --seed 0
     python benchmarks/kits19_heldout.py --out runs/heldout --net dynunet --seed 0
+    python benchmarks/kits19_heldout.py --out runs/single --data-regime single_appearance --seed 0
+    python benchmarks/kits19_heldout.py --out runs/phantoms --data-regime phantoms --seed 0 --tag before
+    python benchmarks/kits19_heldout.py --out runs/phantoms --data-regime phantoms --seed 0 --tag logdice \
+        --override benchmarks/kits19_demo_logdice.yaml
+    python benchmarks/kits19_heldout.py --out runs/phantoms --summary --results phantoms   # benchmarks/results/
+
+``--data-regime`` picks the training data: segzoo's domain-randomised ``train`` regime (default), its earlier
+``single_appearance`` generator, or ``phantoms`` (``benchmarks/kits19_phantoms.py``, a generator written
+independently of segzoo's: data the recipe was not tuned on). ``OUT/test`` holds ``--test-cases`` in-distribution
+test cases of the same source (never in the training folder); the held-out regimes are scored for segzoo's sources.
 
 Both nets train through ``segzoo fit --config configs/kits19_demo.yaml`` (same data, split, patches, augmentation,
 optimizer, epochs). ``dynunet`` swaps in ``monai.networks.nets.DynUNet`` with the demo net's kernels, strides and widths,
@@ -10,13 +21,14 @@ MONAI's ``DiceCELoss``, no deep supervision and no post-processing. Every run sh
 written on first use) and ``OUT/heldout`` (``--heldout-cases`` cases cycling through the held-out regimes: delayed
 phase, 4.5-5 mm slices, tumours of radius 3-6 mm). Held-out cases are predicted as ``make demo`` does (overlap 0.25,
 no mirroring: 8-flip TTA costs 8x on 2 CPU cores) and scored on their original grid (``Predictor.predict_array``, the ``segzoo infer`` path); the MSS U-Net is scored with and without its
-validated post-processing. Results: ``OUT/<net>_seed<S>/heldout_metrics.json``.
+validated post-processing. Results: ``OUT/<tag>_seed<S>/heldout_metrics.json`` (``tag`` defaults to the net).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,23 +102,55 @@ def summary_table(out: Path) -> str:
     for path in sorted(out.glob("*_seed*/heldout_metrics.json")):
         res = json.loads(path.read_text())
         for variant, block in res["results"].items():
-            runs.setdefault((res["net"], variant), []).append({"seed": res["seed"], **block["mean"], **res})
-    cols = ["all", *HELDOUT]
+            tag = res.get("tag", res["net"])
+            runs.setdefault((tag, variant), []).append({**res, **block["mean"]})
+    cols = [c for c in ("test", "all", *HELDOUT) if any(c in r for rows in runs.values() for r in rows)]
+    names = {"test": "in-distribution", "all": "held-out all"}
     lines = [
-        "| net | post-processing | seeds | " + " | ".join(f"{c} kidney | {c} tumour" for c in cols) + " | fit (s) |",
+        "| run | post-processing | seeds | "
+        + " | ".join(f"{names.get(c, c)} kidney | {names.get(c, c)} tumour" for c in cols)
+        + " | fit (s) |",
         "|---" * (4 + 2 * len(cols)) + "|",
     ]
-    for (net, variant), rows in runs.items():
+    for (tag, variant), rows in runs.items():
         cells = []
         for c in cols:
             for key in ("kidney/dice", "tumour/dice"):
                 vals = np.array([r[c][key] for r in rows if c in r])
-                cells.append(f"{vals.mean():.3f} +- {vals.std():.3f}" if len(vals) > 1 else f"{vals.mean():.3f}")
+                if not len(vals):
+                    cells.append("-")
+                elif len(vals) == 1:
+                    cells.append(f"{vals[0]:.3f}")
+                else:  # mean +- std, then each seed
+                    each = " / ".join(f"{v:.2f}" for v in vals)
+                    cells.append(f"{vals.mean():.3f} +- {vals.std():.3f} ({each})")
         fit = np.mean([r["timing_s"]["fit"] for r in rows])
         seeds = ",".join(str(r["seed"]) for r in rows)
         pp = "validated" if variant == "post" else "none"
-        lines.append(f"| {net} | {pp} | {seeds} | " + " | ".join(cells) + f" | {fit:.0f} |")
+        lines.append(f"| {tag} | {pp} | {seeds} | " + " | ".join(cells) + f" | {fit:.0f} |")
     return "\n".join(lines)
+
+
+def write_results(out: Path, name: str, table: str) -> None:
+    """``benchmarks/results/kits19_<name>_cpu.{md,json}``: the table and every run's means, arguments and timing."""
+    import platform
+
+    from segzoo.utils import atomic_write_text
+
+    runs = []
+    for path in sorted(out.glob("*_seed*/heldout_metrics.json")):
+        res = json.loads(path.read_text())
+        means = {k: v["mean"] for k, v in res.pop("results").items()}
+        runs.append({"run": path.parent.name, **res, "means": means})
+    results = ROOT / "benchmarks" / "results"
+    meta = {"benchmark": f"kits19_{name}", "platform": platform.platform(), "load_average_now": os.getloadavg()}
+    atomic_write_text(results / f"kits19_{name}_cpu.json", json.dumps({**meta, "runs": runs}, indent=2, default=float))
+    head = (
+        f"### KiTS19 demo recipe on `{out.name}` data (`benchmarks/kits19_heldout.py --summary`)\n\n"
+        "Kidney / tumour Dice on each case's original grid; several seeds: mean +- std (each seed). Fit times on a "
+        "shared 2-core machine: not comparable across rows unless said so in docs/experiments.md.\n\n"
+    )
+    atomic_write_text(results / f"kits19_{name}_cpu.md", head + table + "\n")
 
 
 def resampling_bound(out: Path, run: Path) -> int:
@@ -143,10 +187,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--net", choices=("mss", "dynunet"), default="mss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default=str(ROOT / "configs" / "kits19_demo.yaml"))
+    p.add_argument(
+        "--data-regime",
+        choices=("train", "single_appearance", "phantoms"),
+        default="train",
+        help="training data: segzoo's 'train' regime, its earlier 'single_appearance' generator, or the independent "
+        "phantoms of benchmarks/kits19_phantoms.py",
+    )
+    p.add_argument("--override", default=None, help="a YAML fragment given to segzoo fit as a second --config")
+    p.add_argument("--tag", default=None, help="run name (OUT/<tag>_seed<S>); default the net")
+    p.add_argument("--train-cases", type=int, default=24, help="phantoms written to OUT/data (segzoo's: the recipe's)")
+    p.add_argument("--test-cases", type=int, default=8, help="in-distribution test cases (OUT/test)")
     p.add_argument("--heldout-cases", type=int, default=6)
     p.add_argument("--heldout-seed", type=int, default=10_000)
-    p.add_argument("--skip-fit", action="store_true", help="score the existing OUT/<net>_seed<S> run again")
+    p.add_argument("--skip-fit", action="store_true", help="score the existing OUT/<tag>_seed<S> run again")
+    p.add_argument("--fit-seconds", type=float, default=None, help="with --skip-fit: the fit time to record")
     p.add_argument("--summary", action="store_true", help="print the markdown table of every run under OUT and exit")
+    p.add_argument(
+        "--results",
+        default=None,
+        help="with --summary: also write benchmarks/results/kits19_<RESULTS>_cpu.{md,json} (table, per-run means)",
+    )
     p.add_argument(
         "--resampling-bound",
         action="store_true",
@@ -154,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, extra = p.parse_known_args(argv)
     if args.summary:
-        print(summary_table(Path(args.out)))
+        table = summary_table(Path(args.out))
+        print(table)
+        if args.results:
+            write_results(Path(args.out), args.results, table)
         return 0
     if args.resampling_bound:
         return resampling_bound(Path(args.out), Path(args.out) / f"{args.net}_seed{args.seed}")
@@ -170,19 +234,37 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data, heldout = out / "data", out / "heldout"
-    run = out / f"{args.net}_seed{args.seed}"
+    data, test, heldout = out / "data", out / "test", out / "heldout"
+    tag = args.tag or args.net
+    run = out / f"{tag}_seed{args.seed}"
+    phantoms = args.data_regime == "phantoms"
+    if phantoms:
+        from kits19_phantoms import write_phantoms  # benchmarks/: a test instrument, not part of segzoo
+
+        if not any(data.glob("case_*")):
+            write_phantoms(data, cases=args.train_cases, seed=0)
+        if not any(test.glob("case_*")):
+            write_phantoms(test, cases=args.test_cases, seed=1, start_index=100)
+    elif not any(test.glob("case_*")):  # indices 200+: never among the training folder's 0..N-1
+        write_kits19(test, cases=args.test_cases, seed=args.heldout_seed, start_index=200, regime=args.data_regime)
     fit_args = ["fit", "--config", args.config]
     if args.net == "dynunet":
         fit_args += ["--config", str(dynunet_override(out / "dynunet_override.yaml", args.config))]
+    if args.override:
+        fit_args += ["--config", args.override]
     fit_args += ["--data.data_dir", str(data), "--trainer.default_root_dir", str(run)]
+    if not phantoms:
+        fit_args += ["--data.init_args.synthetic_regime", args.data_regime]
     fit_args += [f"--seed_everything={args.seed}", *extra]
     t0 = time.time()
     rc = 0 if args.skip_fit else segzoo(fit_args)
     if rc:
         return rc
     t_fit = time.time() - t0
-    if not any(heldout.glob("case_*")):
+    if args.skip_fit:
+        old = run / "heldout_metrics.json"
+        t_fit = args.fit_seconds or (json.loads(old.read_text())["timing_s"]["fit"] if old.exists() else float("nan"))
+    if not phantoms and not any(heldout.glob("case_*")):
         write_kits19(heldout, cases=args.heldout_cases, seed=args.heldout_seed, start_index=300, regime="heldout")
 
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -196,12 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         variants = {"none": Predictor(net, inferer, pre, None)}
     rows: dict[str, list[dict]] = {k: [] for k in variants}
     t1 = time.time()
-    for case in sorted(heldout.glob("case_*")):
+    cases = [(c, "test") for c in sorted(test.glob("case_*"))]
+    if not phantoms:
+        cases += [(c, HELDOUT[int(c.name.split("_")[1]) % len(HELDOUT)]) for c in sorted(heldout.glob("case_*"))]
+    for case, regime in cases:
         img = nib.load(case / "imaging.nii.gz")
         image = np.asarray(img.dataobj, dtype=np.float32)
         label = np.asarray(nib.load(case / "segmentation.nii.gz").dataobj)
         spacing = tuple(float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0))
-        regime = HELDOUT[int(case.name.split("_")[1]) % len(HELDOUT)]
         raw = variants["none"].predict_array(image, spacing)
         preds = {"none": raw}
         if "post" in variants:
@@ -212,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def means(rs: list[dict]) -> dict:
         keys = [k for k in rs[0] if k.endswith("/dice")]
-        out = {"all": {k: float(np.mean([r[k] for r in rs])) for k in keys}}
+        out = {}
+        for name, sub in (
+            ("test", [r for r in rs if r["regime"] == "test"]),
+            ("all", [r for r in rs if r["regime"] != "test"]),
+        ):
+            if sub:  # "all": every held-out-regime case
+                out[name] = {k: float(np.mean([r[k] for r in sub])) for k in keys}
         for reg in HELDOUT:
             sub = [r for r in rs if r["regime"] == reg]
             if sub:
@@ -222,18 +312,23 @@ def main(argv: list[str] | None = None) -> int:
     post_cfg = getattr(variants.get("post"), "postprocess", None)
     summary = {
         "net": args.net,
+        "tag": tag,
+        "data_regime": args.data_regime,
+        "config": args.config,
+        "override": args.override,
+        "extra_args": extra,
         "seed": args.seed,
-        "timing_s": {"fit": round(t_fit, 1), "heldout_inference": round(t_infer, 1)},
+        "timing_s": {"fit": round(t_fit, 1), "inference": round(t_infer, 1)},
         "postprocess_steps": list(getattr(post_cfg, "steps", []) or []),
         "results": {k: {"mean": means(v), "cases": v} for k, v in rows.items()},
     }
     atomic_write_text(run / "heldout_metrics.json", json.dumps(summary, indent=2, default=float))
     for k, v in rows.items():
         m = means(v)
-        print(f"[{args.net} seed {args.seed} {'with' if k == 'post' else 'without'} post-processing]")
+        print(f"[{tag} seed {args.seed} {'with' if k == 'post' else 'without'} post-processing]")
         for reg, vals in m.items():
             print(f"  {reg:22s} " + ", ".join(f"{key} {val:.3f}" for key, val in vals.items()))
-    print(f"  fit {t_fit:.0f} s, held-out inference {t_infer:.0f} s")
+    print(f"  fit {t_fit:.0f} s, inference {t_infer:.0f} s")
     return 0
 
 
