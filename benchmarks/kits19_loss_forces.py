@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             outs = net(x)
         outs = [o.detach().requires_grad_(True) for o in (outs if isinstance(outs, list | tuple) else [outs])]
-        prob = torch.softmax(outs[0], 1)[:, 2][y[:, 0] == 2]
+        prob = torch.softmax(outs[0].detach(), 1)[:, 2][y[:, 0] == 2]
         if prob.numel():
             p_tum.append(prob.numpy())
         for name, loss in table.items():
