@@ -121,9 +121,7 @@ def test_dataloader_workers_draw_different_patches(tmp_path):
     write_kits19(tmp_path / "data", cases=1, seed=0)
     cases = find_kits19_cases(tmp_path / "data")
     preprocess_dataset(cases, tmp_path / "cache", CTPreprocessor(50, 250, 150, 40, (3.0, 2.0, 2.0)), progress=False)
-    ds = PatchDataset(
-        tmp_path / "cache", ["case_00000"], PATCH, length=4, transforms=build_kits19_transforms(PATCH)
-    )
+    ds = PatchDataset(tmp_path / "cache", ["case_00000"], PATCH, length=4, transforms=build_kits19_transforms(PATCH))
     loader = DataLoader(ds, batch_size=1, num_workers=2)
     images = [b["image"] for b in loader]
     assert len(images) == 4
