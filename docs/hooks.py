@@ -25,6 +25,7 @@ _NAV = [
     ("Quick start", "quickstart.md"),
     ("Train on your own data", "own_data.md"),
     ("Training", "training.md"),
+    ("Cross-validation, ensembles and fine-tuning", "cv.md"),
     ("Configs", "configs.md"),
     ("Nets", "nets/"),
     ("Model cards", "model_cards/"),
