@@ -142,8 +142,8 @@ def check_average(members: list[Path], case: Path, out: Path) -> dict:
     import numpy as np
     import torch
 
-    from segzoo.checkpoint import labels_on_original_grid
     from segzoo.data.io import load_nifti
+    from segzoo.inference.labels import labels_on_original_grid
     from segzoo.inference.predict import load_predictor
 
     volume, _ = load_nifti(case)

@@ -160,8 +160,9 @@ def resampling_bound(out: Path, run: Path) -> int:
     import nibabel as nib
     import torch
 
-    from segzoo.checkpoint import labels_on_original_grid, load_checkpoint
+    from segzoo.checkpoint import load_checkpoint
     from segzoo.data.synthetic.kits19 import HELDOUT
+    from segzoo.inference.labels import labels_on_original_grid
     from segzoo.metrics.kits19 import kits19_scores
 
     pre = load_checkpoint(run / "checkpoints" / "last.ckpt").preprocessor()

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_net": "segzoo.hub",
-    "from_pretrained": "segzoo.hub",
-    "push_to_hub": "segzoo.hub",
+    "create_net": "segzoo.nets",
+    "from_pretrained": "segzoo.nets",
+    "push_to_hub": "segzoo.nets",
+    "save_pretrained": "segzoo.nets",
     "list_nets": "segzoo.nets",
     "register_net": "segzoo.nets",
     "list_recipes": "segzoo.recipes",
@@ -28,15 +29,15 @@ __all__ = [
     "list_recipes",
     "push_to_hub",
     "register_net",
+    "save_pretrained",
 ]
 
 if TYPE_CHECKING:
-    from segzoo.hub import create_net, from_pretrained, push_to_hub
-    from segzoo.nets import list_nets, register_net
+    from segzoo.nets import create_net, from_pretrained, list_nets, push_to_hub, register_net, save_pretrained
     from segzoo.recipes import list_recipes
 
 
-_SUBPACKAGES = {"checkpoint", "data", "export", "hub", "inference", "losses", "metrics", "nets", "recipes", "tasks"}
+_SUBPACKAGES = {"checkpoint", "data", "export", "inference", "losses", "metrics", "nets", "recipes", "tasks"}
 
 
 def __getattr__(name: str):

@@ -166,14 +166,15 @@ def export_net(
     ``pretrained`` export writes JSON and safetensors only, with the preprocessing, inferer and post-processing
     records ``segzoo infer`` reads. Raises ``DataError`` (one line naming the file) before anything is written.
     """
-    from segzoo.checkpoint import load_checkpoint, save_pretrained
+    from segzoo.checkpoint import load_checkpoint
+    from segzoo.nets.pretrained import save_pretrained
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
     loaded = load_checkpoint(ckpt, trust=trust)
     net = loaded.net
     if format == "pretrained":
-        return save_pretrained(net, out, loaded.format)
+        return save_pretrained(loaded, out)
     shape = tuple(shape) if shape else default_shape(net, loaded.roi_size)
     if len(shape) < 3:
         raise DataError(f"--shape {' '.join(map(str, shape))}: expected B C *spatial (at least 3 numbers)")

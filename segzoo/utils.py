@@ -21,6 +21,11 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+class DataError(ValueError):
+    """Bad input data: the message names the file (or case) and says what was expected (also
+    ``segzoo.data.io.DataError``; here so that every layer, nets included, can raise it)."""
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on error removed.

@@ -13,20 +13,19 @@ SEGZOO = Path(__file__).resolve().parents[1] / "segzoo"
 # the segzoo packages (or top-level modules) each layer may import, at module level or inside a function
 ALLOWED = {
     "utils": set(),
-    "nets": {"utils", "checkpoint"},  # checkpoint: from_pretrained / save_pretrained delegate to the safe loader
+    "nets": {"utils", "extras"},  # extras: the one-line "install the [hub] extra" for hf-hub: names
     "losses": {"utils"},
     "metrics": {"utils", "data"},  # data: dataset constants only (segzoo.data.brats.BRATS_LABELS), see the page
     "data": {"utils"},
-    # nets: resolved by registry name / registered class only; hub: the local folder of an hf-hub: source
-    "checkpoint": {"utils", "data", "nets", "hub"},
+    # nets: the net-level format (segzoo.nets.pretrained); classes by registry only
+    "checkpoint": {"utils", "data", "nets"},
     # export: the ONNX graph for --backend; tools_cli: the shared --trust-checkpoint help
     "inference": {"utils", "nets", "data", "checkpoint", "export", "tools_cli"},
     "export": {"utils", "nets", "data", "checkpoint"},
     # the MONAI bundle writer: the net trace (export) and the label names and transforms of segzoo.inference
     "export_bundle": {"utils", "nets", "data", "checkpoint", "export", "inference"},
     "viz": {"utils", "data"},
-    # hub: fine-tuning from hf-hub:ORG/NAME (segzoo.tasks.finetune)
-    "tasks": {"utils", "nets", "losses", "metrics", "data", "inference", "checkpoint", "viz", "hub"},
+    "tasks": {"utils", "nets", "losses", "metrics", "data", "inference", "checkpoint", "viz"},
 }
 # heavy libraries a layer may import at module level (elsewhere only inside the function that needs them)
 HEAVY = ("lightning", "pytorch_lightning", "wandb", "onnx", "onnxruntime")
@@ -83,3 +82,16 @@ def test_no_dataset_module_is_imported_for_a_generic_piece():
             if isinstance(node, ast.ImportFrom) and node.module in ("segzoo.data.datamodule", "segzoo.data.kits19"):
                 bad += [f"{path.name}: {a.name} from {node.module}" for a in node.names if a.name in generic]
     assert bad == []
+
+
+def test_nets_load_without_the_checkpoint_layer():
+    """The pretrained format lives in segzoo.nets: loading a net imports neither segzoo.checkpoint nor anything above."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, segzoo.nets; "
+        "print(sorted(m for m in sys.modules if m.startswith('segzoo.') and m.split('.')[1] not in ('nets', 'utils')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

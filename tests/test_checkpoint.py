@@ -22,13 +22,14 @@ import segzoo
 from segzoo.checkpoint import (
     FORMAT_KEY,
     CheckpointError,
+    LoadedModel,
     UntrustedCheckpointWarning,
     checkpoint_format,
     load_checkpoint,
     register_preprocessor,
 )
 from segzoo.cli import main
-from segzoo.data.io import load_nifti, save_nifti
+from segzoo.data.io import DataError, load_nifti, save_nifti
 from segzoo.data.preprocessor import CTPreprocessor
 from segzoo.inference import KiTSPostprocess, SlidingWindowTTAInferer
 
@@ -570,7 +571,7 @@ def test_drnet_config_written_before_map_norm_act_rebuilds_its_net():
     """A DR-Net stored before the direction maps had norm + act (issue 25) has no ``map_norm_act`` in its config: it
     rebuilds with linear maps and its state dict loads; a few overrides (no full config) get today's default."""
     import segzoo
-    from segzoo.checkpoint import build_net
+    from segzoo.nets import build_net
 
     old = segzoo.create_net("drnet", map_norm_act=False)
     cfg = old.init_config
@@ -581,3 +582,29 @@ def test_drnet_config_written_before_map_norm_act_rebuilds_its_net():
     assert build_net({"registry_name": "drnet", "init_args": {"out_channels": 5}}).init_config["init_args"][
         "map_norm_act"
     ]
+
+
+def test_infer_uses_the_window_stored_with_the_model(tmp_path):
+    """The stored inferer's blending (mode, sigma, padding), overlap and windows per pass reach `segzoo infer`; flags
+    override overlap / windows per pass only when given; mirroring stays the deployment flag."""
+    from segzoo.inference.predict import load_predictor
+    from segzoo.nets.pretrained import save_pretrained
+
+    net = segzoo.create_net("mss_unet3d_small").eval()
+    stored = SlidingWindowTTAInferer(
+        roi_size=ROI, sw_batch_size=3, overlap=0.25, mode="constant", sigma_scale=0.2, mirror_axes=None
+    )
+    fmt = checkpoint_format(net, inferer=stored, preprocessor=PRE)
+    folder = save_pretrained(LoadedModel(net, fmt, tmp_path), tmp_path / "m")
+    p = load_predictor(folder, tta="none", crop="none")
+    got = {k: getattr(p.inferer, k) for k in ("sw_batch_size", "overlap", "mode", "sigma_scale")}
+    assert got == {"sw_batch_size": 3, "overlap": 0.25, "mode": "constant", "sigma_scale": 0.2}
+    p = load_predictor(folder, tta="all", crop="none", overlap=0.5, sw_batch_size=1)
+    assert (p.inferer.overlap, p.inferer.sw_batch_size, p.inferer.mode) == (0.5, 1, "constant")
+    assert p.inferer.mirror_axes == (0, 1, 2)
+    # a record whose window cannot be used is one error naming the folder
+    inference = json.loads((folder / "inference.json").read_text())
+    inference["inferer"]["init_args"]["overlap"] = 1.5
+    (folder / "inference.json").write_text(json.dumps(inference))
+    with pytest.raises(DataError, match=r"m: the stored sliding-window settings are not usable"):
+        load_predictor(folder)

@@ -113,7 +113,9 @@ def test_pretrained_export_keeps_inference_settings(small_3d, tmp_path):
         "model.safetensors",
         "preprocessor.json",
         "inference.json",
+        "README.md",  # the model card: the same folder save_pretrained / push_to_hub write
     }
+    assert "segzoo infer --ckpt FOLDER" in (out / "README.md").read_text()
     assert json.loads((out / "preprocessor.json").read_text()) == prep
     assert json.loads((out / "inference.json").read_text()) == {
         "inferer": {"roi_size": [16, 32, 32]},

@@ -15,7 +15,7 @@ import torch
 
 import segzoo
 from segzoo.extras import MissingExtraError
-from segzoo.hub import model_card, push_to_hub
+from segzoo.nets.pretrained import CheckpointError, model_card, push_to_hub
 
 TINY = {"features": [4, 8, 16, 32, 64]}
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_create_net_with_pretrained_folder(tiny_net, tmp_path):
     assert _same_weights(net, tiny_net)
     with pytest.raises(ValueError, match="does not fit net 'unet2d'"):
         segzoo.create_net("unet2d", pretrained=tmp_path / "p", features=[8, 16, 32, 64, 128])
-    with pytest.raises(FileNotFoundError, match="no such folder"):
+    with pytest.raises(CheckpointError, match="missing: no such checkpoint file or pretrained directory"):
         segzoo.from_pretrained(tmp_path / "missing")
     assert "segzoo.from_pretrained" in model_card(tiny_net)
 
@@ -116,7 +116,7 @@ def test_offline_load_from_the_hub_cache(tiny_net, tmp_path):
             assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
         try:
             segzoo.from_pretrained("hf-hub:segzoo-test/not-cached")
-        except FileNotFoundError as e:
+        except segzoo.nets.pretrained.CheckpointError as e:
             print("MISSING:", e)
         """
     )
@@ -202,7 +202,7 @@ def test_hub_models_are_read_by_the_safe_loader(tmp_path, offline_hub_cache, cap
         ["infer", "--ckpt", "hf-hub:segzoo-test/absent", *args], capsys, "hf-hub:segzoo-test/absent", "HF_HUB_OFFLINE"
     )
 
-    segzoo.hub.save_pretrained(_ct_checkpoint(tmp_path / "model.ckpt"), tmp_path / "evil")
+    segzoo.save_pretrained(_ct_checkpoint(tmp_path / "model.ckpt"), tmp_path / "evil")
     marker = tmp_path / "ran"
     config = json.loads((tmp_path / "evil" / "config.json").read_text())
     config.update(class_path="subprocess.run", init_args={"args": ["touch", str(marker)]})

@@ -18,14 +18,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from segzoo.utils import atomic_path
+from segzoo.utils import DataError, atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file (or case) and says what was expected."""
 
 
 class Case(Protocol):

@@ -101,9 +101,18 @@ def cmd_infer(argv: Sequence[str]) -> int:
     )
     p.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    p.add_argument("--overlap", type=float, default=0.5)
     p.add_argument(
-        "--sw-batch-size", type=int, default=None, help="windows per pass (3D, default 2) or slices per pass (2D, 16)"
+        "--overlap",
+        type=float,
+        default=None,
+        help="sliding-window overlap (default: the one stored with the model, else 0.5); the blending mode and "
+        "padding are always the stored ones",
+    )
+    p.add_argument(
+        "--sw-batch-size",
+        type=int,
+        default=None,
+        help="windows per pass (3D, default: stored with the model, else 2) or slices per pass (2D, 16)",
     )
     p.add_argument(
         "--chaos-png",
@@ -148,7 +157,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
         p.error(f"--memory-budget-gb must be > 0, got {args.memory_budget_gb}")
     if args.backend != "torch" and not args.device.startswith("cpu"):
         p.error(f"--backend {args.backend} runs on the CPU; use --device cpu or --backend torch")
-    if not 0 <= args.overlap < 1:
+    if args.overlap is not None and not 0 <= args.overlap < 1:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
 
     from segzoo.data.io import DataError
@@ -200,7 +209,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
             device=args.device,
             tta=args.tta,
             overlap=args.overlap,
-            sw_batch_size=args.sw_batch_size or 2,
+            sw_batch_size=args.sw_batch_size,
             postprocess=args.postprocess,
             roi_size=args.roi_size,
             amp=args.amp,

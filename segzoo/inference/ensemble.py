@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from segzoo.checkpoint import LoadedModel, labels_on_original_grid
+from segzoo.checkpoint import LoadedModel
 from segzoo.data.io import DataError
+from segzoo.inference.labels import labels_on_original_grid
 from segzoo.inference.predict import Predictor, load_predictor
 from segzoo.inference.predict_2d import SlicePredictor, load_slice_predictor
 

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from segzoo.checkpoint import LoadedModel, labels_on_original_grid
+from segzoo.checkpoint import LoadedModel
 from segzoo.data.geometry import Reorientation, spacing_from_affine
 from segzoo.data.io import DataError, is_nifti_name, save_nifti, strip_nifti_suffix
+from segzoo.inference.labels import labels_on_original_grid
 
 
 def case_name(path: Path) -> str:
@@ -249,12 +250,37 @@ def find_cases(input_path: str | os.PathLike, in_channels: int = 1) -> list[Any]
     return [ImageCase(case_name(p), (p,), four_d=in_channels > 1, num_channels=in_channels) for p in paths]
 
 
+# the settings of a stored sliding-window inferer that describe how the model's windows are blended (its own
+# SlidingWindowTTAInferer, or MONAI's SlidingWindowInferer); device, memory and mirroring are chosen at run time
+_WINDOW_ARGS = ("sw_batch_size", "overlap", "mode", "sigma_scale", "padding_mode")
+_WINDOW_DEFAULTS = {"sw_batch_size": 2, "overlap": 0.5}
+
+
+def stored_window(loaded: LoadedModel) -> dict[str, Any]:
+    """The window settings stored with a model (``sw_batch_size``, ``overlap``, ``mode``, ``sigma_scale``,
+    ``padding_mode`` of its recorded sliding-window inferer), with segzoo infer's defaults (2 windows per pass,
+    overlap 0.5) where the record has none; a bad stored value raises one ``DataError`` naming the file."""
+    record = loaded.format.get("inferer") or {}
+    args = record.get("init_args") or {} if "SlidingWindow" in str(record.get("class_path")) else {}
+    window = {**_WINDOW_DEFAULTS, **{k: args[k] for k in _WINDOW_ARGS if args.get(k) is not None}}
+    ok = (
+        isinstance(window["sw_batch_size"], int)
+        and window["sw_batch_size"] >= 1
+        and isinstance(window["overlap"], int | float)
+        and 0 <= window["overlap"] < 1
+        and window.get("mode", "gaussian") in ("gaussian", "constant")
+    )
+    if not ok:
+        raise DataError(f"{loaded.source}: the stored sliding-window settings are not usable: {window}")
+    return window
+
+
 def load_predictor(
     source: str | os.PathLike | LoadedModel,
     device: str = "cpu",
     tta: bool | str = True,
-    overlap: float = 0.5,
-    sw_batch_size: int = 2,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
     postprocess: bool = True,
     roi_size: Sequence[int] | None = None,
     amp: bool | None = None,
@@ -279,6 +305,10 @@ def load_predictor(
     ``"onnxruntime"`` or ``"openvino"`` (the exported net, on the CPU; :mod:`segzoo.inference.backends`).
     ``trust``: unpickle a checkpoint that weights-only loading refuses (runs any code it holds; warns).
 
+    The window is the one stored with the model (:func:`stored_window`: size, overlap, blending mode and sigma,
+    padding, windows per pass); ``roi_size``, ``overlap`` and ``sw_batch_size`` override it only when given.
+    Mirroring is a deployment choice (``tta``): recipes validate without it to save time.
+
     Raises:
         segzoo.checkpoint.CheckpointError: (a ``DataError``) one line naming the file and the reason.
     """
@@ -295,6 +325,11 @@ def load_predictor(
     roi = list(roi_size) if roi_size is not None else loaded.roi_size
     if roi is None:
         raise DataError(f"{loaded.source}: holds no sliding-window size; pass --roi-size")
+    window = stored_window(loaded)
+    if overlap is not None:
+        window["overlap"] = overlap
+    if sw_batch_size is not None:
+        window["sw_batch_size"] = sw_batch_size
     dev = torch.device(device)
     post = loaded.postprocess() if postprocess else None
     if getattr(loaded.net, "spatial_dims", 3) == 2:  # a 2D net on volumes (its preprocessing cuts slices)
@@ -304,7 +339,7 @@ def load_predictor(
             raise ValueError(f"backend {backend!r}: 2D nets on volumes run with the torch backend")
         pre = loaded.preprocessor()
         size = list(getattr(pre, "image_size", roi[-2:]))
-        inferer = SliceInferer(roi_size=size, sw_batch_size=max(sw_batch_size, 1), spatial_dim=0, progress=False)
+        inferer = SliceInferer(roi_size=size, sw_batch_size=max(sw_batch_size or 16, 1), spatial_dim=0, progress=False)
         net2d = loaded.net.to(dev).eval()
         if getattr(pre, "regions", None):
             from segzoo.nets.regions import RegionScores
@@ -313,8 +348,7 @@ def load_predictor(
         return Predictor(net2d, inferer, pre, post, dev)
     inferer = SlidingWindowTTAInferer(
         roi_size=roi,
-        sw_batch_size=sw_batch_size,
-        overlap=overlap,
+        **window,
         mirror_axes=tta_mirror_axes(tta, len(roi)),
         sw_device=str(dev),
         device="auto",

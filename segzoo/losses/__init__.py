@@ -4,7 +4,16 @@ Soft Dice + cross-entropy: use ``monai.losses.DiceCELoss(to_onehot_y=True, softm
 """
 
 from segzoo.losses.deep_supervision import DeepSupervisionLoss, downsample_labels
+from segzoo.losses.dice_ce import ClassWeightedDiceCELoss
 from segzoo.losses.explog import CELoss, ExpLogLoss
 from segzoo.losses.regions import RegionLoss, region_targets
 
-__all__ = ["CELoss", "DeepSupervisionLoss", "ExpLogLoss", "RegionLoss", "downsample_labels", "region_targets"]
+__all__ = [
+    "CELoss",
+    "ClassWeightedDiceCELoss",
+    "DeepSupervisionLoss",
+    "ExpLogLoss",
+    "RegionLoss",
+    "downsample_labels",
+    "region_targets",
+]

@@ -1,10 +1,12 @@
-"""segzoo.nets: pure ``torch.nn`` segmentation nets and their registry (no Lightning, no data)."""
+"""segzoo.nets: pure ``torch.nn`` segmentation nets, their registry and their pretrained format (no Lightning, no
+data)."""
 
-from segzoo.nets._registry import create_net, list_nets, net_example_shape, register_net
-from segzoo.nets.base import SegNet, build_net, from_pretrained
+from segzoo.nets._registry import list_nets, net_example_shape, register_net
+from segzoo.nets.base import SegNet
 from segzoo.nets.baselines import CENet, DenseASPP, MSDual, UNet2D
 from segzoo.nets.drnet import DRNet
 from segzoo.nets.mss_unet import MSSUNet
+from segzoo.nets.pretrained import build_net, create_net, from_pretrained, push_to_hub, save_pretrained
 
 # modules below register their variants on import
 from segzoo.nets import mss_unet as _mss_unet  # noqa: F401,E402  isort: skip
@@ -24,5 +26,7 @@ __all__ = [
     "from_pretrained",
     "list_nets",
     "net_example_shape",
+    "push_to_hub",
     "register_net",
+    "save_pretrained",
 ]

@@ -1,6 +1,6 @@
 """Net registry in the style of timm: named variants are small functions that only fill in arguments.
 
-A variant is registered with :func:`register_net`; :func:`create_net` builds it with keyword overrides using
+A variant is registered with :func:`register_net`; :func:`segzoo.nets.create_net` builds it with keyword overrides using
 MONAI's argument names (``spatial_dims``, ``in_channels``, ``out_channels``, ``features`` ...).
 """
 
@@ -42,8 +42,9 @@ def list_nets(pattern: str | None = None) -> list[str]:
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
-def create_net(name: str, **kwargs) -> nn.Module:
-    """Build the registered net ``name``; ``kwargs`` override the variant's defaults."""
+def build_registered(name: str, **kwargs) -> nn.Module:
+    """Build the registered net ``name``; ``kwargs`` override the variant's defaults (the public spelling, with
+    ``pretrained=``, is :func:`segzoo.nets.create_net`)."""
     if name not in _NETS:
         close = fnmatch.filter(_NETS, f"*{name.split('_')[0]}*")
         hint = f"; similar: {', '.join(sorted(close))}" if close else ""
@@ -73,7 +74,7 @@ def net_class(name: str) -> type[nn.Module] | None:
 def net_classes() -> dict[str, type[nn.Module]]:
     """``{"module.QualName": class}`` of the classes the registered factories build (their return annotations).
 
-    The allow-list :func:`segzoo.nets.build_net` resolves a saved ``class_path`` against: a file can only name a
+    The allow-list :func:`segzoo.nets.pretrained.build_net` resolves a saved ``class_path`` against: a file can only name a
     class that registered code already defined, nothing is imported from the file's string. A factory without a
     return annotation naming a class contributes nothing (annotate it, as ``def drnet(**kw) -> DRNet``).
     """

@@ -1,8 +1,8 @@
 """Base class for every segzoo net: records constructor arguments so a net can be rebuilt from a file.
 
-Follows segmentation_models_pytorch's hub mixin: ``save_pretrained(dir)`` writes ``config.json`` (class path,
-registry name, constructor arguments) and ``model.safetensors``; :func:`from_pretrained` rebuilds the net. Reading and
-writing go through :mod:`segzoo.checkpoint` (JSON + safetensors, classes by allow-list, nothing from a file runs).
+Follows segmentation_models_pytorch's hub mixin: ``net.save_pretrained(folder)`` writes ``config.json`` (class
+path, registry name, constructor arguments) and ``model.safetensors``; ``segzoo.from_pretrained`` rebuilds the net.
+Both are :mod:`segzoo.nets.pretrained` (JSON + safetensors, classes by allow-list, nothing from a file runs).
 """
 
 from __future__ import annotations
@@ -147,39 +147,8 @@ class SegNet(nn.Module):
         cfg = self.__dict__["_init_config"]
         return {"class_path": cfg["class_path"], "init_args": _jsonable(cfg["init_args"])}
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically per file; JSON and
-        safetensors only, see :func:`segzoo.checkpoint.save_pretrained`)."""
-        from segzoo.checkpoint import save_pretrained
+    def save_pretrained(self, folder: str | os.PathLike, **kwargs: Any) -> Path:
+        """:func:`segzoo.nets.save_pretrained` of this net (``config.json``, ``model.safetensors``, model card)."""
+        from segzoo.nets.pretrained import save_pretrained
 
-        return save_pretrained(self, directory)
-
-
-def build_net(config: dict[str, Any]) -> nn.Module:
-    """Rebuild a net from ``{"class_path": ..., "init_args": {...}}`` (as in ``SegNet.init_config``).
-
-    Only classes of registered nets are built (nothing named in ``config`` is imported); anything else raises
-    :class:`segzoo.checkpoint.CheckpointError`. See :func:`segzoo.checkpoint.build_net`.
-    """
-    from segzoo.checkpoint import build_net as _build_net
-
-    return _build_net(config)
-
-
-def from_pretrained(
-    directory: str | os.PathLike, map_location: str | torch.device = "cpu", trust: bool = False
-) -> nn.Module:
-    """Rebuild the net of a pretrained folder (``save_pretrained``, ``segzoo export --format pretrained``) or of a
-    ``segzoo fit`` checkpoint file, in eval mode, without running code from it (:func:`segzoo.checkpoint.load_checkpoint`).
-
-    Args:
-        directory: the pretrained folder, or a ``.ckpt`` file.
-        map_location: device to put the net on.
-        trust: unpickle a checkpoint file that weights-only loading refuses (runs any code it holds; warns).
-
-    Raises:
-        segzoo.checkpoint.CheckpointError: one line naming the file and why it was refused or unreadable.
-    """
-    from segzoo.checkpoint import load_checkpoint
-
-    return load_checkpoint(directory, trust=trust).net.to(map_location)
+        return save_pretrained(self, folder, **kwargs)

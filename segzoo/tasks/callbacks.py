@@ -53,8 +53,8 @@ class NiftiPredictionWriter(Callback):
         self.output_dir = output_dir
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        from segzoo.checkpoint import labels_on_original_grid
         from segzoo.data.io import DataError, save_nifti
+        from segzoo.inference.labels import labels_on_original_grid
 
         preprocessor = getattr(trainer.datamodule, "preprocessor", None)
         for key in ("case_id", "original_shape", "affine"):

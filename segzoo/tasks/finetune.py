@@ -57,22 +57,14 @@ class WeightTransfer:
 
 def source_state_dict(source: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
     """The net weights of a ``segzoo fit`` checkpoint, a pretrained folder or ``hf-hub:ORG/NAME[@REV]``, through
-    the safe loader (:func:`segzoo.checkpoint.load_checkpoint`).
+    the safe loader (:func:`segzoo.nets.from_pretrained`).
 
     Raises:
-        segzoo.checkpoint.CheckpointError: (a ``DataError``) one line naming the file and the reason.
+        segzoo.nets.pretrained.CheckpointError: (a ``DataError``) one line naming the file and the reason.
     """
-    from segzoo.checkpoint import CheckpointError, load_checkpoint
+    from segzoo.nets.pretrained import from_pretrained
 
-    path = source
-    if str(source).startswith("hf-hub:"):
-        from segzoo.hub import pretrained_folder
-
-        try:
-            path = pretrained_folder(source)
-        except FileNotFoundError as e:
-            raise CheckpointError(str(e)) from None
-    return load_checkpoint(path, trust=trust).net.state_dict()
+    return from_pretrained(source, trust=trust).state_dict()
 
 
 def load_matching_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str = "state") -> WeightTransfer:

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from monai.inferers import Inferer
 from torch import nn
 
-from segzoo.checkpoint import labels_on_original_grid
+from segzoo.inference.labels import labels_on_original_grid
 from segzoo.metrics.base import CaseMetric
 from segzoo.metrics.dead import DeadClassCounter, confusion, label_regions
 from segzoo.utils import atomic_write_text

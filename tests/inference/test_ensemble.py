@@ -10,7 +10,7 @@ import pytest
 import torch
 from expect import expect_cli_error
 
-from segzoo.checkpoint import checkpoint_format, labels_on_original_grid
+from segzoo.checkpoint import checkpoint_format
 from segzoo.cli import main
 from segzoo.data.io import DataError, load_nifti, save_nifti
 from segzoo.data.preprocessor import CTPreprocessor
@@ -22,6 +22,7 @@ from segzoo.inference.ensemble import (
     load_ensemble_predictor,
     load_members,
 )
+from segzoo.inference.labels import labels_on_original_grid
 from segzoo.inference.predict import load_predictor
 from segzoo.inference.predict_2d import SlicePredictor
 from segzoo.nets import MSSUNet

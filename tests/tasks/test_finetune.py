@@ -119,7 +119,9 @@ def test_init_from_is_read_by_the_safe_loader(tmp_path):
 def test_hf_hub_sources_go_through_the_hub_cache(tmp_path, monkeypatch):
     folder = _net(3).save_pretrained(tmp_path / "pretrained")
     asked = []
-    monkeypatch.setattr("segzoo.hub.pretrained_folder", lambda source, revision=None: asked.append(source) or folder)
+    monkeypatch.setattr(
+        "segzoo.nets.pretrained.pretrained_folder", lambda source, revision=None: asked.append(source) or folder
+    )
     state = source_state_dict("hf-hub:org/tiny")
     assert asked == ["hf-hub:org/tiny"] and set(state) == set(_net(3).state_dict())
 
