@@ -174,7 +174,7 @@ def test_infer_from_fit_checkpoint_and_pretrained_export_match_by_hand(ckpt_3d, 
     pretrained = tmp_path / "pretrained"
     assert main(["export", "--ckpt", str(ckpt_3d), "--format", "pretrained", "--out", str(pretrained)]) == 0
     assert sorted(p.name for p in pretrained.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "preprocessor.json", "inference.json"]
+        ["config.json", "model.safetensors", "preprocessor.json", "inference.json", "README.md"]
     )
     for name, source in (("ckpt", ckpt_3d), ("pretrained", pretrained)):
         out = tmp_path / name
@@ -213,7 +213,7 @@ def test_2d_fit_checkpoint_and_pretrained_predict_the_same(ckpt_2d, tmp_path):
     reference = segzoo.nets.DRNet(in_channels=1, out_channels=3, features=[8, 16, 32, 64, 128]).eval()
     reference.load_state_dict(_state(ckpt_2d))
     assert main(["export", "--ckpt", str(ckpt_2d), "--format", "pretrained", "--out", str(tmp_path / "pre")]) == 0
-    assert sorted(p.name for p in (tmp_path / "pre").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "pre").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = reference(x).argmax(1)
