@@ -166,6 +166,31 @@ def load_nifti_with_header(path: str | os.PathLike, dtype: type | None = None) -
     return data, np.asarray(img.affine, dtype=np.float64), img.header.copy()
 
 
+def read_nifti_header(path: str | os.PathLike) -> Any:
+    """A copy of the header of a NIfTI file (any letter case of ``.nii`` / ``.nii.gz``), without reading its voxels.
+
+    Raises:
+        DataError: missing or unreadable file, or not a single-file NIfTI.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with tempfile.TemporaryDirectory(prefix="segzoo-nifti-") as tmp:
+        source = str(path)
+        if is_nifti_name(path) and not path.name.endswith(NIFTI_SUFFIXES):  # nibabel wants a lower-case suffix
+            source = os.path.join(tmp, "image.nii.gz" if path.name.lower().endswith(".gz") else "image.nii")
+            os.symlink(path.resolve(), source)
+        try:
+            img = nib.load(source)
+        except Exception as e:  # nibabel/gzip raise many types for a damaged header
+            raise DataError(f"{path}: cannot read NIfTI header ({type(e).__name__}: {e})") from None
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise DataError(f"{path}: {type(img).__name__} file; expected a single-file NIfTI (.nii or .nii.gz)")
+        return img.header.copy()
+
+
 def load_nifti(path: str | os.PathLike, dtype: type | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(array, affine)`` of a NIfTI file; see :func:`load_nifti_with_header` for what is accepted and refused."""
     data, affine, _ = load_nifti_with_header(path, dtype)

@@ -191,16 +191,11 @@ def _expected_channels(net: nn.Module) -> int | None:
 def _spatial_header(path: Path) -> Any | None:
     """The NIfTI header of a channel file for a label map on its grid; ``None`` for a 4D file (a fresh 3D header
     from the affine: a 4D header's intent and dimensions do not describe a label map)."""
-    import nibabel as nib
+    from segzoo.data.io import read_nifti_header
 
-    img = nib.load(str(path)) if path.name.endswith((".nii", ".nii.gz")) else None
-    if img is None:
-        from segzoo.data.io import load_nifti_with_header
-
-        _, _, header = load_nifti_with_header(path)
-        return header if len(header.get_data_shape()) <= 3 or header.get_data_shape()[3] == 1 else None
-    shape = img.header.get_data_shape()
-    return img.header.copy() if len(shape) <= 3 or int(np.prod(shape[3:])) == 1 else None
+    header = read_nifti_header(path)
+    shape = header.get_data_shape()
+    return header if len(shape) <= 3 or int(np.prod(shape[3:])) == 1 else None
 
 
 def find_cases(input_path: str | os.PathLike, in_channels: int = 1) -> list[Any]:
