@@ -52,6 +52,14 @@ def verify_case(case: ImageCase) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` of one case: every file read, grids compared, label values checked."""
     errors: list[str] = []
     warnings: list[str] = []
+    if type(case).load_image is not ImageCase.load_image:  # not NIfTI (CHAOS: DICOM + PNG): its own reader checks it
+        try:
+            label = case.load()[1]
+        except DataError as e:
+            return [str(e)], []
+        if label is not None and not label.any():
+            warnings.append(f"{case.label}: only background (0); intentional? (nnU-Net warns too)")
+        return errors, warnings
     ref = None
     if case.four_d:
         try:

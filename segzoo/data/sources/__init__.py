@@ -4,7 +4,11 @@
 - a folder with an nnU-Net v2 ``dataset.json`` (``channel_names`` / ``file_ending``): :func:`read_nnunet`;
 - a folder with a Decathlon ``dataset.json`` (``modality`` + ``training``): :func:`read_msd`;
 - a ``.json`` file: a MONAI datalist, :func:`read_datalist`;
-- a folder of ``case_XXXXX/imaging.nii.gz``: KiTS19, :func:`read_kits19`.
+- a folder of ``case_XXXXX/imaging.nii.gz``: KiTS19, :func:`read_kits19`;
+- a folder of BraTS case folders ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (also under 2018's ``HGG/`` and
+  ``LGG/``): :func:`read_brats`;
+- the CHAOS MR layout ``Train_Sets/MR/<id>/{T1DUAL,T2SPIR}/`` (or ``MR/<id>/...``, ``<id>/...``; DICOM series + PNG
+  masks): :func:`read_chaos`, its T2-SPIR sequence.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pathlib import Path
 
 from segzoo.data.io import DataError, read_json
 from segzoo.data.sources.base import DatasetSource, ImageCase, check_same_grid
+from segzoo.data.sources.brats import is_brats, read_brats
+from segzoo.data.sources.chaos import is_chaos, read_chaos
 from segzoo.data.sources.msd import read_datalist, read_msd
 from segzoo.data.sources.nnunet import group_channel_files, is_nnunet_json, read_nnunet
 
@@ -23,6 +29,8 @@ __all__ = [
     "check_same_grid",
     "group_channel_files",
     "open_source",
+    "read_brats",
+    "read_chaos",
     "read_datalist",
     "read_kits19",
     "read_msd",
@@ -75,7 +83,12 @@ def open_source(path: str | os.PathLike) -> DatasetSource:
         )
     if any(p.is_dir() and p.name.startswith("case_") for p in path.iterdir()):
         return read_kits19(path)
+    if is_brats(path):
+        return read_brats(path)
+    if is_chaos(path):
+        return read_chaos(path)
     raise DataError(
         f"{path}: not a dataset: expected dataset.json (nnU-Net v2 raw or Decathlon), case_XXXXX/ folders (KiTS19), "
+        "<case>/<case>_flair.nii.gz folders (BraTS, also under HGG/ and LGG/), Train_Sets/MR/<id>/T2SPIR/ (CHAOS), "
         "or pass a MONAI datalist .json file"
     )
