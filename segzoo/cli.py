@@ -338,7 +338,7 @@ _PLAIN_ELSEWHERE = {
     "verify": (
         "segzoo.dataset_cli",
         "cmd_verify",
-        "check a dataset (nnU-Net raw, Decathlon, datalist) before training",
+        "check a dataset (nnU-Net raw, Decathlon, datalist, KiTS19, BraTS, CHAOS) before training",
     ),
     "plan": (
         "segzoo.dataset_cli",

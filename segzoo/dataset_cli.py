@@ -14,6 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+# every layout segzoo.data.sources.open_source accepts, as the help of a command that takes a dataset names them
+LAYOUTS = (
+    "nnU-Net v2 raw folder, Decathlon task folder, MONAI datalist .json, KiTS19 folder (case_XXXXX/), BraTS folder "
+    "(<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz, also under HGG/ and LGG/) or CHAOS MR folder (Train_Sets/MR/<id>/, "
+    "DICOM series + PNG masks)"
+)
+PATH_HELP = "dataset folder (with dataset.json, or a KiTS19 / BraTS / CHAOS layout) or MONAI datalist .json file"
+
 
 def _fail(cmd: str, message: object) -> int:
     print(f"segzoo {cmd}: error: {' '.join(str(message).split())}", file=sys.stderr)
@@ -23,11 +31,11 @@ def _fail(cmd: str, message: object) -> int:
 def cmd_verify(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="segzoo verify",
-        description="Check a dataset before training (nnU-Net v2 raw folder, Decathlon task folder or MONAI datalist "
-        ".json): every case has each channel, channels and label share a grid, label values are declared, no "
-        "NaN/inf, numTraining agrees, every file reads. One line per problem and case; exit 2 on any error.",
+        description=f"Check a dataset before training ({LAYOUTS}): every case has each channel, channels and label "
+        "share a grid, label values are declared, no NaN/inf, numTraining agrees, every file reads. One line per "
+        "problem and case; exit 2 on any error.",
     )
-    p.add_argument("path", help="dataset folder (with dataset.json) or datalist .json file")
+    p.add_argument("path", help=PATH_HELP)
     p.add_argument("--num-workers", type=int, default=0, help="processes reading the cases (0 = this one)")
     args = p.parse_args(argv)
     from segzoo.data.verify import verify_dataset
@@ -53,10 +61,11 @@ def cmd_plan(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="segzoo plan",
         description="Print the plan of a dataset as `segzoo fit --config mss_unet3d` will use it: normalisation per "
-        "channel, target spacing, patch size and the 3D net's kernel sizes and strides (nnU-Net's rules; headers "
-        "only, nothing is written unless --out).",
+        "channel, target spacing, patch size and the 3D net's kernel sizes and strides (nnU-Net's rules), and the "
+        f"axis 2D nets slice along; any layout: {LAYOUTS}. NIfTI headers only (a DICOM case's series is read); "
+        "nothing is written unless --out.",
     )
-    p.add_argument("path", help="dataset folder (with dataset.json) or datalist .json file")
+    p.add_argument("path", help=PATH_HELP)
     p.add_argument("--memory-budget-gb", type=float, default=8.0, help="activation memory of one training step")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--base-features", type=int, default=30)
@@ -171,7 +180,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
 
 DATASET_COMMANDS = {
-    "verify": (cmd_verify, "check a dataset (nnU-Net raw, Decathlon, datalist) before training"),
+    "verify": (cmd_verify, "check a dataset (nnU-Net raw, Decathlon, datalist, KiTS19, BraTS, CHAOS) before training"),
     "plan": (cmd_plan, "print a dataset's plan: normalisation, spacing, patch size, 3D topology"),
     "evaluate": (cmd_evaluate, "score a folder of predictions against reference label maps (Dice, HD95)"),
 }

@@ -559,7 +559,8 @@ class BraTSDataModule(_SliceDataModule):
 
 
 class SliceDataModule(_SliceDataModule):
-    """2D slices of any dataset (nnU-Net v2 raw, Decathlon, MONAI datalist) for DR-Net and the 2D baselines.
+    """2D slices of any dataset (:func:`segzoo.data.sources.open_source`: nnU-Net v2 raw, Decathlon, MONAI datalist,
+    KiTS19, BraTS, CHAOS) for DR-Net and the 2D baselines.
 
     Channels, classes and label names come from the dataset; each channel is normalised by its name as in the 3D
     plan (:func:`segzoo.data.planning.normalization_for`: ``CT`` with the dataset's foreground clip and z-score,
@@ -570,7 +571,8 @@ class SliceDataModule(_SliceDataModule):
     each prediction on its input's grid.
 
     Args:
-        data_dir: a folder with dataset.json (nnU-Net raw or Decathlon) or a MONAI datalist ``.json`` file.
+        data_dir: a folder with dataset.json (nnU-Net raw or Decathlon), a KiTS19 / BraTS / CHAOS folder, or a MONAI
+            datalist ``.json`` file.
         image_size: in-plane size ``(H, W)`` of the slices fed to the net (the paper: 256x256).
         resize_mode: ``"resize"`` (bilinear) or ``"pad"`` (centred zero padding).
         slice_selection: ``"all"``, ``"lesion"`` or ``"largest<k>"`` slices per case.
@@ -628,7 +630,7 @@ class SliceDataModule(_SliceDataModule):
             splits_file=splits_file,
         )
         from segzoo.data.datamodule import _region_encoding
-        from segzoo.data.planning import header_fingerprint, normalization_for
+        from segzoo.data.planning import header_fingerprint, normalization_for, slice_axis
         from segzoo.data.sources import open_source
 
         self.source = open_source(data_dir)
@@ -642,7 +644,7 @@ class SliceDataModule(_SliceDataModule):
         self.class_names = [self.label_names[k] for k in sorted(self.label_names) if k != 0]
         headers = header_fingerprint(self.source.training)
         self.orientation = tuple(headers["orientation"])
-        self.slice_axis = int(np.argmax(headers["median_spacing"]))  # the coarsest axis
+        self.slice_axis = slice_axis(headers["median_spacing"])  # the coarsest axis, as `segzoo plan` prints it
         self.normalization = [normalization_for(n) for n in self.source.channel_names]
         self._channel_stats: list | None = None
 

@@ -28,13 +28,10 @@ FINGERPRINT_VERSION = 2  # 2: the training orientation (axis codes); spacings an
 
 
 def _stored_codes(case: Case) -> tuple[str, ...]:
-    """Axis codes of a case's image, from its header alone (no voxel is read)."""
-    import nibabel as nib
+    """Axis codes of a case's image, from its NIfTI header alone (no voxel is read; a DICOM case is read once)."""
+    from segzoo.data.planning import case_geometry
 
-    try:
-        return axis_codes(nib.load(str(case.image)).affine)
-    except Exception as e:
-        raise DataError(f"{case.image}: cannot read the NIfTI header ({type(e).__name__}: {e})") from None
+    return axis_codes(case_geometry(case)[0])
 
 
 def _case_fingerprint(

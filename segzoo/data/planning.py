@@ -14,7 +14,12 @@ Reference: Isensee et al., "nnU-Net", Nature Methods 2021, and nnU-Net v2's ``Ex
   within 2x the finest and its feature map stays >= ``min_feature_map`` (4) voxels; kernels are in-plane only (1 on
   the coarse axis) until the spacings become comparable; one more level per pooling, up to ``max_levels``;
 - **patch size**: the median case shape at the target spacing, shrunk along its largest axis (relative to the median
-  shape) until the estimated activation memory of the net fits ``memory_budget_gb``; divisible by the total stride.
+  shape) until the estimated activation memory of the net fits ``memory_budget_gb``; divisible by the total stride;
+- **2D slicing** (:func:`slice_axis`): the 2D nets (:class:`~segzoo.data.datamodule_2d.SliceDataModule`) cut each
+  case along its coarsest axis (the thick-slice axis of anisotropic data), as nnU-Net's 2d configuration does.
+
+Shapes and spacings come from the NIfTI headers alone; a case stored otherwise (CHAOS: a DICOM series) is read by its
+own reader (:func:`case_geometry`).
 
 Departures (see ``docs/data/own_data.md``): nnU-Net's estimate of GPU memory is its own network's; segzoo counts the
 feature maps of :class:`segzoo.nets.MSSUNet` (2 conv-norm-act per level, stored for the backward pass) in float32, so
@@ -31,14 +36,16 @@ from typing import Any
 import numpy as np
 
 from segzoo.data.geometry import Reorientation, axis_codes, majority_codes, spacing_from_affine
-from segzoo.data.io import DataError
+from segzoo.data.io import DataError, is_nifti_name, read_nifti_header
 
 __all__ = [
     "NORMALIZATIONS",
+    "case_geometry",
     "header_fingerprint",
     "normalization_for",
     "plan_dataset",
     "plan_topology",
+    "slice_axis",
     "target_spacing",
 ]
 
@@ -57,20 +64,38 @@ def normalization_for(channel_name: str) -> str:
     return "zscore"
 
 
+def case_geometry(case: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``(affine 4x4, spatial shape)`` of a case's image as its reader gives it (``load()``'s grid).
+
+    A NIfTI image (:class:`~segzoo.data.sources.ImageCase`, :class:`~segzoo.data.kits19.KiTS19Case`) gives both from
+    its first file's header, no voxel read; any other image (a CHAOS case's DICOM folder) is read through the case's
+    ``load_image()`` (else ``load()``): the reader alone knows its voxel order and affine.
+
+    Raises:
+        DataError: an unreadable header or image, naming the file.
+    """
+    if is_nifti_name(case.image):
+        header = read_nifti_header(case.image)
+        return np.asarray(header.get_best_affine(), dtype=np.float64), tuple(
+            int(s) for s in header.get_data_shape()[:3]
+        )
+    load_image = getattr(case, "load_image", None)
+    image, affine = load_image() if load_image is not None else case.load()[::2]
+    return np.asarray(affine, dtype=np.float64), tuple(int(s) for s in np.shape(image)[-3:])
+
+
+def slice_axis(median_spacing: Sequence[float]) -> int:
+    """The axis the 2D nets cut slices along: the coarsest of the median spacing (the first of equals)."""
+    return int(np.argmax(np.asarray(median_spacing, dtype=float)))
+
+
 def header_fingerprint(cases: Sequence[Any]) -> dict[str, Any]:
-    """Spacings and shapes of the cases in their majority orientation, from the NIfTI headers alone (no voxel read).
+    """Spacings and shapes of the cases in their majority orientation, from the NIfTI headers alone (no voxel read;
+    a case of another format is read once, :func:`case_geometry`).
 
     Returns ``{"orientation", "spacings": [[...]], "shapes": [[...]], "median_spacing", "median_shape"}``.
     """
-    import nibabel as nib
-
-    headers = []
-    for c in cases:
-        try:
-            img = nib.load(str(c.image))
-        except Exception as e:
-            raise DataError(f"{c.image}: cannot read the NIfTI header ({type(e).__name__}: {e})") from None
-        headers.append((np.asarray(img.affine), tuple(int(s) for s in img.shape[:3])))
+    headers = [case_geometry(c) for c in cases]
     if not headers:
         raise DataError("planning needs at least one training case")
     orientation = majority_codes([axis_codes(a) for a, _ in headers])
@@ -201,6 +226,10 @@ def plan_dataset(
         min_feature_map: smallest feature map (voxels per axis) at the deepest level.
         max_patch_voxels: optional cap on the patch's voxel count (a CPU budget).
         spacing: a target spacing to use instead of the planned one.
+
+    Returns:
+        The plan; besides the 3D net's ``patch_size``, ``kernel_size``, ``strides``, ``slice_axis`` is the axis (of
+        ``orientation``) the 2D nets cut slices along (:func:`slice_axis`).
     """
     spacings = fingerprint["spacings"]
     shapes = fingerprint["shapes"]
@@ -211,6 +240,7 @@ def plan_dataset(
         [[n * s / t for n, s, t in zip(shape, sp, target)] for shape, sp in zip(shapes, spacings)], dtype=float
     )
     median_shape = np.median(new_shapes, axis=0)
+    median_spacing = [float(v) for v in np.median(spacings, axis=0)]
     # nnU-Net's initial patch: the aspect of 1/spacing scaled to 256^3 voxels, capped by the median shape
     aspect = 1.0 / np.asarray(target)
     patch = aspect / np.prod(aspect) ** (1 / 3) * 256
@@ -236,7 +266,8 @@ def plan_dataset(
         "normalization": [normalization_for(n) for n in channel_names],
         "channel_names": list(channel_names),
         "orientation": fingerprint.get("orientation"),
-        "median_spacing": [float(v) for v in np.median(spacings, axis=0)],
+        "median_spacing": median_spacing,
+        "slice_axis": slice_axis(median_spacing),
         "target_spacing": target,
         "median_shape_at_target": [float(v) for v in median_shape],
         "patch_size": [int(v) for v in topo["patch_size"]],

@@ -2,8 +2,9 @@
 
 What it checks follows nnU-Net v2's ``verify_dataset_integrity`` (and accepts what it accepts): the cases listed or
 found match ``numTraining``; every case has each declared channel; channels and label share a shape and voxel
-spacing (another origin or direction only warns, as in nnU-Net); label values are declared in dataset.json and the
-declared values are consecutive (0, 1, 2, ...); no NaN. segzoo also refuses infinite intensities and unreadable or
+spacing (another origin or direction only warns, as in nnU-Net); label values are declared (dataset.json, the
+datalist, or the fixed labels of a KiTS19 / BraTS / CHAOS layout) and the declared values are consecutive (0, 1, 2,
+...); no NaN. segzoo also refuses infinite intensities and unreadable or
 truncated files, and names the file in every line. The same check runs at the start of ``segzoo fit`` on a generic
 dataset (:class:`segzoo.data.datamodule.PatchDataModule`).
 """
@@ -20,7 +21,7 @@ from segzoo.data.io import DataError, load_nifti
 from segzoo.data.sources import DatasetSource, ImageCase, open_source
 from segzoo.data.sources.base import grid_difference
 
-__all__ = ["VerifyReport", "verify_case", "verify_dataset", "verify_source"]
+__all__ = ["VerifyReport", "labels_declared_by", "verify_case", "verify_dataset", "verify_source"]
 
 
 @dataclass
@@ -48,8 +49,14 @@ class VerifyReport:
             raise DataError(self.errors[0] + more)
 
 
-def verify_case(case: ImageCase) -> tuple[list[str], list[str]]:
-    """``(errors, warnings)`` of one case: every file read, grids compared, label values checked."""
+def verify_case(case: ImageCase, labels_declared_by: str = "dataset.json") -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` of one case: every file read, grids compared, label values checked.
+
+    Args:
+        case: the case.
+        labels_declared_by: what declares ``case.label_values``, as an undeclared value's line names it
+            (:func:`labels_declared_by`).
+    """
     errors: list[str] = []
     warnings: list[str] = []
     if type(case).load_image is not ImageCase.load_image:  # not NIfTI (CHAOS: DICOM + PNG): its own reader checks it
@@ -104,7 +111,9 @@ def verify_case(case: ImageCase) -> tuple[list[str], list[str]]:
     if case.label_values is not None:
         extra = [v for v in values if v not in case.label_values]
         if extra:
-            errors.append(f"{case.label}: label values {extra} not declared in dataset.json {list(case.label_values)}")
+            errors.append(
+                f"{case.label}: label values {extra} not declared in {labels_declared_by} {list(case.label_values)}"
+            )
     if values == [0]:
         warnings.append(f"{case.label}: only background (0); intentional? (nnU-Net warns too)")
     return errors, warnings
@@ -113,10 +122,11 @@ def verify_case(case: ImageCase) -> tuple[list[str], list[str]]:
 def verify_source(source: DatasetSource, num_workers: int = 0, cases: list[ImageCase] | None = None) -> VerifyReport:
     """Check a listed dataset; ``cases`` (default: training and test cases) limits the per-case checks."""
     report = VerifyReport(source, errors=list(source.problems))
-    if source.num_training is not None and source.num_training != len(source.training) + _unlisted(source):
+    # a case the reader dropped has its own problem line; it still counts as found, as in nnU-Net
+    found = len(source.training) + len(source.dropped_training)
+    if source.num_training is not None and source.num_training != found:
         report.errors.append(
-            f"{_meta_file(source)}: numTraining is {source.num_training} but {len(source.training) + _unlisted(source)} "
-            "training cases were found"
+            f"{_meta_file(source)}: numTraining is {source.num_training} but {found} training cases were found"
         )
     values = sorted(source.labels)
     if values != list(range(len(values))):
@@ -126,13 +136,14 @@ def verify_source(source: DatasetSource, num_workers: int = 0, cases: list[Image
     if not source.training:
         report.errors.append(f"{source.root}: no labelled training case found")
     todo = list(source.training) + list(source.test) if cases is None else list(cases)
+    declared_by = labels_declared_by(source)
     if num_workers > 0 and len(todo) > 1:
         from segzoo.utils import spawn_pool
 
         with spawn_pool(min(num_workers, len(todo))) as pool:
-            results = list(pool.map(verify_case, todo))
+            results = list(pool.map(verify_case, todo, [declared_by] * len(todo)))
     else:
-        results = [verify_case(c) for c in todo]
+        results = [verify_case(c, declared_by) for c in todo]
     for errs, warns in results:
         report.errors += errs
         report.warnings += warns
@@ -140,9 +151,10 @@ def verify_source(source: DatasetSource, num_workers: int = 0, cases: list[Image
     return report
 
 
-def _unlisted(source: DatasetSource) -> int:
-    """Training cases dropped while listing (a missing channel or label): they still count against numTraining."""
-    return sum(1 for p in source.problems if "lacks channel" in p or "but no label" in p)
+def labels_declared_by(source: DatasetSource) -> str:
+    """What declares a source's label values, as a problem line names it: the reader's ``labels_declared_by``
+    (``"the BraTS labels"``), else its metadata file (``dataset.json``, the datalist's name)."""
+    return source.labels_declared_by or _meta_file(source).name
 
 
 def _meta_file(source: DatasetSource) -> Path:

@@ -2,19 +2,23 @@
 readers load them, and ``segzoo verify`` passes good data and names the file of each broken variant. Data: segzoo's
 synthetic generators (the real formats) and real outside files (nibabel's and pydicom's test data)."""
 
+import json
 import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from segzoo.cli import main
 from segzoo.data.brats import BRATS_LABELS, brats_label_to_index, load_brats_case
 from segzoo.data.chaos import CHAOS_GREY_RANGES, load_chaos_case, load_chaos_series
+from segzoo.data.fingerprint import compute_fingerprint
+from segzoo.data.geometry import axis_codes, spacing_from_affine
 from segzoo.data.io import DataError
-from segzoo.data.planning import normalization_for
-from segzoo.data.sources import open_source, read_chaos
+from segzoo.data.planning import header_fingerprint, normalization_for
+from segzoo.data.sources import ImageCase, open_source, read_chaos
 from segzoo.data.sources.chaos import ChaosImageCase
 from segzoo.data.synthetic import write_synthetic
 from segzoo.data.verify import verify_dataset
@@ -315,3 +319,77 @@ def test_kits19_still_detected_and_unknown_layout_lists_every_form(tmp_path):
     with pytest.raises(DataError, match="not a dataset") as e:
         open_source(tmp_path / "empty")
     assert "BraTS" in str(e.value) and "CHAOS" in str(e.value) and "KiTS19" in str(e.value)
+
+
+# ------------------------------------------------------------- dropped cases, what declares the labels (issue 22)
+def test_undeclared_value_names_the_layouts_labels(brats, tmp_path):
+    root = _copy(brats, tmp_path)
+    culprit = _seg_value_3(root)
+    [line] = verify_dataset(root).errors
+    assert culprit in line and "label values [3] not declared in the BraTS labels [0, 1, 2, 4]" in line
+    assert "dataset.json" not in line
+    kits = tmp_path / "kits" / "case_00000"
+    kits.mkdir(parents=True)
+    seg = np.zeros((4, 5, 6), np.uint8)
+    seg[1, 1, 1] = 5
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.eye(4)), str(kits / "imaging.nii.gz"))
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), str(kits / "segmentation.nii.gz"))
+    [line] = verify_dataset(kits.parent).errors
+    assert "segmentation.nii.gz: label values [5] not declared in the KiTS19 labels [0, 1, 2]" in line
+
+
+@pytest.mark.parametrize(
+    "layout, breaks", [("brats", _missing_modality), ("brats", _missing_flair), ("chaos", _missing_dicom_folder)]
+)
+def test_reader_lists_the_training_case_it_dropped(brats, chaos, tmp_path, layout, breaks):
+    root = _copy(brats if layout == "brats" else chaos, tmp_path)
+    assert open_source(root).dropped_training == []
+    culprit = breaks(root)  # <case>_<modality>.nii.gz, or case 1's DICOM_anon folder
+    dropped = culprit.rsplit("_", 1)[0] if layout == "brats" else "1"
+    source = open_source(root)
+    assert source.dropped_training == [dropped] and dropped not in [c.case_id for c in source.training]
+    assert len(source.problems) == 1
+
+
+# ---------------------------------------------------------------------- a CHAOS source through plan and the datamodules
+def test_plan_chaos_slices_along_the_series_axis(chaos, capsys):
+    assert main(["plan", str(chaos)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    source = open_source(chaos)
+    image, affine = source.training[0].load_image()  # (1, S, H, W): the DICOM slices on axis 0
+    assert plan["dataset"]["kind"] == "chaos" and plan["normalization"] == ["zscore"]
+    assert plan["orientation"] == list(axis_codes(affine))  # every synthetic case is stored the same way
+    # the 2D nets cut along the series' slice axis: the axial (S/I) one, the coarsest
+    assert plan["slice_axis"] == 0 and plan["orientation"][0] in ("S", "I")
+    assert plan["median_spacing"] == pytest.approx(list(spacing_from_affine(affine)), abs=1e-4)
+    assert plan["median_spacing"][0] > 2 * max(plan["median_spacing"][1:])
+    assert len(plan["patch_size"]) == 3 and plan["patch_size"][0] <= plan["patch_size"][1]
+    # the fingerprint reads the cases the same way
+    fp = compute_fingerprint(source.training, samples_per_case=100)
+    assert fp["orientation"] == plan["orientation"] and fp["shapes"]["1"] == list(image.shape[1:])
+
+
+def test_header_fingerprint_reads_no_voxel_of_a_nifti_case(brats, monkeypatch):
+    def no_voxels(self, *a, **k):
+        raise AssertionError("a NIfTI case's geometry must come from its header")
+
+    monkeypatch.setattr(ImageCase, "load_image", no_voxels)
+    monkeypatch.setattr(ImageCase, "load", no_voxels)
+    headers = header_fingerprint(open_source(brats).training)
+    img = nib.load(str(sorted(brats.rglob("*_flair.nii.gz"))[0]))
+    assert sorted(headers["shapes"][0]) == sorted(img.shape)
+
+
+def test_slice_datamodule_over_chaos_yields_a_batch(chaos):
+    from segzoo.data.datamodule_2d import SliceDataModule
+
+    dm = SliceDataModule(str(chaos), image_size=(32, 32), batch_size=2, train_fraction=0.5, num_workers=0)
+    assert dm.in_channels == 1 and dm.num_classes == 5 and dm.slice_axis == 0
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 1, 32, 32) and batch["label"].shape == (2, 1, 32, 32)
+    assert torch.isfinite(batch["image"]).all() and set(batch["label"].unique().tolist()) <= {0, 1, 2, 3, 4}
+    val = next(iter(dm.val_dataloader()))  # one whole case: as many slices as its DICOM files
+    [case] = [c for c in open_source(chaos).training if c.case_id == val["case_id"][0]]
+    assert val["image"].shape[2] == len(list(case.images[0].glob("*.dcm")))

@@ -6,14 +6,16 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from segzoo.cli import main
+from segzoo.data.sources import open_source
 from segzoo.data.synthetic.nnunet import write_nnunet
-from segzoo.data.verify import verify_dataset
+from segzoo.data.verify import verify_dataset, verify_source
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +161,67 @@ def test_nnunet_integrity_check_agrees(good, tmp_path):
             assert _nnunet_accepts(root), f"nnU-Net now refuses the '{name}' variant: update STRICTER"
             continue
         assert not _nnunet_accepts(root), f"nnU-Net accepts the '{name}' variant"
+
+
+# --------------------------------------------------------------- cases a reader dropped; what declares the labels
+def _small(root, form="nnunet", test_cases=1):
+    write_nnunet(root, cases=3, test_cases=test_cases, seed=7, form=form, shape=(20, 20, 6), mixed_orientations=False)
+    return root
+
+
+@pytest.mark.parametrize("form", ["nnunet", "msd"])
+def test_dropped_training_case_counts_against_num_training(tmp_path, form):
+    root = _small(tmp_path / "Dataset502_Small", form)
+    if form == "nnunet":
+        (root / "labelsTr" / "synth_001.nii.gz").unlink()  # images without their label: a training case dropped
+        (root / "imagesTs" / "synth_003_0001.nii.gz").unlink()  # a test case lacking a channel: not a training case
+        dropped = ["synth_001"]
+    else:
+        (root / "imagesTr" / "synth_002.nii.gz").unlink()  # listed under 'training', file gone
+        dropped = ["synth_002"]
+    source = open_source(root)
+    assert source.dropped_training == dropped and source.num_training == 3
+    assert sorted(c.case_id for c in source.training) == sorted({"synth_000", "synth_001", "synth_002"} - {*dropped})
+    report = verify_source(source)
+    assert report.errors == source.problems  # each drop has its line; numTraining (3) agrees: 2 listed + 1 dropped
+
+
+def test_num_training_check_reads_the_dropped_list_not_the_wording(good):
+    source = open_source(good)  # 3 training cases, numTraining 3
+    assert source.dropped_training == [] and source.num_training == 3
+    # a drop reported in any words still counts
+    dropped = replace(
+        source,
+        training=source.training[:2],
+        problems=["imagesTr/synth_002: reworded problem line"],
+        dropped_training=[source.training[2].case_id],
+    )
+    assert verify_source(dropped, cases=[]).errors == dropped.problems
+    # a problem worded like the old drop messages is no drop when the reader kept the case
+    look_alike = replace(source, problems=["case 'x' lacks channel(s) [1] ... but no label"])
+    assert verify_source(look_alike, cases=[]).errors == look_alike.problems
+    # and no drop recorded: the missing case is a numTraining error
+    silent = replace(dropped, dropped_training=[])
+    errors = verify_source(silent, cases=[]).errors
+    assert len(errors) == 2 and "numTraining is 3" in errors[1] and "dataset.json" in errors[1]
+
+
+@pytest.mark.parametrize("form, named", [("nnunet", "dataset.json"), ("datalist", "datalist.json")])
+def test_undeclared_label_names_what_declares_the_labels(tmp_path, form, named):
+    root = _small(tmp_path / "Dataset503_Small", form, test_cases=0)
+    culprit = _undeclared_label(root)
+    report = verify_dataset(root / "datalist.json" if form == "datalist" else root)
+    assert len(report.errors) == 1, report.errors
+    assert culprit in report.errors[0] and f"label values [7] not declared in {named} [0, 1, 2, 3]" in report.errors[0]
+
+
+@pytest.mark.parametrize("command", ["verify", "plan"])
+def test_dataset_command_help_names_every_layout(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # argparse wraps at the terminal width, and may wrap at a hyphen
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    # the layouts open_source accepts (its module doc), each by the name its error message uses
+    for layout in ("nnU-Net v2 raw", "Decathlon", "MONAI datalist", "KiTS19", "BraTS", "CHAOS"):
+        assert layout in out, (layout, out)

@@ -54,6 +54,7 @@ def read_kits19(root: str | os.PathLike) -> DatasetSource:
         labels=dict(KITS19_LABELS),
         training=[c for c in cases if c.label is not None],
         test=[c for c in cases if c.label is None],
+        labels_declared_by="the KiTS19 labels",
     )
 
 

@@ -153,7 +153,7 @@ class DatasetSource:
 
     Args:
         root: the dataset folder (or the datalist file).
-        kind: ``"nnunet"``, ``"msd"``, ``"datalist"`` or ``"kits19"``.
+        kind: ``"nnunet"``, ``"msd"``, ``"datalist"``, ``"kits19"``, ``"brats"`` or ``"chaos"``.
         name: the dataset's name (dataset.json ``name``, else the folder's name).
         channel_names: one name per input channel (``"CT"``, ``"T2"``, ``"noNorm"`` ...); they choose the
             normalisation (:mod:`segzoo.data.planning`).
@@ -166,6 +166,11 @@ class DatasetSource:
         regions_class_order: nnU-Net's ``regions_class_order`` (the value each region paints, in painting order).
         problems: problems found while listing (a missing channel file, a case without image), one line each;
             :func:`segzoo.data.verify.verify_dataset` reports them, :meth:`check` raises the first.
+        dropped_training: the ids of the training cases the reader found (or the layout lists) but left out of
+            ``training`` (a missing channel, label or file; each also has its ``problems`` line): they still count
+            against ``num_training``, as nnU-Net counts them.
+        labels_declared_by: what declares the label values, as a problem line names it (``"the BraTS labels"``);
+            ``None``: the dataset's metadata file (``dataset.json``, the datalist).
     """
 
     root: Path
@@ -180,6 +185,8 @@ class DatasetSource:
     regions: dict[str, list[int]] | None = None
     regions_class_order: list[int] | None = None
     problems: list[str] = field(default_factory=list)
+    dropped_training: list[str] = field(default_factory=list)
+    labels_declared_by: str | None = None
 
     @property
     def in_channels(self) -> int:

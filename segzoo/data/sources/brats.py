@@ -69,6 +69,7 @@ def read_brats(root: str | os.PathLike) -> DatasetSource:
     """
     root = Path(root)
     problems: list[str] = []
+    dropped: list[str] = []  # training cases (a seg file) left out
     training, test = [], []
     cases = find_brats_cases(root)
     # find_brats_cases knows a case by its flair file: a folder with the other files but no flair is a case lacking it
@@ -79,6 +80,8 @@ def read_brats(root: str | os.PathLike) -> DatasetSource:
                 f"{d / f'{d.name}_flair.nii.gz'}: missing (nor .nii); case '{d.name}' lacks channel(s) ['FLAIR'] of the "
                 "4 BraTS modalities"
             )
+            if brats_file(d, "seg") is not None:
+                dropped.append(d.name)
     for case_dir in cases:
         name = case_dir.name
         files = [brats_file(case_dir, m) for m in BRATS_MODALITIES]
@@ -88,6 +91,8 @@ def read_brats(root: str | os.PathLike) -> DatasetSource:
                 f"{case_dir / f'{name}_{missing[0]}.nii.gz'}: missing (nor .nii); case '{name}' lacks channel(s) "
                 f"{[BRATS_CHANNEL_NAMES[BRATS_MODALITIES.index(m)] for m in missing]} of the 4 BraTS modalities"
             )
+            if brats_file(case_dir, "seg") is not None:
+                dropped.append(name)
             continue
         case = BratsImageCase(
             name, tuple(files), brats_file(case_dir, "seg"), tuple(BRATS_LABELS), num_channels=len(files)
@@ -102,4 +107,6 @@ def read_brats(root: str | os.PathLike) -> DatasetSource:
         training=training,
         test=test,
         problems=problems,
+        dropped_training=dropped,
+        labels_declared_by="the BraTS labels",  # the seg files' own values, before load_label maps 4 -> 3
     )

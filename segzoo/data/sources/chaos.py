@@ -100,11 +100,14 @@ def read_chaos(root: str | os.PathLike, sequence: str = "T2SPIR") -> DatasetSour
     """
     root = Path(root)
     problems: list[str] = []
+    dropped: list[str] = []  # training cases (a Ground folder) left out
     training, test = [], []
     for case_dir in find_chaos_cases(root, sequence):
         dicom_dir, ground_dir = _sequence_dirs(case_dir, sequence)
         if not dicom_dir.is_dir():
             problems.append(f"{dicom_dir}: missing; case '{case_dir.name}' has no DICOM series for {sequence}")
+            if ground_dir.is_dir():
+                dropped.append(case_dir.name)
             continue
         label = ground_dir if ground_dir.is_dir() else None
         case = ChaosImageCase(
@@ -126,4 +129,6 @@ def read_chaos(root: str | os.PathLike, sequence: str = "T2SPIR") -> DatasetSour
         test=test,
         file_ending=".dcm",
         problems=problems,
+        dropped_training=dropped,
+        labels_declared_by="the CHAOS labels",
     )

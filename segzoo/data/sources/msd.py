@@ -72,8 +72,24 @@ def _case_id(path: Path) -> str:
 
 
 def _entries(
-    path: Path, base: Path, items: Any, key: str, labelled: bool, n: int | None, four_d: bool, values, problems
+    path: Path,
+    base: Path,
+    items: Any,
+    key: str,
+    labelled: bool,
+    n: int | None,
+    four_d: bool,
+    values,
+    problems: list[str],
+    dropped: list[str] | None = None,
 ) -> list[ImageCase]:
+    """The cases a ``key`` list names; an entry left out gets its ``problems`` line and, when ``labelled``, its case
+    id (``key[i]`` without an image) in ``dropped``."""
+
+    def drop(case: str) -> None:
+        if labelled and dropped is not None:
+            dropped.append(case)
+
     if items is None:
         return []
     if not isinstance(items, list):
@@ -84,6 +100,7 @@ def _entries(
             item = {"image": item}
         if not isinstance(item, dict) or "image" not in item:
             problems.append(f"{path}: {key}[{i}] has no 'image'")
+            drop(f"{key}[{i}]")
             continue
         images = _resolve(base, item["image"])
         if any(_is_resource_fork(p) for p in images):
@@ -91,10 +108,12 @@ def _entries(
         label = _resolve(base, item["label"])[0] if labelled and item.get("label") else None
         if labelled and label is None:
             problems.append(f"{path}: {key}[{i}] ({images[0].name}) has no 'label'")
+            drop(_case_id(images[0]))
             continue
         missing = [p for p in (*images, label) if p is not None and not p.is_file()]
         if missing:
             problems.append(f"{missing[0]}: missing (listed in {path.name} '{key}'[{i}])")
+            drop(_case_id(images[0]))
             continue
         case = _case_id(images[0])
         if case.endswith("_0000") and len(images) > 1:
@@ -105,6 +124,7 @@ def _entries(
         channels = n if n is not None else (len(images) if not four_d else 1)
         if not four_d and n is not None and len(images) != n:
             problems.append(f"{images[0]}: {key}[{i}] lists {len(images)} channel files; {n} channels declared")
+            drop(case)
             continue
         cases.append(ImageCase(case, images, label, values, four_d=four_d and len(images) == 1, num_channels=channels))
     return cases
@@ -125,7 +145,10 @@ def read_msd(root: str | Path) -> DatasetSource:
     labels = _msd_labels(meta_path, meta["labels"])
     values = tuple(sorted(labels))
     problems: list[str] = []
-    training = _entries(meta_path, root, meta.get("training"), "training", True, len(names), True, values, problems)
+    dropped: list[str] = []
+    training = _entries(
+        meta_path, root, meta.get("training"), "training", True, len(names), True, values, problems, dropped
+    )
     test = _entries(meta_path, root, meta.get("test"), "test", False, len(names), True, values, problems)
     num = meta.get("numTraining")
     return DatasetSource(
@@ -138,6 +161,7 @@ def read_msd(root: str | Path) -> DatasetSource:
         test=test,
         num_training=int(num) if isinstance(num, int) else None,
         problems=problems,
+        dropped_training=dropped,
     )
 
 
@@ -153,9 +177,10 @@ def read_datalist(path: str | Path, base_dir: str | Path | None = None) -> Datas
     labels = _msd_labels(path, meta["labels"]) if "labels" in meta else None
     values = tuple(sorted(labels)) if labels else None
     problems: list[str] = []
+    dropped: list[str] = []
     n = len(names) if names else None
-    training = _entries(path, base, meta["training"], "training", True, n, True, values, problems)
-    training += _entries(path, base, meta.get("validation"), "validation", True, n, True, values, problems)
+    training = _entries(path, base, meta["training"], "training", True, n, True, values, problems, dropped)
+    training += _entries(path, base, meta.get("validation"), "validation", True, n, True, values, problems, dropped)
     test = _entries(path, base, meta.get("test"), "test", False, n, True, values, problems)
     if names is None:
         first = training[0] if training else None
@@ -175,6 +200,7 @@ def read_datalist(path: str | Path, base_dir: str | Path | None = None) -> Datas
         training=training,
         test=test,
         problems=problems,
+        dropped_training=dropped,
     )
 
 

@@ -80,8 +80,16 @@ def group_channel_files(folder: Path, file_ending: str) -> tuple[dict[str, dict[
 
 
 def _channel_cases(
-    folder: Path, file_ending: str, channels: int, labels_dir: Path | None, label_values, problems: list[str]
+    folder: Path,
+    file_ending: str,
+    channels: int,
+    labels_dir: Path | None,
+    label_values,
+    problems: list[str],
+    dropped: list[str] | None = None,
 ) -> list[ImageCase]:
+    """The cases of an images folder; a case left out gets its ``problems`` line and, in a training folder
+    (``labels_dir`` given), its id in ``dropped``."""
     grouped, odd = group_channel_files(folder, file_ending) if folder.is_dir() else ({}, [])
     for p in odd:
         problems.append(f"{p}: not named {{case}}_{{XXXX}}{file_ending} (XXXX = the 4-digit channel index)")
@@ -102,6 +110,8 @@ def _channel_cases(
                 f"{folder / f'{case}_{missing[0]:04d}{file_ending}'}: case '{case}' lacks channel(s) {missing} "
                 f"of the {channels} dataset.json declares"
             )
+            if labels_dir is not None and dropped is not None:
+                dropped.append(case)
             continue
         if extra:
             problems.append(
@@ -112,6 +122,8 @@ def _channel_cases(
             label = labels_dir / f"{case}{file_ending}"
             if not label.is_file():
                 problems.append(f"{label}: missing; case '{case}' has images in {folder.name} but no label")
+                if dropped is not None:
+                    dropped.append(case)
                 continue
         images = tuple(files[c] for c in range(channels))
         cases.append(ImageCase(case, images, label, label_values, num_channels=channels))
@@ -144,6 +156,7 @@ def read_nnunet(root: str | Path) -> DatasetSource:
         raise DataError(f"{meta_path}: file_ending {file_ending!r}: segzoo reads NIfTI (.nii.gz, .nii)")
     values = tuple(sorted(labels))
     problems: list[str] = []
+    dropped: list[str] = []
     n = len(channel_names)
     if isinstance(meta.get("dataset"), dict):
         training = []
@@ -152,14 +165,16 @@ def read_nnunet(root: str | Path) -> DatasetSource:
             label = _under(root, entry["label"]) if entry.get("label") else None
             if len(images) != n:
                 problems.append(f"{meta_path}: case '{case}' lists {len(images)} images; {n} channels declared")
+                dropped.append(str(case))
                 continue
             missing = [p for p in (*images, label) if p is not None and not p.is_file()]
             if missing:
                 problems.append(f"{missing[0]}: missing (listed for case '{case}' in {meta_path.name})")
+                dropped.append(str(case))
                 continue
             training.append(ImageCase(str(case), images, label, values, num_channels=n))
     else:
-        training = _channel_cases(root / "imagesTr", file_ending, n, root / "labelsTr", values, problems)
+        training = _channel_cases(root / "imagesTr", file_ending, n, root / "labelsTr", values, problems, dropped)
         if not (root / "imagesTr").is_dir():
             problems.append(f"{root / 'imagesTr'}: missing; an nnU-Net raw dataset keeps its training images there")
     test = (
@@ -184,6 +199,7 @@ def read_nnunet(root: str | Path) -> DatasetSource:
         regions=regions,
         regions_class_order=[int(v) for v in order] if order else None,
         problems=problems,
+        dropped_training=dropped,
     )
 
 
