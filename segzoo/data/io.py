@@ -191,6 +191,15 @@ def read_nifti_header(path: str | os.PathLike) -> Any:
         return img.header.copy()
 
 
+def label_map_header(path: str | os.PathLike) -> Any | None:
+    """The header a label map predicted on the grid of NIfTI file ``path`` is written with (qform, sform and their
+    codes kept); ``None`` for a 4D file, whose intent and dimensions do not describe a label map (write a fresh 3D
+    header from the affine instead)."""
+    header = read_nifti_header(path)
+    shape = header.get_data_shape()
+    return header if len(shape) <= 3 or int(np.prod(shape[3:])) == 1 else None
+
+
 def load_nifti(path: str | os.PathLike, dtype: type | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(array, affine)`` of a NIfTI file; see :func:`load_nifti_with_header` for what is accepted and refused."""
     data, affine, _ = load_nifti_with_header(path, dtype)

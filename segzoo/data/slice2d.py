@@ -3,8 +3,10 @@
 :class:`SlicePreprocessor` is what :class:`segzoo.data.datamodule_2d.CHAOSDataModule` and ``BraTSDataModule`` do to a
 case before the net sees its slices (z-score over the whole volume, slices brought to ``image_size`` by centred
 padding or resizing), stored in the checkpoint as a plain JSON dict (``type: "slice2d"``) and undone on the net's
-output by :meth:`SlicePreprocessor.restore`. ``segzoo infer`` uses it on BraTS case folders and CHAOS DICOM series
-(see ``docs/inference.md``).
+output by :meth:`SlicePreprocessor.restore`. Like :class:`VolumeSlicePreprocessor` (any dataset) it has the volume
+interface of the 3D preprocessing (``reorientation``, ``preprocess``, ``restore``), so ``segzoo infer`` predicts BraTS
+case folders and CHAOS DICOM series through the one :class:`~segzoo.inference.predict.Predictor` (see
+``docs/inference.md``).
 """
 
 from __future__ import annotations
@@ -115,12 +117,46 @@ class SlicePreprocessor:
     def __repr__(self) -> str:
         return f"SlicePreprocessor({', '.join(f'{k}={v}' for k, v in self.to_dict().items() if k != 'type')})"
 
-    # -- forward
+    # -- the volume interface of every preprocessing (segzoo infer's Predictor, test-time scoring)
+    @property
+    def slice_axis(self) -> int:
+        """The spatial axis the slices are cut along: BraTS the last (axial, in ``orientation``), CHAOS the first
+        (a series is read ``(S, H, W)``, slices in file-name order)."""
+        return 2 if self.dataset == "brats" else 0
+
+    def reorientation(self, affine: np.ndarray, shape: Sequence[int], name: object = "image"):
+        """The exact permutation/flip from a stored array to the training orientation (identity without one)."""
+        from segzoo.data.geometry import Reorientation
+
+        return Reorientation.to_codes(affine, shape, self.orientation, name=name)
+
+    def to_stack(self, array: np.ndarray, channels: bool = True) -> np.ndarray:
+        """``(C, *spatial)`` (or ``(*spatial)`` with ``channels=False``) with the slice axis first: ``(C, S, H, W)``."""
+        first = 1 if channels else 0
+        return np.moveaxis(np.asarray(array), first + self.slice_axis, first)
+
+    def preprocess(self, image: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """``(C, *spatial)`` (or one channel ``(*spatial)``) in the training orientation -> float32
+        ``(C, S, *image_size)``, the net's slices."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 3:
+            image = image[None]
+        return self.prepare(self.to_stack(image)).numpy()
+
+    def restore(self, scores: np.ndarray | torch.Tensor, original_shape: Sequence[int]) -> np.ndarray:
+        """Class scores ``(K, S, *image_size)`` -> label map ``original_shape`` (training orientation) of the stored
+        label values (BraTS 0/1/2/4), uint8: the in-plane fitting undone on the scores before the argmax."""
+        shape = tuple(int(s) for s in original_shape)
+        plane = [n for i, n in enumerate(shape) if i != self.slice_axis]
+        indices = self.restore_slices(scores, plane)
+        return np.ascontiguousarray(np.moveaxis(self.to_label_values(indices), 0, self.slice_axis))
+
+    # -- slices
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """``(C, S, H, W)`` raw slice stack -> float32 ``(C, S, *image_size)`` as the net was trained on."""
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 4 or image.shape[0] != self.in_channels:
-            raise ValueError(f"expected a (C={self.in_channels}, S, H, W) slice stack, got shape {image.shape}")
+            raise DataError(f"expected {self.in_channels} channel(s) of slices (C, S, H, W), got shape {image.shape}")
         if self.normalize == "zscore":
             image = zscore(image, nonzero=self.zscore_nonzero)
         h, w = image.shape[-2:]
@@ -134,24 +170,32 @@ class SlicePreprocessor:
         x, _, _ = fit_slices(x, dummy, self.image_size, self.resize_mode)
         return x.float().contiguous()
 
-    def restore(self, scores: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+    def restore_slices(self, scores: np.ndarray | torch.Tensor, shape: Sequence[int]) -> np.ndarray:
         """Class scores ``(K, S, *image_size)`` -> class indices ``(S, H, W)`` uint8 on the original in-plane grid
         ``shape = (H, W)``: the padding is cut off, or the scores are resized back (bilinear) before the argmax."""
-        s = torch.as_tensor(scores).float()
-        h, w = int(shape[0]), int(shape[1])
-        th, tw = self.image_size
-        if (h, w) != (th, tw):
-            if self.resize_mode == "pad":
-                top, left = (th - h) // 2, (tw - w) // 2
-                s = s[..., top : top + h, left : left + w]
-            else:
-                s = F.interpolate(s.transpose(0, 1), size=(h, w), mode="bilinear", align_corners=False).transpose(0, 1)
-        return s.argmax(0).to(torch.uint8).cpu().numpy()
+        return unfit_scores(scores, shape, self.image_size, self.resize_mode).argmax(0).to(torch.uint8).cpu().numpy()
 
     def to_label_values(self, indices: np.ndarray) -> np.ndarray:
         """Class indices -> stored label values (BraTS index 3 -> 4), uint8."""
         lut = np.asarray(self.label_values, dtype=np.uint8)
         return lut[np.asarray(indices, dtype=np.int64)]
+
+
+def unfit_scores(
+    scores: np.ndarray | torch.Tensor, shape: Sequence[int], image_size: Sequence[int], resize_mode: str
+) -> torch.Tensor:
+    """Inverse of :func:`fit_slices` on class scores ``(K, S, *image_size)``: ``(K, S, *shape)`` float, the padding cut
+    off or the scores resized back (bilinear)."""
+    s = torch.as_tensor(scores).float()
+    h, w = int(shape[0]), int(shape[1])
+    th, tw = int(image_size[0]), int(image_size[1])
+    if (h, w) != (th, tw):
+        if resize_mode == "pad":
+            top, left = (th - h) // 2, (tw - w) // 2
+            s = s[..., top : top + h, left : left + w]
+        else:
+            s = F.interpolate(s.transpose(0, 1), size=(h, w), mode="bilinear", align_corners=False).transpose(0, 1)
+    return s
 
 
 def zscore(image: np.ndarray, nonzero: bool = False) -> np.ndarray:
@@ -340,14 +384,6 @@ class VolumeSlicePreprocessor:
         """Class scores ``(K, S, *image_size)`` -> label map uint8 of ``original_shape`` (training orientation)."""
         shape = tuple(int(s) for s in original_shape)
         stack_shape = (shape[self.slice_axis], *[n for i, n in enumerate(shape) if i != self.slice_axis])
-        s = torch.as_tensor(scores).float()
-        h, w = stack_shape[1:]
-        th, tw = self.image_size
-        if (h, w) != (th, tw):
-            if self.resize_mode == "pad":
-                top, left = (th - h) // 2, (tw - w) // 2
-                s = s[..., top : top + h, left : left + w]
-            else:
-                s = F.interpolate(s.transpose(0, 1), size=(h, w), mode="bilinear", align_corners=False).transpose(0, 1)
+        s = unfit_scores(scores, stack_shape[1:], self.image_size, self.resize_mode)
         labels = s.argmax(0).to(torch.uint8).cpu().numpy()
         return np.ascontiguousarray(self.from_stack(labels))

@@ -161,49 +161,42 @@ def cmd_infer(argv: Sequence[str]) -> int:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
 
     from segzoo.data.io import DataError
-    from segzoo.inference.ensemble import load_ensemble_predictor, load_members, load_slice_ensemble
-    from segzoo.inference.predict import find_cases, find_series_input
+    from segzoo.data.sources.dicom import DicomSeriesCase, series_output_name
+    from segzoo.inference.ensemble import load_ensemble_predictor, load_members
+    from segzoo.inference.predict import find_cases, find_series_input, slice_dataset
 
     ckpts, args.ckpt = args.ckpt, args.ckpt[0] if len(args.ckpt) == 1 else f"the {len(args.ckpt)} checkpoints"
+    problems: list[str] = []  # cases a layout's reader cannot give (a BraTS case lacking a modality)
+    skipped: list[str] = []  # outputs already there (--continue)
     try:
-        members = load_members(ckpts, args.folds, trust=args.trust_checkpoint)  # read once, for the 2D or 3D path
+        members = load_members(ckpts, args.folds, trust=args.trust_checkpoint)
         loaded = members[0]
-        slices = load_slice_ensemble(
-            members,
-            device=args.device,
-            sw_batch_size=args.sw_batch_size or 16,
-            trust=args.trust_checkpoint,
-        )
-    except (DataError, FileNotFoundError) as e:
-        print(f"segzoo infer: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    if slices is not None:
-        return _infer_2d(slices, args)
-    if args.chaos_png:
-        print(f"segzoo infer: error: --chaos-png: {args.ckpt} is a 3D checkpoint, not a CHAOS one", file=sys.stderr)
-        return 2
-    try:
-        series_dir = find_series_input(args.input)
+        pre = loaded.preprocessor()
+        dataset = slice_dataset(pre)  # "brats" / "chaos" for a model trained on their slices: it reads their layout
+        if args.chaos_png and dataset != "chaos":
+            raise DataError(f"--chaos-png: {args.ckpt} is not a CHAOS checkpoint (it writes CHAOS Ground-style PNGs)")
+        if args.series is not None and dataset is not None:
+            raise DataError(f"--series: {args.ckpt} is a 2D checkpoint; it reads whole CHAOS series folders")
+        in_channels = int(getattr(loaded.net, "init_config", {}).get("init_args", {}).get("in_channels", 1))
+        series_dir = None if dataset is not None else find_series_input(args.input)
+        writer = case_writer(args, _model_labels(loaded, pre))
         if series_dir is None:
             if args.series is not None:
                 raise DataError(f"{args.input}: --series picks a series of a DICOM folder; this is not one")
-            in_channels = int(getattr(loaded.net, "init_config", {}).get("init_args", {}).get("in_channels", 1))
-            inputs = find_cases(args.input, in_channels)
-            if args.output_format != "nifti":
+            cases = find_cases(args.input, in_channels, pre, problems)
+            if args.output_format != "nifti" and not all(case.is_dicom for case in cases):
                 raise DataError(
                     f"{args.input}: NIfTI input; --output-format {args.output_format} writes a DICOM Segmentation, "
                     "which needs the DICOM source images (give the DICOM series folder, or use --output-format nifti)"
                 )
-        writer = case_writer(args, _model_labels(loaded))
-        series = None
-        if series_dir is not None:
-            name = series_dir.resolve().name + (f"_{args.series}" if args.series else "")
-            if not (args.resume and writer.finished(name)):
-                from segzoo.data.dicom_series import load_dicom_series
-
-                # read before the net is built: a series that is no volume (or a study folder without --series,
-                # listing its series) ends the run here with exit 2, as a bad --input does
-                series = load_dicom_series(series_dir, args.series)
+        elif args.resume and writer.finished(series_output_name(series_dir, args.series)):
+            cases, skipped = [], [series_output_name(series_dir, args.series)]
+        else:  # read before the net is built: a series that is no volume (or a study folder without --series,
+            # listing its series) ends the run here with exit 2, as a bad --input does
+            cases = [DicomSeriesCase.read(series_dir, args.series)]
+        if args.resume:
+            skipped += [case.output_name for case in cases if writer.finished(case.output_name)]
+            cases = [case for case in cases if case.output_name not in skipped]
         predictor = load_ensemble_predictor(
             members,
             device=args.device,
@@ -228,86 +221,48 @@ def cmd_infer(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="segzoo infer: %(message)s")  # notes such as oblique inputs
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO notes (each module it copies) are noise here
     out_dir = Path(args.output)
-    if series_dir is not None:
+    for name in skipped:
+        writer.add_existing(name)
 
-        def predict_series(folder: Path, out: Path) -> list[Path]:
-            labels = predictor.predict_volume(series.image, series.affine, name=folder)
-            frames = labels.transpose(2, 1, 0)  # (columns, rows, slices) -> frames (slices, rows, columns)
-            return writer.write(name, labels, series.affine, seg_frames=frames, seg_sources=series.headers)
+    def predict_case(case, out: Path) -> list[Path]:
+        result = case.prediction_output(*predictor.predict_labels(case), dicom_seg=writer.dicom_seg)
+        written = writer.write(
+            case.output_name,
+            result.labels,
+            result.affine,
+            header=result.header,
+            seg_frames=result.seg_frames,
+            seg_sources=result.seg_sources,
+        )
+        if args.chaos_png:
+            from segzoo.inference.outputs import write_ground_pngs
 
-        todo = [(series_dir, writer.paths(name)[0])] if series is not None else []
-        if not todo:
-            writer.add_existing(name)
-        summary = run_folder(todo, predict_series, desc="segzoo infer")
-        return report(summary, out_dir, skipped=1 - len(todo), writer=writer)
-
-    def predict_case(case, out: Path) -> Path:
-        written = predictor.predict_case(case, out)
-        writer.add_existing(case.case_id)  # statistics of the label map as written
+            written += write_ground_pngs(out_dir / f"{case.output_name}_png", result.seg_frames, result.slice_files)
         return written
 
-    todo = [(case, out_dir / f"{case.case_id}.nii.gz") for case in inputs]
-    if args.resume:
-        done = [case.case_id for case in inputs if writer.finished(case.case_id)]
-        todo = [(case, out) for case, out in todo if case.case_id not in done]
-        for case_id in done:
-            writer.add_existing(case_id)
-    summary = run_folder(todo, predict_case, desc="segzoo infer")
-    return report(summary, out_dir, skipped=len(inputs) - len(todo), writer=writer)
-
-
-def _infer_2d(predictor, args) -> int:
-    """The 2D branch of ``segzoo infer``: BraTS case folders or CHAOS series, slice by slice."""
-    from segzoo.data.brats import BRATS_CLASS_NAMES
-    from segzoo.data.chaos import CHAOS_CLASS_NAMES
-    from segzoo.data.io import DataError
-    from segzoo.inference.predict_2d import find_2d_inputs
-
-    if args.chaos_png and predictor.preprocessor.dataset != "chaos":
-        print(
-            f"segzoo infer: error: --chaos-png: {args.ckpt} is a {predictor.preprocessor.dataset} checkpoint",
-            file=sys.stderr,
-        )
-        return 2
-    pre = predictor.preprocessor
-    try:
-        if args.series is not None:
-            raise DataError(f"--series: {args.ckpt} is a 2D checkpoint; it reads whole CHAOS series folders")
-        items = find_2d_inputs(args.input, pre)
-        if args.output_format != "nifti" and pre.dataset != "chaos":
-            raise DataError(
-                f"{args.input}: NIfTI input ({pre.dataset.upper()}); --output-format {args.output_format} writes a "
-                "DICOM Segmentation, which needs DICOM source images (use --output-format nifti)"
-            )
-        names = CHAOS_CLASS_NAMES if pre.dataset == "chaos" else BRATS_CLASS_NAMES
-        values = [int(v) for v in pre.label_values]
-        writer = case_writer(args, ([v for v in values if v], dict(zip(values, names))))
-    except DataError as e:
-        _print_error(e)
-        return 2
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="segzoo infer: %(message)s")
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
-    out_dir = Path(args.output)
-    by_path = {item.path: item for item in items}
-    todo = [(item.path, writer.paths(item.name)[0]) for item in items]
-    if args.resume:
-        done = [item.name for item in items if writer.finished(item.name)]
-        todo = [(path, out) for path, out in todo if by_path[path].name not in done]
-        for name in done:
-            writer.add_existing(name)
+    for line in problems:
+        print(f"segzoo infer: error: {line}", file=sys.stderr)
     summary = run_folder(
-        todo,
-        lambda path, out: predictor.predict(by_path[path], out.parent, png=args.chaos_png, writer=writer),
-        desc="segzoo infer",
+        [(case, writer.paths(case.output_name)[0]) for case in cases], predict_case, desc="segzoo infer"
     )
-    return report(summary, out_dir, skipped=len(items) - len(todo), writer=writer)
+    summary["failed"] += [(line, line) for line in problems]
+    return report(summary, out_dir, skipped=len(skipped), writer=writer)
 
 
-def _model_labels(loaded) -> tuple[list[int], dict[int, str]]:
-    """``(label values, known names)`` of a 3D checkpoint: ``1 .. out_channels - 1``; KiTS19's names when it carries
-    the KiTS19 post-processing (which defines labels 1 kidney, 2 tumour)."""
+def _model_labels(loaded, preprocessor=None) -> tuple[list[int], dict[int, str]]:
+    """``(label values, known names)`` of a checkpoint: BraTS / CHAOS slice models their datasets' values and names;
+    otherwise ``1 .. out_channels - 1``, with KiTS19's names when it carries the KiTS19 post-processing (which defines
+    labels 1 kidney, 2 tumour)."""
+    from segzoo.inference.predict import slice_dataset
+
+    dataset = slice_dataset(preprocessor)
+    if dataset is not None:
+        from segzoo.data.brats import BRATS_CLASS_NAMES
+        from segzoo.data.chaos import CHAOS_CLASS_NAMES
+
+        values = [int(v) for v in preprocessor.label_values]
+        names = CHAOS_CLASS_NAMES if dataset == "chaos" else BRATS_CLASS_NAMES
+        return [v for v in values if v], dict(zip(values, names))
     out_channels = getattr(loaded.net, "init_config", {}).get("init_args", {}).get("out_channels")
     values = list(range(1, int(out_channels))) if out_channels is not None else []
     post = (loaded.format.get("postprocess") or {}).get("class_path", "")

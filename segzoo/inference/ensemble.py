@@ -33,7 +33,6 @@ from segzoo.checkpoint import LoadedModel
 from segzoo.data.io import DataError
 from segzoo.inference.labels import labels_on_original_grid
 from segzoo.inference.predict import Predictor, load_predictor
-from segzoo.inference.predict_2d import SlicePredictor, load_slice_predictor
 
 CV_METRICS = "cv_metrics.json"  # written by `segzoo cv` in its run folder
 FOLD_DIR = "fold_{}"
@@ -205,23 +204,6 @@ class EnsemblePredictor(Predictor):
         return labels_on_original_grid(total, image.shape[-3:], self.preprocessor, self.postprocess)
 
 
-@dataclass
-class SliceEnsemblePredictor(SlicePredictor):
-    """A :class:`~segzoo.inference.predict_2d.SlicePredictor` (2D nets) averaging its members' softmax."""
-
-    members: list[SlicePredictor] = field(default_factory=list)
-
-    def predict_stack(self, image: np.ndarray) -> np.ndarray:
-        x = self.preprocessor.prepare(image)[None].to(self.device)
-        total = None
-        with torch.inference_mode():
-            for member in self.members:
-                with _on(member.net, self.device) as net:
-                    total = _accumulate(total, _probabilities(member.inferer(x, net), member.inferer))
-            total /= len(self.members)
-        return self.preprocessor.restore(total[0], image.shape[-2:])
-
-
 def _check_postprocess(members: Sequence[LoadedModel]) -> None:
     first = members[0].format.get("postprocess")
     for other in members[1:]:
@@ -253,15 +235,3 @@ def load_ensemble_predictor(members: Sequence[LoadedModel], **kwargs: Any) -> Pr
         device=first.device,
         members=predictors,
     )
-
-
-def load_slice_ensemble(members: Sequence[LoadedModel], **kwargs: Any) -> SlicePredictor | None:
-    """:func:`~segzoo.inference.predict_2d.load_slice_predictor` for one member (``None`` for a 3D checkpoint); for
-    several 2D members a :class:`SliceEnsemblePredictor`."""
-    first = load_slice_predictor(members[0], **kwargs)
-    if first is None or len(members) == 1:
-        return first
-    predictors = [first, *(load_slice_predictor(m, **kwargs) for m in members[1:])]
-    for p in predictors:
-        p.net.to("cpu")
-    return SliceEnsemblePredictor(first.net, first.preprocessor, first.inferer, first.device, members=predictors)

@@ -23,6 +23,7 @@ from segzoo.data.io import DataError, save_nifti
 from segzoo.utils import atomic_write_text
 
 OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
+CHAOS_PNG_STEP = 63  # Ground grey value of class k is 63 * k (liver 63, right kidney 126, left kidney 189, spleen 252)
 STATS_FIELDS = ("case", "label", "name", "voxels", "volume_ml")
 
 
@@ -171,6 +172,25 @@ class CaseWriter:
         out_json = atomic_write_text(self.out_dir / "stats.json", json.dumps(document, indent=2) + "\n")
         out_csv = atomic_write_text(self.out_dir / "stats.csv", buffer.getvalue())
         return out_json, out_csv
+
+
+def write_ground_pngs(folder: Path, frames: np.ndarray, slice_files: Sequence[Path]) -> list[Path]:
+    """CHAOS Ground-style PNGs: one 8-bit grey PNG per frame of ``frames`` ``(S, H, W)`` (class k -> grey 63 k),
+    named after its DICOM slice file, in ``folder``; each written atomically. Returns the files written."""
+    from PIL import Image
+
+    from segzoo.utils import atomic_path
+
+    if len(frames) != len(slice_files):
+        raise DataError(f"{folder}: {len(frames)} frames for {len(slice_files)} slice files")
+    written = []
+    for frame, source in zip(frames, slice_files):
+        grey = (np.asarray(frame).astype(np.uint16) * CHAOS_PNG_STEP).astype(np.uint8)
+        path = Path(folder) / f"{Path(source).stem}.png"
+        with atomic_path(path, suffix=".tmp.png") as tmp:
+            Image.fromarray(grey).save(tmp)  # uint8 (H, W): an 8-bit grey PNG
+        written.append(path)
+    return written
 
 
 def _readable(path: Path) -> bool:

@@ -69,25 +69,23 @@ def find_inputs(input_path: str | os.PathLike) -> list[Path]:
 
 
 def find_series_input(input_path: str | os.PathLike) -> Path | None:
-    """``input_path`` when it is a folder of DICOM files (a series, or a study to pick a series from), else ``None``.
-
-    A CHAOS tree or BraTS folders are refused as in :func:`find_inputs` (they are for 2D checkpoints).
-    """
+    """``input_path`` when it is a folder of DICOM files (a series, or a study to pick a series from), else ``None``
+    (also for a CHAOS tree: :func:`find_cases` reads it case by case)."""
     from segzoo.data.dicom_series import is_dicom_folder
+    from segzoo.data.sources.chaos import is_chaos
 
     root = Path(input_path)
-    if not is_dicom_folder(root):
+    if not is_dicom_folder(root) or is_chaos(root) or is_chaos(root / "Test_Sets"):
         return None
-    _refuse_2d_layouts(root)
     return root
 
 
 def _refuse_2d_layouts(root: Path) -> None:
-    """One clear line when a 3D checkpoint is pointed at what only 2D checkpoints predict (BraTS case folders,
-    CHAOS trees), instead of predicting each BraTS modality as a separate volume or finding nothing."""
+    """One clear line when :func:`find_inputs` (NIfTI files one by one) is given a BraTS or CHAOS layout, instead of
+    predicting each BraTS modality as a separate volume or finding nothing; :func:`find_cases` reads those."""
     from segzoo.data.brats import brats_file
 
-    hint = "; it is predicted by a 2D checkpoint (DR-Net or a 2D baseline), this one is a 3D net for NIfTI volumes"
+    hint = "; not NIfTI volumes to predict one by one: segzoo infer reads it as a dataset (find_cases)"
     if brats_file(root, "flair") is not None:
         raise DataError(f"{root}: a BraTS case folder{hint}")
     if not any(p.is_file() and is_nifti_name(p) for p in root.iterdir()):
@@ -122,8 +120,10 @@ class Predictor:
         image = np.asarray(image)
         xt = self.prepare(image, spacing)
         with torch.inference_mode():
-            out = self.inferer(xt, self.net)[0]
-        return labels_on_original_grid(out, image.shape[-3:], self.preprocessor, self.postprocess)
+            out = self.inferer(xt, self.net)
+        if isinstance(out, list | tuple):  # deep supervision in eval: full resolution first
+            out = out[0]
+        return labels_on_original_grid(out[0], image.shape[-3:], self.preprocessor, self.postprocess)
 
     def prepare(self, image: np.ndarray, spacing: Sequence[float]) -> torch.Tensor:
         """The net's input ``(1, C, *preprocessed spatial)`` float32 on the CPU: ``image`` preprocessed (an ensemble
@@ -149,17 +149,23 @@ class Predictor:
         labels = self.predict_array(r.apply(image, first_axis=first), r.apply_spacing(spacing_from_affine(affine)))
         return r.undo(labels)
 
-    def predict_case(self, case: Any, output_path: Path) -> Path:
-        """Predict one :class:`~segzoo.data.sources.ImageCase` (its channel files, or one 4D file) and write
-        ``output_path`` (atomically) on the grid and with the header of its first channel file."""
+    def predict_labels(self, case: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(label map uint8, affine)`` of one :class:`~segzoo.data.sources.ImageCase` (channel files, a 4D file, a
+        DICOM series, a BraTS or CHAOS case): on the grid of the array its ``load_image`` gives."""
         image, affine = case.load_image()
         channels = _expected_channels(self.net)
         if channels is not None and image.shape[0] != channels:
             raise DataError(
                 f"{case.image}: case '{case.case_id}' has {image.shape[0]} channels; the model takes {channels}"
             )
-        labels = self.predict_volume(image if image.shape[0] > 1 else image[0], affine, name=case.image)
-        return write_labels(labels, case.image, output_path, affine)
+        return self.predict_volume(image if image.shape[0] > 1 else image[0], affine, name=case.image), affine
+
+    def predict_case(self, case: Any, output_path: Path) -> Path:
+        """Predict one case and write ``output_path`` (atomically) as the case writes its labels
+        (:meth:`~segzoo.data.sources.ImageCase.prediction_output`: NIfTI inputs on the grid and with the header of
+        their first channel file)."""
+        out = case.prediction_output(*self.predict_labels(case))
+        return save_nifti(out.labels, None if out.header is not None else out.affine, output_path, header=out.header)
 
     def predict_file(self, image_path: Path, output_path: Path) -> Path:
         """Predict one NIfTI file and write ``output_path`` (atomically) with the input's shape and header: the
@@ -173,9 +179,11 @@ class Predictor:
 def write_labels(labels: np.ndarray, source: Path, output_path: Path, affine: np.ndarray | None = None) -> Path:
     """Write a ``uint8`` label map atomically on the grid of ``source`` (the input's first channel file), with its
     NIfTI header (qform, sform and codes kept: :func:`segzoo.data.io.save_nifti`); ``affine`` serves a 4D input, whose
-    header does not describe a label map. ``segzoo infer`` and ``segzoo predict``
-    (:class:`segzoo.tasks.NiftiPredictionWriter`) both write through it."""
-    header = _spatial_header(Path(source))
+    header does not describe a label map. ``segzoo predict`` (:class:`segzoo.tasks.NiftiPredictionWriter`) writes
+    through it."""
+    from segzoo.data.io import label_map_header
+
+    header = label_map_header(Path(source))
     if header is None and affine is None:
         from segzoo.data.io import load_nifti
 
@@ -188,30 +196,51 @@ def _expected_channels(net: nn.Module) -> int | None:
     return int(value) if value is not None else None
 
 
-def _spatial_header(path: Path) -> Any | None:
-    """The NIfTI header of a channel file for a label map on its grid; ``None`` for a 4D file (a fresh 3D header
-    from the affine: a 4D header's intent and dimensions do not describe a label map)."""
-    from segzoo.data.io import read_nifti_header
-
-    header = read_nifti_header(path)
-    shape = header.get_data_shape()
-    return header if len(shape) <= 3 or int(np.prod(shape[3:])) == 1 else None
+def spatial_dims(net: nn.Module) -> int | None:
+    """2 or 3 for a segzoo net (its ``spatial_dims``, or its stored constructor config's), else ``None``."""
+    dims = getattr(net, "spatial_dims", None)
+    if dims is None:
+        dims = (getattr(net, "init_config", None) or {}).get("init_args", {}).get("spatial_dims")
+    return None if dims is None else int(dims)
 
 
-def find_cases(input_path: str | os.PathLike, in_channels: int = 1) -> list[Any]:
+def find_cases(
+    input_path: str | os.PathLike,
+    in_channels: int = 1,
+    preprocessor: Any | None = None,
+    problems: list[str] | None = None,
+) -> list[Any]:
     """The cases to predict, as :class:`~segzoo.data.sources.ImageCase` objects.
 
     - a MONAI datalist ``.json``: its ``test`` entries (or ``training``, when it has no test list);
     - a folder with a dataset.json (nnU-Net raw / Decathlon): its test cases (``imagesTs``, the ``test`` list);
+    - a BraTS case folder or a folder of them (also 2018's ``HGG/``, ``LGG/``): every case, ``<case>_seg.nii.gz``;
+    - a CHAOS ``Train_Sets`` / ``Test_Sets`` tree: every case's series of the sequence the model was trained on;
     - a folder of nnU-Net channel files ``{case}_{XXXX}.nii.gz``: grouped by case (a case lacking a channel fails
       alone, naming the missing file); with one channel, ``{case}_0000.nii.gz`` predicts to ``{case}.nii.gz`` as
       nnU-Net writes it;
     - otherwise :func:`find_inputs` (NIfTI files, KiTS19 case folders); a multi-channel model reads each file as a
       4D image with the channels on its last axis (the Decathlon's).
+
+    A model trained on BraTS or CHAOS slices (``preprocessor`` of type ``"slice2d"``) predicts its dataset's layout
+    only (a CHAOS one also a bare DICOM series folder, read as CHAOS series are); other inputs are one ``DataError``.
+    ``problems``: where the layout's reader finds cases it cannot predict (a BraTS case lacking a modality), one line
+    each is appended and the other cases are returned; without a list, the first such line is raised.
     """
     from segzoo.data.sources import ImageCase, group_channel_files, open_source
 
     root = Path(input_path)
+    layout = _layout_cases(root, preprocessor)
+    if layout is not None:
+        cases, found_problems = layout
+        if found_problems and problems is None:
+            raise DataError(found_problems[0])
+        if problems is not None:
+            problems.extend(found_problems)
+        wrong = [c for c in cases if c.num_channels != in_channels]
+        if wrong:
+            raise DataError(f"{wrong[0]}: {wrong[0].num_channels} channel(s); the model takes {in_channels}")
+        return cases
     if root.is_file() and root.suffix.lower() == ".json" or (root.is_dir() and (root / "dataset.json").is_file()):
         source = open_source(root)
         cases = source.test or (source.training if root.is_file() else [])
@@ -243,6 +272,51 @@ def find_cases(input_path: str | os.PathLike, in_channels: int = 1) -> list[Any]
             return cases
     paths = find_inputs(root)
     return [ImageCase(case_name(p), (p,), four_d=in_channels > 1, num_channels=in_channels) for p in paths]
+
+
+def slice_dataset(preprocessor: Any | None) -> str | None:
+    """``"brats"`` / ``"chaos"`` for a model trained on that dataset's slices (its ``slice2d`` preprocessing)."""
+    return getattr(preprocessor, "dataset", None) if getattr(preprocessor, "type", None) == "slice2d" else None
+
+
+def _layout_cases(root: Path, preprocessor: Any | None) -> tuple[list[Any], list[str]] | None:
+    """``(cases, problems)`` when ``root`` is a BraTS or CHAOS layout (or must be one for the model), else ``None``."""
+    from segzoo.data.brats import brats_file
+    from segzoo.data.sources.brats import brats_cases, is_brats
+    from segzoo.data.sources.chaos import chaos_series_cases, is_chaos
+
+    dataset = slice_dataset(preprocessor)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if dataset is not None and root.is_file():
+        what = "a NIfTI volume" if is_nifti_name(root) else "a file"
+        expected = (
+            "a BraTS case folder (<case>/<case>_{t1,t1ce,t2,flair}.nii.gz) or a folder of them"
+            if dataset == "brats"
+            else "a CHAOS DICOM series folder (*.dcm) or a CHAOS Train_Sets/Test_Sets tree"
+        )
+        raise DataError(
+            f"{root}: {what}; this checkpoint is a 2D net trained on {dataset.upper()}, it predicts {expected}"
+        )
+    if root.is_file() or (root / "dataset.json").is_file():
+        return None
+    if dataset == "chaos" or (dataset is None and (is_chaos(root) or is_chaos(root / "Test_Sets"))):
+        cases = chaos_series_cases(root, getattr(preprocessor, "sequence", None))
+        if not cases and dataset == "chaos":
+            raise DataError(
+                f"{root}: no DICOM series (*.dcm) and no CHAOS Train_Sets/Test_Sets/MR/<id>/{{T1DUAL,T2SPIR}} cases "
+                "found; this checkpoint is a 2D net trained on CHAOS"
+            )
+        return (cases, []) if cases else None
+    if dataset == "brats" or (dataset is None and (brats_file(root, "flair") is not None or is_brats(root))):
+        if brats_file(root, "flair") is None and not is_brats(root):
+            nifti = any(map(is_nifti_name, root.iterdir()))
+            raise DataError(
+                f"{root}: no BraTS case folder (<case>/<case>_{{t1,t1ce,t2,flair}}.nii.gz) found; this checkpoint is "
+                "a 2D net trained on BraTS" + (" - for NIfTI volumes use a 3D checkpoint" if nifti else "")
+            )
+        return brats_cases(root)
+    return None
 
 
 # the settings of a stored sliding-window inferer that describe how the model's windows are blended (its own
@@ -317,6 +391,27 @@ def load_predictor(
         raise ValueError(f"backend {backend!r} runs on the CPU; use --device cpu or --backend torch")
 
     loaded = source if isinstance(source, LoadedModel) else load_checkpoint(source, trust=trust)
+    dev = torch.device(device)
+    post = loaded.postprocess() if postprocess else None
+    pre = loaded.preprocessor()
+    if spatial_dims(loaded.net) == 2:  # a 2D net on volumes: its preprocessing cuts the slices
+        from monai.inferers import SliceInferer
+
+        if pre is None:
+            raise DataError(
+                f"{loaded.source}: a 2D net without its data preprocessing (checkpoint written before segzoo stored "
+                "it); fit or resume it with the current segzoo to predict volumes slice by slice"
+            )
+        if backend != "torch":
+            raise ValueError(f"backend {backend!r}: 2D nets on volumes run with the torch backend")
+        size = list(pre.image_size)
+        inferer = SliceInferer(roi_size=size, sw_batch_size=max(sw_batch_size or 16, 1), spatial_dim=0, progress=False)
+        net2d = loaded.net.to(dev).eval()
+        if getattr(pre, "regions", None):
+            from segzoo.nets.regions import RegionScores
+
+            net2d = RegionScores(net2d, pre.regions_class_order, pre.num_labels).eval()
+        return Predictor(net2d, inferer, pre, post, dev)
     roi = list(roi_size) if roi_size is not None else loaded.roi_size
     if roi is None:
         raise DataError(f"{loaded.source}: holds no sliding-window size; pass --roi-size")
@@ -325,22 +420,6 @@ def load_predictor(
         window["overlap"] = overlap
     if sw_batch_size is not None:
         window["sw_batch_size"] = sw_batch_size
-    dev = torch.device(device)
-    post = loaded.postprocess() if postprocess else None
-    if getattr(loaded.net, "spatial_dims", 3) == 2:  # a 2D net on volumes (its preprocessing cuts slices)
-        from monai.inferers import SliceInferer
-
-        if backend != "torch":
-            raise ValueError(f"backend {backend!r}: 2D nets on volumes run with the torch backend")
-        pre = loaded.preprocessor()
-        size = list(getattr(pre, "image_size", roi[-2:]))
-        inferer = SliceInferer(roi_size=size, sw_batch_size=max(sw_batch_size or 16, 1), spatial_dim=0, progress=False)
-        net2d = loaded.net.to(dev).eval()
-        if getattr(pre, "regions", None):
-            from segzoo.nets.regions import RegionScores
-
-            net2d = RegionScores(net2d, pre.regions_class_order, pre.num_labels).eval()
-        return Predictor(net2d, inferer, pre, post, dev)
     inferer = SlidingWindowTTAInferer(
         roi_size=roi,
         **window,
@@ -355,7 +434,6 @@ def load_predictor(
         **crop_arguments(crop),
     )
     net = loaded.net.to(dev).eval()
-    pre = loaded.preprocessor()
     if getattr(pre, "regions", None):  # a region net: class scores whose argmax is the label map
         from segzoo.nets.regions import RegionScores
 
@@ -367,7 +445,7 @@ def load_predictor(
     return Predictor(
         net=net,
         inferer=inferer,
-        preprocessor=loaded.preprocessor(),
+        preprocessor=pre,
         postprocess=post,
         device=dev,
     )

@@ -75,6 +75,63 @@ def slices(root, name):
     return out
 
 
+def slice_predictions(root):
+    """``segzoo infer`` with a seeded DR-Net on synthetic BraTS and CHAOS folders: per output file the label counts
+    (BraTS values 0/1/2/4 on the t1 grid, CHAOS classes on the series grid). The reference was computed with the
+    code of f541115, when these checkpoints still predicted through their own ``SlicePredictor``."""
+    import json as _json
+
+    from segzoo.cli import main
+    from segzoo.data.slice2d import SlicePreprocessor
+    from segzoo.data.synthetic.brats import write_brats
+    from segzoo.data.synthetic.chaos import write_chaos
+    from segzoo.nets import DRNet
+
+    write_brats(root / "brats_2d", cases=2, seed=0, size="small")
+    write_chaos(root / "chaos_2d", cases=2, seed=0, size="small")
+    pres = {
+        "brats": (SlicePreprocessor("brats", 4, (48, 48), "resize", zscore_nonzero=True, label_values=[0, 1, 2, 4],
+                                    orientation=("L", "P", "S")), 4, 4),
+        "chaos": (SlicePreprocessor("chaos", 1, (48, 48), "resize", sequence="T2SPIR"), 1, 5),
+    }  # fmt: skip
+    out = {}
+    for name, (pre, cin, cout) in pres.items():
+        torch.manual_seed(1)
+        net = DRNet(spatial_dims=2, in_channels=cin, out_channels=cout, features=[8, 16, 16, 16, 16])
+        with torch.no_grad():  # weights large enough that every class is predicted somewhere
+            for p in net.parameters():
+                if p.ndim > 1:
+                    p.normal_(0, 0.3)
+        model = root / f"model_{name}"
+        net.save_pretrained(model)
+        (model / "preprocessor.json").write_text(_json.dumps(pre.to_dict()))
+        (model / "inference.json").write_text(_json.dumps({"roi_size": list(pre.image_size)}))
+        pred = root / f"pred_{name}"
+        assert main(["infer", "--ckpt", str(model), "--input", str(root / f"{name}_2d"), "--output", str(pred)]) == 0
+        for f in sorted(pred.glob("*.nii.gz")):
+            from segzoo.data.io import load_nifti
+
+            labels, affine = load_nifti(f)
+            out[f"{name}/{f.name}"] = {
+                "shape": list(labels.shape),
+                "affine": np.round(affine, 4).tolist(),
+                "labels": np.bincount(labels.ravel().astype(np.int64), minlength=5).tolist(),
+            }
+    return out
+
+
+@pytest.mark.slow
+def test_brats_and_chaos_checkpoints_predict_as_before(tmp_path):
+    ref, now = REFERENCE["slice_predictions"], slice_predictions(tmp_path)
+    assert sorted(now) == sorted(ref)
+    for name, expected in ref.items():
+        got = now[name]
+        assert got["shape"] == expected["shape"]
+        np.testing.assert_allclose(got["affine"], expected["affine"], atol=1e-3)
+        # equal here (0 of 1,359,872 voxels differ); a few voxels of slack for another CPU's float rounding
+        np.testing.assert_allclose(got["labels"], expected["labels"], atol=max(10, 1e-5 * sum(expected["labels"])))
+
+
 @pytest.fixture(scope="module")
 def today(tmp_path_factory):
     root = tmp_path_factory.mktemp("regression")

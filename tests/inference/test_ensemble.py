@@ -18,13 +18,11 @@ from segzoo.data.slice2d import SlicePreprocessor
 from segzoo.inference import KiTSPostprocess, SlidingWindowTTAInferer
 from segzoo.inference.ensemble import (
     EnsemblePredictor,
-    SliceEnsemblePredictor,
     load_ensemble_predictor,
     load_members,
 )
 from segzoo.inference.labels import labels_on_original_grid
-from segzoo.inference.predict import load_predictor
-from segzoo.inference.predict_2d import SlicePredictor
+from segzoo.inference.predict import Predictor, load_predictor
 from segzoo.nets import MSSUNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -162,22 +160,26 @@ def test_cv_run_folder_gives_its_folds_and_its_decision(tmp_path, image, capsys)
 
 
 def test_slice_ensemble_averages_softmax(tmp_path):
+    """2D members run through the same EnsemblePredictor as 3D ones (MONAI's SliceInferer over the volume)."""
+    from monai.inferers import SliceInferer
+
     pre = SlicePreprocessor("chaos", 1, (16, 16), "resize", sequence="T2SPIR")
     nets = []
     for seed in (3, 4):
         torch.manual_seed(seed)
         nets.append(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 5, 1)))
-    members = [SlicePredictor.build(n.eval(), pre) for n in nets]
-    stack = np.random.default_rng(1).normal(size=(1, 3, 20, 24)).astype(np.float32)
-    x = pre.prepare(stack)[None]
+    inferer = SliceInferer(roi_size=(16, 16), sw_batch_size=4, spatial_dim=0)
+    members = [Predictor(n.eval(), inferer, pre) for n in nets]
+    volume = np.random.default_rng(1).normal(size=(3, 20, 24)).astype(np.float32)  # CHAOS: (S, H, W)
+    x = torch.from_numpy(pre.preprocess(volume))[None]
     with torch.inference_mode():
         mean = sum(torch.softmax(m.inferer(x, m.net), dim=1) for m in members) / 2
-    by_hand = pre.restore(mean[0], stack.shape[-2:])
-    assert all((by_hand != m.predict_stack(stack)).any() for m in members)
-    ensemble = SliceEnsemblePredictor(nets[0], pre, members[0].inferer, members=members)
-    np.testing.assert_array_equal(ensemble.predict_stack(stack), by_hand)
-    same = SliceEnsemblePredictor(nets[0], pre, members[0].inferer, members=[members[0], members[0]])
-    np.testing.assert_array_equal(same.predict_stack(stack), members[0].predict_stack(stack))
+    by_hand = pre.restore(mean[0], volume.shape)
+    assert all((by_hand != m.predict_array(volume, (1, 1, 1))).any() for m in members)
+    ensemble = EnsemblePredictor(nets[0], inferer, pre, members=members)
+    np.testing.assert_array_equal(ensemble.predict_array(volume, (1, 1, 1)), by_hand)
+    same = EnsemblePredictor(nets[0], inferer, pre, members=[members[0], members[0]])
+    np.testing.assert_array_equal(same.predict_array(volume, (1, 1, 1)), members[0].predict_array(volume, (1, 1, 1)))
 
 
 def test_an_empty_ensemble_is_refused():

@@ -1,5 +1,6 @@
-"""2D nets in `segzoo infer`: BraTS case folders -> <case>_seg.nii.gz (0/1/2/4, input grid), CHAOS DICOM series ->
-NIfTI on the series' grid (checked against SimpleITK's own DICOM reading) and Ground-style PNGs."""
+"""2D nets in `segzoo infer`, through the one Predictor every net uses: BraTS case folders -> <case>_seg.nii.gz
+(0/1/2/4, input grid), CHAOS DICOM series -> NIfTI on the series' grid (checked against SimpleITK's own DICOM reading)
+and Ground-style PNGs."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from segzoo.data.io import DataError, load_nifti
 from segzoo.data.slice2d import SlicePreprocessor
 from segzoo.data.synthetic.brats import write_brats
 from segzoo.data.synthetic.chaos import write_chaos
-from segzoo.inference.predict import find_inputs
-from segzoo.inference.predict_2d import SlicePredictor, find_2d_inputs
+from segzoo.inference.outputs import write_ground_pngs
+from segzoo.inference.predict import Predictor, find_cases, find_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,6 +29,12 @@ def tiny_2d(in_channels: int, out_channels: int) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(in_channels, 6, 3, padding=1), nn.Tanh(), nn.Conv2d(6, out_channels, (3, 5), padding=(1, 2))
     )
+
+
+def slice_predictor(net: nn.Module, pre: SlicePreprocessor) -> Predictor:
+    from monai.inferers import SliceInferer
+
+    return Predictor(net.eval(), SliceInferer(roi_size=pre.image_size, sw_batch_size=16, spatial_dim=0), pre)
 
 
 BRATS_PRE = SlicePreprocessor(
@@ -63,13 +70,29 @@ def test_preprocessor_dict_round_trip():
 def test_restore_undoes_padding_and_resizing():
     scores = torch.zeros(3, 2, 8, 8)
     scores[1, :, 3:5, 2:6] = 1.0
-    pad = SlicePreprocessor("chaos", 1, (8, 8), "pad").restore(scores, (4, 6))  # padded from 4x6: rows 2-5, cols 1-6
+    pad_pre = SlicePreprocessor("chaos", 1, (8, 8), "pad")
+    pad = pad_pre.restore_slices(scores, (4, 6))  # padded from 4x6: rows 2-5, cols 1-6
     assert pad.shape == (2, 4, 6)
     np.testing.assert_array_equal(
         pad[0], (np.arange(4)[:, None] >= 1) & (np.arange(4)[:, None] < 3) & (np.arange(6) >= 1) & (np.arange(6) < 5)
     )
-    big = SlicePreprocessor("chaos", 1, (8, 8), "resize").restore(scores, (16, 16))
+    np.testing.assert_array_equal(pad_pre.restore(scores, (2, 4, 6)), pad)  # the volume interface: CHAOS (S, H, W)
+    big = SlicePreprocessor("chaos", 1, (8, 8), "resize").restore_slices(scores, (16, 16))
     assert big.shape == (2, 16, 16) and big[0, 7, 8] == 1 and big[0, 0, 0] == 0
+
+
+def test_brats_volume_interface_slices_the_last_axis_and_writes_label_values():
+    """BraTS volumes (C, X, Y, Z) in LPS are cut into axial slices (Z first) and come back as 0/1/2/4 on (X, Y, Z)."""
+    pre = SlicePreprocessor("brats", 2, (4, 6), "pad", label_values=[0, 1, 2, 4], orientation=("L", "P", "S"))
+    image = np.random.default_rng(0).normal(size=(2, 3, 5, 7)).astype(np.float32)
+    x = pre.preprocess(image)
+    assert x.shape == (2, 7, 4, 6)  # (C, Z, X padded to 4, Y padded to 6)
+    np.testing.assert_allclose(x[:, :, :3, :5], pre.prepare(np.transpose(image, (0, 3, 1, 2))).numpy()[:, :, :3, :5])
+    scores = torch.zeros(4, 7, 4, 6)
+    scores[3, 2] = 1.0  # slice z=2: enhancing tumour (index 3 -> label 4)
+    labels = pre.restore(scores, (3, 5, 7))
+    assert labels.shape == (3, 5, 7) and labels.dtype == np.uint8
+    assert (labels[:, :, 2] == 4).all() and (np.delete(labels, 2, axis=2) == 0).all()
 
 
 def _resave_ras(case_dir, dst):
@@ -82,12 +105,11 @@ def _resave_ras(case_dir, dst):
 def test_brats_case_folder_gives_seg_in_input_geometry_for_any_orientation(brats, tmp_path):
     sitk = pytest.importorskip("SimpleITK")
     case = next(p for p in brats.iterdir() if p.is_dir())
-    pred = SlicePredictor.build(tiny_2d(4, 4), BRATS_PRE)
-    items = find_2d_inputs(case, BRATS_PRE)
-    assert [(i.kind, i.name) for i in items] == [("brats", f"{case.name}_seg")]
-    assert [i.path for i in find_2d_inputs(brats, BRATS_PRE)] == [case]  # a folder of case folders
-    (out,) = pred.predict(items[0], tmp_path / "out")
-    assert out.name == f"{case.name}_seg.nii.gz"
+    pred = slice_predictor(tiny_2d(4, 4), BRATS_PRE)
+    (item,) = find_cases(case, 4, BRATS_PRE)
+    assert (item.case_id, item.output_name) == (case.name, f"{case.name}_seg")
+    assert [c.image.parent for c in find_cases(brats, 4, BRATS_PRE)] == [case]  # a folder of case folders
+    out = pred.predict_case(item, tmp_path / "out" / f"{item.output_name}.nii.gz")
     t1 = case / f"{case.name}_t1.nii.gz"
     src, got = nib.load(t1), nib.load(out)
     assert got.shape == src.shape and got.get_data_dtype() == np.uint8
@@ -102,7 +124,7 @@ def test_brats_case_folder_gives_seg_in_input_geometry_for_any_orientation(brats
     # the same case re-saved RAS (x and y flipped) gives the same labels, flipped the same way
     ras = tmp_path / "ras" / case.name
     _resave_ras(case, ras)
-    (out_ras,) = pred.predict(find_2d_inputs(ras, BRATS_PRE)[0], tmp_path / "out_ras")
+    out_ras = pred.predict_case(find_cases(ras, 4, BRATS_PRE)[0], tmp_path / "out_ras.nii.gz")
     ras_labels = np.asarray(nib.load(out_ras).dataobj)
     ornt = nib.orientations.ornt_transform(
         nib.orientations.io_orientation(nib.load(ras / t1.name).affine), nib.orientations.io_orientation(src.affine)
@@ -112,13 +134,12 @@ def test_brats_case_folder_gives_seg_in_input_geometry_for_any_orientation(brats
 
 def test_chaos_series_nifti_overlays_the_dicom_series_and_pngs_are_ground_style(chaos, tmp_path):
     sitk = pytest.importorskip("SimpleITK")
-    pred = SlicePredictor.build(tiny_2d(1, 5), CHAOS_PRE)
-    items = find_2d_inputs(chaos, CHAOS_PRE)  # the Train_Sets tree: the trained sequence of every case
-    assert [i.name for i in items] == ["1_T2SPIR"]
-    series = items[0].path
-    assert [(i.path, i.name) for i in find_2d_inputs(series, CHAOS_PRE)] == [(series, "1_T2SPIR")]  # one series
-    written = pred.predict(items[0], tmp_path / "out", png=True)
-    nifti = written[0]
+    pred = slice_predictor(tiny_2d(1, 5), CHAOS_PRE)
+    cases = find_cases(chaos, 1, CHAOS_PRE)  # the Train_Sets tree: the trained sequence of every case
+    assert [c.output_name for c in cases] == ["1_T2SPIR"]
+    series = cases[0].image
+    assert [(c.image, c.output_name) for c in find_cases(series, 1, CHAOS_PRE)] == [(series, "1_T2SPIR")]  # a series
+    nifti = pred.predict_case(cases[0], tmp_path / "out" / "1_T2SPIR.nii.gz")
     files = sorted(series.glob("*.dcm"), key=natural_key)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
@@ -130,7 +151,9 @@ def test_chaos_series_nifti_overlays_the_dicom_series_and_pngs_are_ground_style(
     np.testing.assert_allclose(ours.GetDirection(), dicom.GetDirection(), atol=1e-6)
     labels = load_nifti(nifti)[0]  # (columns, rows, slices)
     assert set(np.unique(labels)) <= set(range(5)) and len(np.unique(labels)) >= 3
-    pngs = written[1:]
+    result = cases[0].prediction_output(*pred.predict_labels(cases[0]))
+    np.testing.assert_array_equal(result.labels, labels)
+    pngs = write_ground_pngs(tmp_path / "out" / "1_T2SPIR_png", result.seg_frames, result.slice_files)
     assert [p.stem for p in pngs] == [f.stem for f in files]
     for k, png in enumerate(pngs):
         grey = np.asarray(Image.open(png))
@@ -142,14 +165,14 @@ def test_wrong_kind_of_input_is_one_line(brats, chaos, tmp_path):
     case = next(p for p in brats.iterdir() if p.is_dir())
     t1 = next(case.glob("*_t1.nii.gz"))
     with pytest.raises(DataError, match="a NIfTI volume; this checkpoint is a 2D net trained on BRATS") as info:
-        find_2d_inputs(t1, BRATS_PRE)
+        find_cases(t1, 4, BRATS_PRE)
     assert str(t1) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(DataError, match="no DICOM series"):
-        find_2d_inputs(case, CHAOS_PRE)
+        find_cases(case, 1, CHAOS_PRE)
     with pytest.raises(DataError, match="no BraTS case folder"):
-        find_2d_inputs(chaos, BRATS_PRE)
-    # the reverse: 2D layouts given to a 3D checkpoint
-    with pytest.raises(DataError, match="a BraTS case folder; it is predicted by a 2D checkpoint"):
+        find_cases(chaos, 4, BRATS_PRE)
+    # find_inputs (NIfTI volumes one by one) names the layouts find_cases reads as datasets
+    with pytest.raises(DataError, match="a BraTS case folder; not NIfTI volumes to predict one by one"):
         find_inputs(case)
     with pytest.raises(DataError, match="a folder of BraTS case folders"):
         find_inputs(brats)
@@ -158,6 +181,19 @@ def test_wrong_kind_of_input_is_one_line(brats, chaos, tmp_path):
         find_inputs(series)
     with pytest.raises(DataError, match="a CHAOS tree"):
         find_inputs(chaos)
+    # a BraTS case lacking a modality: one line naming the file; with a problems list the other cases still come
+    broken = tmp_path / "broken"
+    shutil.copytree(brats, broken)
+    other = broken / "BraTS_extra"
+    shutil.copytree(broken / case.name, other)
+    for f in other.iterdir():
+        f.rename(other / f.name.replace(case.name, other.name))
+    (other / f"{other.name}_t2.nii.gz").unlink()
+    with pytest.raises(DataError, match="BraTS_extra_t2.nii.gz: missing"):
+        find_cases(broken, 4, BRATS_PRE)
+    problems: list[str] = []
+    assert [c.case_id for c in find_cases(broken, 4, BRATS_PRE, problems)] == [case.name]
+    assert len(problems) == 1 and "BraTS_extra_t2.nii.gz" in problems[0]
 
 
 def _pretrained_2d(directory, pre: SlicePreprocessor, in_channels: int, out_channels: int):
@@ -218,3 +254,69 @@ def test_checkpoint_format_stores_and_rebuilds_both_preprocessor_types():
         assert record["type"] in ("slice2d", "ct")
         back = build_preprocessor(record)
         assert type(back) is type(pre) and back.to_dict() == pre.to_dict()
+
+
+def test_any_checkpoint_reads_the_brats_and_chaos_layouts_and_a_bad_case_fails_alone(brats, chaos, tmp_path, capsys):
+    """The layouts are sources, not 2D-only inputs: a 3D net with four channels predicts a BraTS folder (each case on
+    its t1 grid), a one-channel 3D net a CHAOS tree; a case lacking a modality is one line, the others are written."""
+    import json
+
+    from segzoo.cli import main
+    from segzoo.nets import MSSUNet
+
+    for name, channels in (("brats3d", 4), ("chaos3d", 1)):
+        torch.manual_seed(0)
+        MSSUNet(
+            in_channels=channels, out_channels=3, kernel_size=[3, 3], strides=[1, 2], base_features=4
+        ).save_pretrained(tmp_path / name)
+        (tmp_path / name / "inference.json").write_text(json.dumps({"roi_size": [16, 16, 8]}))
+    broken = tmp_path / "brats_broken"
+    shutil.copytree(brats, broken)
+    case = next(p for p in broken.iterdir() if p.is_dir())
+    other = broken / "BraTS_extra"
+    shutil.copytree(case, other)
+    for f in other.iterdir():
+        f.rename(other / f.name.replace(case.name, other.name))
+    (other / f"{other.name}_t1ce.nii.gz").unlink()
+    capsys.readouterr()
+    args = ["--tta", "none", "--crop", "none"]
+    assert (
+        main(
+            [
+                "infer",
+                "--ckpt",
+                str(tmp_path / "brats3d"),
+                "--input",
+                str(broken),
+                "--output",
+                str(tmp_path / "b"),
+                *args,
+            ]
+        )
+        == 1
+    )
+    captured = capsys.readouterr()
+    assert (
+        "BraTS_extra_t1ce.nii.gz: missing" in captured.err
+        and "1 written, 0 skipped (already there), 1 failed" in captured.out
+    )
+    seg = nib.load(tmp_path / "b" / f"{case.name}_seg.nii.gz")
+    t1 = nib.load(case / f"{case.name}_t1.nii.gz")
+    assert seg.shape == t1.shape and np.array_equal(seg.header.get_sform(), t1.header.get_sform())
+    assert (
+        main(
+            [
+                "infer",
+                "--ckpt",
+                str(tmp_path / "chaos3d"),
+                "--input",
+                str(chaos),
+                "--output",
+                str(tmp_path / "c"),
+                *args,
+            ]
+        )
+        == 0
+    )
+    n_slices = len(list(next(chaos.rglob("T2SPIR")).joinpath("DICOM_anon").glob("*.dcm")))
+    assert load_nifti(tmp_path / "c" / "1_T2SPIR.nii.gz")[0].shape[-1] == n_slices  # every sequence found: T2SPIR too

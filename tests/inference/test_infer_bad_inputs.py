@@ -117,13 +117,13 @@ def infer_setup(tmp_path, tiny_net):
 @pytest.fixture
 def predict_calls(monkeypatch):
     calls: list[str] = []
-    real = Predictor.predict_case
+    real = Predictor.predict_labels
 
-    def counting(self, case, output_path):
+    def counting(self, case):
         calls.append(Path(case.image).name)
-        return real(self, case, output_path)
+        return real(self, case)
 
-    monkeypatch.setattr(Predictor, "predict_case", counting)
+    monkeypatch.setattr(Predictor, "predict_labels", counting)
     return calls
 
 

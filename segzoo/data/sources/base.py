@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,11 +20,31 @@ from segzoo.data.io import DataError, load_nifti
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GEOMETRY_ATOL", "DatasetSource", "ImageCase", "check_same_grid", "grid_difference"]
+__all__ = ["GEOMETRY_ATOL", "CaseOutput", "DatasetSource", "ImageCase", "check_same_grid", "grid_difference"]
 
 # nnU-Net compares spacing, origin and direction with a tolerance too (verify_dataset_integrity: 1e-4 relative); the
 # affine here holds spacing x direction and the origin in mm, so an absolute 1e-3 mm is the same order
 GEOMETRY_ATOL = 1e-3
+
+
+class CaseOutput(NamedTuple):
+    """How a label map predicted on a case is written (:meth:`ImageCase.prediction_output`).
+
+    Args:
+        labels: the label map to write, uint8.
+        affine: its voxel-to-world matrix.
+        header: the NIfTI header to write it with (the input's), or ``None`` (a fresh one from ``affine``).
+        seg_frames: the same labels as ``(slices, rows, columns)`` frames of a DICOM source, else ``None``.
+        seg_sources: the source slices' pydicom headers, ``seg_frames[k]`` on ``seg_sources[k]`` (DICOM-SEG).
+        slice_files: the source slice files in frame order (CHAOS Ground-style PNGs are named after them).
+    """
+
+    labels: np.ndarray
+    affine: np.ndarray
+    header: Any | None = None
+    seg_frames: np.ndarray | None = None
+    seg_sources: Sequence[Any] | None = None
+    slice_files: Sequence[Path] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,24 @@ class ImageCase:
     def files(self) -> tuple[Path, ...]:
         """Every source file (keys the preprocessing cache by size and mtime)."""
         return (*self.images, *(() if self.label is None else (self.label,)))
+
+    @property
+    def output_name(self) -> str:
+        """The name ``segzoo infer`` writes this case's prediction under (``OUT/<output_name>.nii.gz``)."""
+        return self.case_id
+
+    @property
+    def is_dicom(self) -> bool:
+        """Whether the image is a DICOM series (a DICOM Segmentation can reference it)."""
+        return False
+
+    def prediction_output(self, labels: np.ndarray, affine: np.ndarray, dicom_seg: bool = False) -> CaseOutput:
+        """``labels`` predicted on :meth:`load_image`'s array (whose grid is ``affine``) as written: with the first
+        channel file's NIfTI header (a fresh one for a 4D file). ``dicom_seg``: also the DICOM-SEG frames (only
+        DICOM cases have them)."""
+        from segzoo.data.io import label_map_header
+
+        return CaseOutput(labels, affine, label_map_header(self.image))
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """``(image float32 (C, *spatial), label uint8 (*spatial) or None, affine 4x4)``, checked.

@@ -30,7 +30,7 @@ from segzoo.data.brats import (
 )
 from segzoo.data.sources.base import DatasetSource, ImageCase
 
-__all__ = ["BRATS_CHANNEL_NAMES", "BratsImageCase", "is_brats", "read_brats"]
+__all__ = ["BRATS_CHANNEL_NAMES", "BratsImageCase", "brats_cases", "is_brats", "read_brats"]
 
 # one name per modality of BRATS_MODALITIES; none is "CT", so planning z-scores each per case (normalization_for)
 BRATS_CHANNEL_NAMES = ("T1", "T1ce", "T2", "FLAIR")
@@ -40,6 +40,11 @@ BRATS_CHANNEL_NAMES = ("T1", "T1ce", "T2", "FLAIR")
 class BratsImageCase(ImageCase):
     """A BraTS case: the four modality files and the seg file (0/1/2/4 on disk, checked against ``label_values``);
     :meth:`load_label` returns class indices 0..3."""
+
+    @property
+    def output_name(self) -> str:
+        """``<case>_seg``, the name of a BraTS case's label file."""
+        return f"{self.case_id}_seg"
 
     def load_label(self, shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
         """The seg checked as any label map (grid, integer values in 0/1/2/4), as class indices 0..3, uint8."""
@@ -110,3 +115,24 @@ def read_brats(root: str | os.PathLike) -> DatasetSource:
         dropped_training=dropped,
         labels_declared_by="the BraTS labels",  # the seg files' own values, before load_label maps 4 -> 3
     )
+
+
+def brats_cases(root: str | os.PathLike) -> tuple[list[BratsImageCase], list[str]]:
+    """The BraTS cases to predict under ``root`` and one line per case that cannot be: ``root`` itself when it is a
+    case folder (``<case>/<case>_flair.nii.gz``), else every case of :func:`read_brats` (with or without a seg file).
+
+    Raises:
+        DataError: no BraTS case folder under ``root``.
+    """
+    root = Path(root)
+    if brats_file(root, "flair") is None:
+        source = read_brats(root)
+        return [*source.training, *source.test], list(source.problems)
+    files = [brats_file(root, m) for m in BRATS_MODALITIES]
+    missing = [m for m, f in zip(BRATS_MODALITIES, files) if f is None]
+    if missing:
+        problem = f"{root / f'{root.name}_{missing[0]}.nii.gz'}: missing (nor .nii); a BraTS case needs " + ", ".join(
+            BRATS_MODALITIES
+        )
+        return [], [problem]
+    return [BratsImageCase(root.name, tuple(files), None, tuple(BRATS_LABELS), num_channels=len(files))], []

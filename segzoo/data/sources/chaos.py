@@ -22,6 +22,7 @@ import numpy as np
 
 from segzoo.data.chaos import (
     CHAOS_CLASS_NAMES,
+    CHAOS_SEQUENCES,
     _sequence_dirs,  # the one spelling of the sequence -> folders layout
     find_chaos_cases,
     load_chaos_case,
@@ -29,9 +30,9 @@ from segzoo.data.chaos import (
     natural_key,
 )
 from segzoo.data.io import DataError
-from segzoo.data.sources.base import DatasetSource, ImageCase
+from segzoo.data.sources.base import CaseOutput, DatasetSource, ImageCase
 
-__all__ = ["ChaosImageCase", "is_chaos", "read_chaos"]
+__all__ = ["ChaosImageCase", "chaos_series_cases", "is_chaos", "read_chaos"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,36 @@ class ChaosImageCase(ImageCase):
                     (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == suffix), key=natural_key
                 )
         return tuple(out)
+
+    @property
+    def output_name(self) -> str:
+        """``<case>_<sequence>`` (a bare series folder: its own name, already ``<case>_<sequence>`` when it can be)."""
+        return self.case_id if self.case_dir is None else f"{self.case_id}_{self.sequence}"
+
+    @property
+    def is_dicom(self) -> bool:
+        return True
+
+    @property
+    def slice_files(self) -> tuple[Path, ...]:
+        """The series' slice files in the order :func:`~segzoo.data.chaos.load_chaos_series` stacks them."""
+        folder = self.images[0]
+        return tuple(
+            sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural_key)
+        )
+
+    def prediction_output(self, labels: np.ndarray, affine: np.ndarray, dicom_seg: bool = False) -> CaseOutput:
+        """``labels`` ``(S, H, W)`` as written: the NIfTI volume ``(columns, rows, slices)`` with its affine, as
+        dcm2niix writes a DICOM series; the frames ``(S, H, W)`` on the slice files in file-name order (DICOM-SEG,
+        Ground-style PNGs)."""
+        files = self.slice_files
+        sources = None
+        if dicom_seg:
+            import pydicom
+
+            sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        volume = np.ascontiguousarray(np.asarray(labels).transpose(2, 1, 0))
+        return CaseOutput(volume, np.asarray(affine)[:, [2, 1, 0, 3]], None, labels, sources, files)
 
     def load_image(self) -> tuple[np.ndarray, np.ndarray]:
         """``(image float32 (1, S, H, W), affine)``: the series in file-name order, its affine from the DICOM tags."""
@@ -132,3 +163,49 @@ def read_chaos(root: str | os.PathLike, sequence: str = "T2SPIR") -> DatasetSour
         dropped_training=dropped,
         labels_declared_by="the CHAOS labels",
     )
+
+
+def _series_name(folder: Path) -> str:
+    """``<case>_<sequence>`` for a series folder in the CHAOS layout (``<id>/T2SPIR/DICOM_anon``,
+    ``<id>/T1DUAL/DICOM_anon/InPhase``), else the folder name."""
+    parts = folder.resolve().parts
+    if len(parts) >= 3 and parts[-1] == "DICOM_anon" and parts[-2] in ("T1DUAL", "T2SPIR"):
+        return f"{parts[-3]}_{parts[-2]}"
+    if len(parts) >= 4 and parts[-2] == "DICOM_anon" and parts[-3] == "T1DUAL":
+        return f"{parts[-4]}_T1DUAL_{parts[-1]}"
+    return folder.name
+
+
+def _has_dicom(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() and p.suffix.lower() == ".dcm" for p in folder.iterdir())
+
+
+def chaos_series_cases(root: str | os.PathLike, sequence: str | None = None) -> list[ChaosImageCase]:
+    """The series to predict under ``root``: a DICOM series folder (``*.dcm``), or every case of a CHAOS
+    ``Train_Sets`` / ``Test_Sets`` tree (its ``MR`` folder, or a folder of case folders) for ``sequence`` (``None``:
+    every sequence found). Output names ``<case>_<sequence>`` (with ``Train_Sets_`` / ``Test_Sets_`` in front when
+    ``root`` holds both). Returns ``[]`` when ``root`` holds none of these."""
+    root = Path(root)
+    if _has_dicom(root):
+        return [ChaosImageCase(_series_name(root), (root,))]
+    sequences = [sequence] if sequence in CHAOS_SEQUENCES else list(CHAOS_SEQUENCES)
+
+    def cases_in(mr: Path) -> list[Path]:
+        return [c for c in mr.iterdir() if c.is_dir() and ((c / "T1DUAL").is_dir() or (c / "T2SPIR").is_dir())]
+
+    if cases_in(root):
+        mr_folders = [root]
+    else:
+        mr_folders = [d for d in (root / "Train_Sets" / "MR", root / "Test_Sets" / "MR", root / "MR") if d.is_dir()]
+        mr_folders = [d for d in mr_folders if cases_in(d)]
+    found = []
+    for mr in mr_folders:
+        prefix = f"{mr.parent.name}_" if len(mr_folders) > 1 else ""  # Train_Sets_1_T2SPIR vs Test_Sets_1_T2SPIR
+        for case_dir in sorted(cases_in(mr), key=natural_key):
+            for seq in sequences:
+                dicom_dir = _sequence_dirs(case_dir, seq)[0]
+                if _has_dicom(dicom_dir):
+                    found.append(
+                        ChaosImageCase(f"{prefix}{case_dir.name}", (dicom_dir,), case_dir=case_dir, sequence=seq)
+                    )
+    return found
