@@ -17,9 +17,10 @@ def cmd_infer(argv: Sequence[str]) -> int:
         description="Predict label maps. 3D checkpoints: NIfTI images (any orientation) or KiTS19 case folders -> "
         "OUT/<case>.nii.gz with the input's shape and header; a DICOM series folder (or a study folder and --series "
         "UID) -> OUT/<folder>.nii.gz on the series' grid and/or a DICOM Segmentation OUT/<folder>.dcm "
-        "(--output-format). 2D checkpoints (DR-Net, 2D baselines): BraTS case "
-        "folders -> OUT/<case>_seg.nii.gz (0/1/2/4), CHAOS DICOM series or Train_Sets/Test_Sets trees -> "
-        "OUT/<case>_<sequence>.nii.gz (+ Ground-style PNGs with --chaos-png). A bad input is reported on one line "
+        "(--output-format). 2D nets (DR-Net, 2D baselines) predict the same inputs slice by slice, through the same "
+        "path. BraTS case folders -> OUT/<case>_seg.nii.gz (a BraTS-trained 2D net: 0/1/2/4), CHAOS DICOM series or "
+        "Train_Sets/Test_Sets trees -> OUT/<case>_<sequence>.nii.gz (+ Ground-style PNGs with --chaos-png); a model "
+        "trained on BraTS or CHAOS slices takes only its dataset's layout. A bad input is reported on one line "
         "and skipped; the run ends with a written / skipped / failed summary and exits 1 if any input failed.",
     )
     p.add_argument(
@@ -34,9 +35,10 @@ def cmd_infer(argv: Sequence[str]) -> int:
     p.add_argument(
         "--input",
         required=True,
-        help="3D: a .nii/.nii.gz file, a folder of them, or of KiTS19 case folders, or a DICOM series folder (or a "
-        "study folder with --series); 2D: a BraTS case folder or a folder of them, a CHAOS DICOM series folder or a "
-        "CHAOS Train_Sets/Test_Sets tree",
+        help="a .nii/.nii.gz file, a folder of them (nnU-Net channel files are grouped by case), a dataset folder "
+        "(dataset.json) or MONAI datalist, a folder of KiTS19 case folders, a DICOM series folder (or a study folder "
+        "with --series), a BraTS case folder or a folder of them, a CHAOS DICOM series folder or Train_Sets/Test_Sets "
+        "tree",
     )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument(
@@ -117,7 +119,7 @@ def cmd_infer(argv: Sequence[str]) -> int:
     p.add_argument(
         "--chaos-png",
         action="store_true",
-        help="CHAOS (2D checkpoints): also write one Ground-style PNG per slice (grey 63/126/189/252) to "
+        help="DICOM series and CHAOS trees: also write one CHAOS Ground-style PNG per slice (grey 63/126/189/252) to "
         "OUT/<case>_<sequence>_png/",
     )
     p.add_argument("--roi-size", type=int, nargs="+", default=None, help="override the checkpoint's window size")
@@ -173,8 +175,6 @@ def cmd_infer(argv: Sequence[str]) -> int:
         loaded = members[0]
         pre = loaded.preprocessor()
         dataset = slice_dataset(pre)  # "brats" / "chaos" for a model trained on their slices: it reads their layout
-        if args.chaos_png and dataset != "chaos":
-            raise DataError(f"--chaos-png: {args.ckpt} is not a CHAOS checkpoint (it writes CHAOS Ground-style PNGs)")
         if args.series is not None and dataset is not None:
             raise DataError(f"--series: {args.ckpt} is a 2D checkpoint; it reads whole CHAOS series folders")
         in_channels = int(getattr(loaded.net, "init_config", {}).get("init_args", {}).get("in_channels", 1))
@@ -194,6 +194,11 @@ def cmd_infer(argv: Sequence[str]) -> int:
         else:  # read before the net is built: a series that is no volume (or a study folder without --series,
             # listing its series) ends the run here with exit 2, as a bad --input does
             cases = [DicomSeriesCase.read(series_dir, args.series)]
+        if args.chaos_png and not all(case.is_dicom for case in cases):
+            raise DataError(
+                f"--chaos-png: {args.input} is not a DICOM series or CHAOS tree (the PNGs are CHAOS Ground-style masks, "
+                "one per DICOM slice)"
+            )
         if args.resume:
             skipped += [case.output_name for case in cases if writer.finished(case.output_name)]
             cases = [case for case in cases if case.output_name not in skipped]

@@ -320,3 +320,14 @@ def test_any_checkpoint_reads_the_brats_and_chaos_layouts_and_a_bad_case_fails_a
     )
     n_slices = len(list(next(chaos.rglob("T2SPIR")).joinpath("DICOM_anon").glob("*.dcm")))
     assert load_nifti(tmp_path / "c" / "1_T2SPIR.nii.gz")[0].shape[-1] == n_slices  # every sequence found: T2SPIR too
+    # Ground-style PNGs for CHAOS series whatever the checkpoint; refused for other inputs, in one line
+    series = next(chaos.rglob("T2SPIR")) / "DICOM_anon"
+    out = tmp_path / "png"
+    assert main(["infer", "--ckpt", str(tmp_path / "chaos3d"), "--input", str(series), "--output", str(out),
+                 "--chaos-png", *args]) == 0  # fmt: skip
+    assert len(list((out / "DICOM_anon_png").glob("*.png"))) == n_slices  # a DICOM series: named after its folder
+    capsys.readouterr()
+    assert main(["infer", "--ckpt", str(tmp_path / "brats3d"), "--input", str(brats), "--output", str(out),
+                 "--chaos-png", *args]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--chaos-png" in err[0] and "not a DICOM series or CHAOS tree" in err[0]
