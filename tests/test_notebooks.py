@@ -59,8 +59,21 @@ def test_notebook_is_stored_executed_at_the_medium_budget(name):
     # every code cell ran, in order, without an error, at the medium budget
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
     assert not any(o.get("output_type") == "error" for c in code for o in c.outputs)
-    assert "budget medium" in "".join(o.get("text", "") for o in code[1].outputs)
+    budget = "".join(o.get("text", "") for o in code[1].outputs)
+    assert "budget medium" in budget
+    # the medium budget of issue 25: paper widths, 32x32 slices, 40 epochs, CE-Net and MS-Dual excluded, saying why
+    assert "'image_size': 32" in budget and "'width': 1" in budget and "'epochs': 40" in budget
     _check_results(nb, name)
+    final = _html(nb.cells[-1])
+    assert final.count(">excluded: ") == 2 and "status" in final
+    rows = final.split("<tbody>")[1].split("</tr>")
+    for net_name in ("drnet", "unet2d"):  # 3 seeds each, and a convergence verdict computed by the notebook
+        row = next(r for r in rows if f">{net_name}<" in r)
+        assert (">3<" in row or ">3.0<" in row) and "converged<" in row
+    # only converged models are ranked: the verdict either compares two converged nets or declines to
+    versus = [c for c in nb.cells if c.cell_type == "code" and "verdict" in c.source][0]
+    text = "".join(o.get("text", "") for o in versus.outputs)
+    assert "both converged" in text or "not converged, no ranking" in text
 
 
 @pytest.mark.slow
