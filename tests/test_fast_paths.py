@@ -239,4 +239,8 @@ def test_channels_last_task_step_equals_default(name, shape):
         losses.append(loss.detach())
         grads.append(torch.cat([p.grad.flatten() for p in copy.parameters() if p.grad is not None]))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
+    # the two memory formats take different oneDNN kernels, whose float32 summation orders differ: on one thread DR-Net's
+    # gradients were measured to differ by up to 1.3e-3 of the largest gradient (a wrong layout differs by O(1))
+    scale = float(grads[0].abs().max())
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=5e-3 * scale)
+    assert torch.nn.functional.cosine_similarity(grads[1], grads[0], dim=0) > 0.9999
