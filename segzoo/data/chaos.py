@@ -338,6 +338,44 @@ def load_chaos_series(dicom_dir: str | os.PathLike) -> ChaosSeries:
     return ChaosSeries(np.stack(slices), spacing, series_affine(datasets, spacing), files)
 
 
+def chaos_series_geometry(dicom_dir: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """``(affine, (S, H, W))`` of the volume :func:`load_chaos_series` reads from ``dicom_dir``, from the slice
+    headers alone (no pixel data decoded): what planning needs of a case.
+
+    Raises:
+        DataError: as :func:`load_chaos_series` for a missing folder, no ``.dcm`` file, an unreadable header, slices
+            of different sizes, mixed orientations, unevenly spaced slices or a missing PixelSpacing.
+    """
+    import pydicom
+
+    dicom_dir = Path(dicom_dir)
+    if not dicom_dir.is_dir():
+        raise DataError(f"{dicom_dir}: DICOM series folder not found")
+    files = sorted((p for p in dicom_dir.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural_key)
+    if not files:
+        raise DataError(f"{dicom_dir}: no .dcm files; expected one DICOM file per slice")
+    datasets, size = [], None
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            rows_cols = (int(ds.Rows), int(ds.Columns))
+        except Exception as e:  # InvalidDicomError, truncated header, no Rows/Columns...
+            raise DataError(
+                f"{f}: cannot read DICOM ({type(e).__name__}: {e}); the file is corrupt or not DICOM"
+            ) from None
+        if size is not None and rows_cols != size:
+            raise DataError(f"{f}: slice size {rows_cols} differs from {files[0].name} {size}")
+        size = rows_cols
+        datasets.append(ds)
+    check_series_geometry(datasets, files)
+    try:
+        row, col = (float(v) for v in datasets[0].PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        raise DataError(f"{files[0]}: missing or invalid PixelSpacing; expected two values in mm") from None
+    spacing = (_slice_spacing(datasets, files), row, col)
+    return series_affine(datasets, spacing), (len(files), *size)
+
+
 def load_chaos_case(case_dir: str | os.PathLike, sequence: str = "T2SPIR", strict: bool = True) -> ChaosCase:
     """Read one sequence of one CHAOS MR case with its ground truth.
 

@@ -68,8 +68,9 @@ def case_geometry(case: Any) -> tuple[np.ndarray, tuple[int, ...]]:
     """``(affine 4x4, spatial shape)`` of a case's image as its reader gives it (``load()``'s grid).
 
     A NIfTI image (:class:`~segzoo.data.sources.ImageCase`, :class:`~segzoo.data.kits19.KiTS19Case`) gives both from
-    its first file's header, no voxel read; any other image (a CHAOS case's DICOM folder) is read through the case's
-    ``load_image()`` (else ``load()``): the reader alone knows its voxel order and affine.
+    its first file's header, no voxel read; a case with a ``geometry()`` method (a CHAOS series: its slice headers)
+    gives it from there; any other image is read through the case's ``load_image()`` (else ``load()``): the reader
+    alone knows its voxel order and affine.
 
     Raises:
         DataError: an unreadable header or image, naming the file.
@@ -79,6 +80,10 @@ def case_geometry(case: Any) -> tuple[np.ndarray, tuple[int, ...]]:
         return np.asarray(header.get_best_affine(), dtype=np.float64), tuple(
             int(s) for s in header.get_data_shape()[:3]
         )
+    geometry = getattr(case, "geometry", None)  # a reader that knows its grid from headers (CHAOS DICOM series)
+    if geometry is not None:
+        affine, shape = geometry()
+        return np.asarray(affine, dtype=np.float64), tuple(int(s) for s in shape)
     load_image = getattr(case, "load_image", None)
     image, affine = load_image() if load_image is not None else case.load()[::2]
     return np.asarray(affine, dtype=np.float64), tuple(int(s) for s in np.shape(image)[-3:])

@@ -393,3 +393,21 @@ def test_slice_datamodule_over_chaos_yields_a_batch(chaos):
     val = next(iter(dm.val_dataloader()))  # one whole case: as many slices as its DICOM files
     [case] = [c for c in open_source(chaos).training if c.case_id == val["case_id"][0]]
     assert val["image"].shape[2] == len(list(case.images[0].glob("*.dcm")))
+
+
+def test_chaos_geometry_from_headers_equals_the_read_series(chaos, tmp_path, monkeypatch):
+    """Planning's geometry of a CHAOS case comes from the slice headers alone, and equals the grid of the series as
+    read (synthetic cases and pydicom's real big-endian MR_small.dcm); no pixel data is decoded for it."""
+    import segzoo.data.chaos as chaos_module
+    from segzoo.data.planning import case_geometry
+
+    root = _copy(chaos, tmp_path)
+    _real_mr_case(root)
+    cases = open_source(root).training
+    read = {c.case_id: c.load_image() for c in cases}
+    monkeypatch.setattr(chaos_module, "_read_slice", lambda path: pytest.fail(f"pixels of {path} decoded"))
+    for case in cases:
+        affine, shape = case_geometry(case)
+        image, expected = read[case.case_id]
+        assert shape == image.shape[1:]
+        np.testing.assert_allclose(affine, expected, atol=1e-6)

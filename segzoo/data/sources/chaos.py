@@ -89,6 +89,12 @@ class ChaosImageCase(ImageCase):
         volume = np.ascontiguousarray(np.asarray(labels).transpose(2, 1, 0))
         return CaseOutput(volume, np.asarray(affine)[:, [2, 1, 0, 3]], None, labels, sources, files)
 
+    def geometry(self) -> tuple[np.ndarray, tuple[int, ...]]:
+        """``(affine, (S, H, W))`` of :meth:`load_image`'s volume from the slice headers alone (planning)."""
+        from segzoo.data.chaos import chaos_series_geometry
+
+        return chaos_series_geometry(self.images[0])
+
     def load_image(self) -> tuple[np.ndarray, np.ndarray]:
         """``(image float32 (1, S, H, W), affine)``: the series in file-name order, its affine from the DICOM tags."""
         series = load_chaos_series(self.images[0])
