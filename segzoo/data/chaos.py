@@ -308,6 +308,32 @@ def series_affine(datasets: list, spacing: Sequence[float]) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
+def series_files(dicom_dir: str | os.PathLike) -> list[Path]:
+    """The ``.dcm`` files of a series folder in natural file-name order (the order the series is stacked in).
+
+    Raises:
+        DataError: a missing folder, or no ``.dcm`` file in it.
+    """
+    dicom_dir = Path(dicom_dir)
+    if not dicom_dir.is_dir():
+        raise DataError(f"{dicom_dir}: DICOM series folder not found")
+    files = sorted((p for p in dicom_dir.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural_key)
+    if not files:
+        raise DataError(f"{dicom_dir}: no .dcm files; expected one DICOM file per slice")
+    return files
+
+
+def _series_spacing(datasets: list, files: list[Path]) -> tuple[float, float, float]:
+    """``(slice, row, column)`` spacing in mm of a series whose geometry is checked first
+    (:func:`check_series_geometry`)."""
+    check_series_geometry(datasets, files)
+    try:
+        row, col = (float(v) for v in datasets[0].PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        raise DataError(f"{files[0]}: missing or invalid PixelSpacing; expected two values in mm") from None
+    return (_slice_spacing(datasets, files), row, col)
+
+
 def load_chaos_series(dicom_dir: str | os.PathLike) -> ChaosSeries:
     """Read one DICOM series folder (``*.dcm``, natural file-name order): pixels, spacing and affine.
 
@@ -316,12 +342,7 @@ def load_chaos_series(dicom_dir: str | os.PathLike) -> ChaosSeries:
             named), colour or multi-frame slices, slices of different sizes, mixed orientations or unevenly spaced
             slices, missing PixelSpacing.
     """
-    dicom_dir = Path(dicom_dir)
-    if not dicom_dir.is_dir():
-        raise DataError(f"{dicom_dir}: DICOM series folder not found")
-    files = sorted((p for p in dicom_dir.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural_key)
-    if not files:
-        raise DataError(f"{dicom_dir}: no .dcm files; expected one DICOM file per slice")
+    files = series_files(dicom_dir)
     datasets, slices = [], []
     for f in files:
         ds, pixels = _read_slice(f)
@@ -329,12 +350,7 @@ def load_chaos_series(dicom_dir: str | os.PathLike) -> ChaosSeries:
             raise DataError(f"{f}: slice size {pixels.shape} differs from {files[0].name} {slices[0].shape}")
         datasets.append(ds)
         slices.append(pixels)
-    check_series_geometry(datasets, files)
-    try:
-        row, col = (float(v) for v in datasets[0].PixelSpacing)
-    except (AttributeError, TypeError, ValueError):
-        raise DataError(f"{files[0]}: missing or invalid PixelSpacing; expected two values in mm") from None
-    spacing = (_slice_spacing(datasets, files), row, col)
+    spacing = _series_spacing(datasets, files)
     return ChaosSeries(np.stack(slices), spacing, series_affine(datasets, spacing), files)
 
 
@@ -348,12 +364,7 @@ def chaos_series_geometry(dicom_dir: str | os.PathLike) -> tuple[np.ndarray, tup
     """
     import pydicom
 
-    dicom_dir = Path(dicom_dir)
-    if not dicom_dir.is_dir():
-        raise DataError(f"{dicom_dir}: DICOM series folder not found")
-    files = sorted((p for p in dicom_dir.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural_key)
-    if not files:
-        raise DataError(f"{dicom_dir}: no .dcm files; expected one DICOM file per slice")
+    files = series_files(dicom_dir)
     datasets, size = [], None
     for f in files:
         try:
@@ -367,12 +378,7 @@ def chaos_series_geometry(dicom_dir: str | os.PathLike) -> tuple[np.ndarray, tup
             raise DataError(f"{f}: slice size {rows_cols} differs from {files[0].name} {size}")
         size = rows_cols
         datasets.append(ds)
-    check_series_geometry(datasets, files)
-    try:
-        row, col = (float(v) for v in datasets[0].PixelSpacing)
-    except (AttributeError, TypeError, ValueError):
-        raise DataError(f"{files[0]}: missing or invalid PixelSpacing; expected two values in mm") from None
-    spacing = (_slice_spacing(datasets, files), row, col)
+    spacing = _series_spacing(datasets, files)
     return series_affine(datasets, spacing), (len(files), *size)
 
 

@@ -28,6 +28,7 @@ from segzoo.data.chaos import (
     load_chaos_case,
     load_chaos_series,
     natural_key,
+    series_files,
 )
 from segzoo.data.io import DataError
 from segzoo.data.sources.base import CaseOutput, DatasetSource, ImageCase
@@ -71,10 +72,7 @@ class ChaosImageCase(ImageCase):
     @property
     def slice_files(self) -> tuple[Path, ...]:
         """The series' slice files in the order :func:`~segzoo.data.chaos.load_chaos_series` stacks them."""
-        folder = self.images[0]
-        return tuple(
-            sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural_key)
-        )
+        return tuple(series_files(self.images[0]))
 
     def prediction_output(self, labels: np.ndarray, affine: np.ndarray, dicom_seg: bool = False) -> CaseOutput:
         """``labels`` ``(S, H, W)`` as written: the NIfTI volume ``(columns, rows, slices)`` with its affine, as
