@@ -72,6 +72,11 @@ class ExpLogLoss(nn.Module):
         include_background: whether channel 0 takes part in the Dice term.
         smooth: additive smoothing ``epsilon`` of the soft Dice (paper: 1).
         dice_reduction: ``"batch"`` or ``"sample"`` (see above).
+        log_dice_classes: logit channels whose Dice term is ``(-ln Dice_c)^gamma_dice``; the other classes take the
+            linear ``1 - Dice_c`` (the Dice loss of ``monai.losses.DiceLoss``). ``None`` (default): every class, the
+            paper's loss. A class whose Dice has collapsed keeps a gradient ``1 / Dice_c`` times the linear one under
+            the logarithm, so naming only a small class (e.g. ``[2]``, the tumour) revives it without reweighting
+            the others (our option, not the paper's; docs/losses_metrics.md).
 
     Shapes:
         logits ``(B, K, *spatial)``; target ``(B, 1, *spatial)`` or ``(B, *spatial)`` class indices ``0..K-1``.
@@ -90,6 +95,7 @@ class ExpLogLoss(nn.Module):
         include_background: bool = True,
         smooth: float = 1.0,
         dice_reduction: str = "batch",
+        log_dice_classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if dice_reduction not in ("batch", "sample"):
@@ -105,6 +111,14 @@ class ExpLogLoss(nn.Module):
         self.include_background = bool(include_background)
         self.smooth = float(smooth)
         self.dice_reduction = dice_reduction
+        if log_dice_classes is not None:
+            indices = list(log_dice_classes)
+            if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in indices) or len(set(indices)) != len(
+                indices
+            ):
+                raise ValueError(f"log_dice_classes must be distinct channel indices >= 0, got {log_dice_classes!r}")
+            log_dice_classes = sorted(indices)
+        self.log_dice_classes = log_dice_classes
         self.register_buffer("class_weights", _class_weight_buffer(class_weights, "class_weights"), persistent=False)
 
     def soft_dice(self, probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
@@ -135,12 +149,21 @@ class ExpLogLoss(nn.Module):
         if self.w_dice != 0:
             onehot = F.one_hot(labels, classes).movedim(-1, 1).to(log_probs.dtype)
             dice = self.soft_dice(log_probs.exp(), onehot)
+            terms = -torch.log(dice.clamp(min=_MIN_LOG_ARG))
+            terms = terms.clamp(min=_MIN_NEG_LOG).pow(self.gamma_dice)
+            if self.log_dice_classes is not None:
+                if self.log_dice_classes and self.log_dice_classes[-1] >= classes:
+                    raise ValueError(
+                        f"log_dice_classes {self.log_dice_classes} name a channel >= {classes} (the logits' classes)"
+                    )
+                use_log = torch.zeros(classes, dtype=torch.bool, device=dice.device)
+                use_log[self.log_dice_classes] = True
+                terms = torch.where(use_log, terms, 1.0 - dice)
             if not self.include_background:
                 if classes < 2:
                     raise ValueError("include_background=False needs at least 2 classes")
-                dice = dice[..., 1:]
-            neg_log_dice = -torch.log(dice.clamp(min=_MIN_LOG_ARG))
-            loss = loss + self.w_dice * neg_log_dice.clamp(min=_MIN_NEG_LOG).pow(self.gamma_dice).mean()
+                terms = terms[..., 1:]
+            loss = loss + self.w_dice * terms.mean()
         if self.w_ce != 0:
             neg_log_p = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
             term = neg_log_p.clamp(min=_MIN_NEG_LOG).pow(self.gamma_ce)

@@ -42,6 +42,50 @@ def test_explog_class_weights_and_include_background():
     assert loss(logits, target).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_explog_log_dice_classes_mix_linear_and_log_terms():
+    """``log_dice_classes`` picks the classes under the logarithm; with none named the loss is MONAI's Dice + CE."""
+    logits, target = _tiny()
+    ce = (LN2 + LN4) / 2
+    mixed = ExpLogLoss(w_dice=1.0, w_ce=1.0, gamma_dice=1.0, gamma_ce=1.0, log_dice_classes=[1])
+    assert mixed(logits, target).item() == pytest.approx(((1 - 8 / 13) + -math.log(6 / 11)) / 2 + ce, rel=1e-6)
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 7, 5)
+    target = torch.randint(0, 3, (2, 1, 6, 7, 5))
+    monai = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    linear = ExpLogLoss(w_dice=1.0, w_ce=1.0, gamma_dice=1.0, gamma_ce=1.0, log_dice_classes=[])
+    assert linear(logits, target).item() == pytest.approx(monai(logits, target).item(), rel=1e-5)
+    # the default (None) is every class under the logarithm: the paper's loss
+    assert ExpLogLoss(log_dice_classes=[0, 1, 2])(logits, target).item() == pytest.approx(
+        ExpLogLoss()(logits, target).item(), rel=1e-6
+    )
+
+
+def test_explog_log_dice_class_keeps_a_collapsed_class_gradient():
+    """A class predicted nowhere: under the logarithm its Dice gradient is 1 / Dice times the linear one."""
+    target = torch.zeros(1, 1, 64, dtype=torch.long)
+    target[..., :8] = 2
+    target[..., 8:32] = 1
+    logits = torch.zeros(1, 3, 64)
+    logits[:, 2] = -6.0  # tumour collapsed: p_2 ~ 0.001 everywhere
+    grads = {}
+    for name, classes in (("linear", []), ("log", [2])):
+        x = logits.clone().requires_grad_(True)
+        ExpLogLoss(w_dice=1.0, w_ce=0.0, gamma_dice=1.0, log_dice_classes=classes)(x, target).backward()
+        grads[name] = x.grad[0, 2, :8].abs().mean().item()
+    assert grads["log"] > 5 * grads["linear"]
+
+
+def test_explog_log_dice_classes_errors():
+    with pytest.raises(ValueError, match="distinct channel indices"):
+        ExpLogLoss(log_dice_classes=[1, 1])
+    with pytest.raises(ValueError, match="distinct channel indices"):
+        ExpLogLoss(log_dice_classes=[-1])
+    logits, target = _tiny()
+    with pytest.raises(ValueError, match="name a channel >= 2"):
+        ExpLogLoss(log_dice_classes=[2])(logits, target)
+
+
 def test_explog_gamma_one_ce_only_equals_cross_entropy():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 3, 5, 6), torch.randint(0, 3, (2, 1, 5, 6))
