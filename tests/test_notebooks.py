@@ -5,6 +5,7 @@ results, is never written.
 """
 
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -66,14 +67,25 @@ def test_notebook_is_stored_executed_at_the_medium_budget(name):
     _check_results(nb, name)
     final = _html(nb.cells[-1])
     assert final.count(">excluded: ") == 2 and "status" in final
+    header = re.findall(r"<th>([^<]*)</th>", final.split("<tbody>")[0])
     rows = final.split("<tbody>")[1].split("</tr>")
+    cells = {}
     for net_name in ("drnet", "unet2d"):  # 3 seeds each, and a convergence verdict computed by the notebook
         row = next(r for r in rows if f">{net_name}<" in r)
-        assert (">3<" in row or ">3.0<" in row) and "converged<" in row
-    # only converged models are ranked: the verdict either compares two converged nets or declines to
+        cells[net_name] = dict(zip(header, re.findall(r"<t[hd]>([^<]*)</t[hd]>", row)))
+        assert float(cells[net_name]["seeds"]) == 3
+        assert cells[net_name]["status"] in ("converged", "not converged")
+    # only converged models are ranked, and the verdict states the table's own numbers
     versus = [c for c in nb.cells if c.cell_type == "code" and "verdict" in c.source][0]
     text = "".join(o.get("text", "") for o in versus.outputs)
-    assert "both converged" in text or "not converged, no ranking" in text
+    if all(c["status"] == "converged" for c in cells.values()):
+        assert "both converged" in text and "no ranking" not in text
+        stated = re.search(r"DR-Net ([0-9.]+) ± [0-9.]+ vs U-Net ([0-9.]+) ± ", text)
+        assert stated, text
+        table = (float(cells["drnet"]["mean Dice"]), float(cells["unet2d"]["mean Dice"]))
+        assert (float(stated[1]), float(stated[2])) == pytest.approx(table, abs=1.5e-3)
+    else:
+        assert "not converged, no ranking" in text
 
 
 @pytest.mark.slow
