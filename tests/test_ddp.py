@@ -37,6 +37,7 @@ CONFIG = textwrap.dedent(
       callbacks:
         - class_path: segzoo.tasks.RunCheckpoint
           init_args: {save_last: true}
+        - class_path: toydata.RankMetrics
     model:  # net and loss: the tiny ones of conftest.write_config
       inferer:
         class_path: segzoo.inference.sliding_window.SlidingWindowTTAInferer
@@ -75,6 +76,13 @@ def _segzoo(args: list[str], run: Path, timeout: float = 240) -> subprocess.Comp
     return proc
 
 
+def _same_on_both_ranks(run: Path, fn: str, keys: tuple[str, ...]) -> None:
+    ranks = [json.loads((run / f"{fn}_metrics_rank{r}.json").read_text()) for r in (0, 1)]
+    for key in keys:
+        assert key in ranks[0] and key in ranks[1], (fn, key, sorted(ranks[0]))
+        assert ranks[0][key] == ranks[1][key], (fn, key, ranks[0][key], ranks[1][key])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_ddp_fit_then_validate_on_cpu(tmp_path, write_config):
@@ -100,6 +108,9 @@ def test_ddp_fit_then_validate_on_cpu(tmp_path, write_config):
     assert [s["sampler"] for s in samplers] == ["EpochShuffleSampler"] * 2
     assert samplers[0]["indices"] == [0, 2] and samplers[1]["indices"] == [1, 3]
     cached = {p: p.stat().st_mtime_ns for p in cache.glob("case_*")}
+    # what a monitor or a plateau scheduler reads is the same on every rank: the epoch's training loss is the mean
+    # over both ranks' batches (each rank saw different patches), the validation scores come from all cases
+    _same_on_both_ranks(run, "fit", ("train/loss_epoch", "val/loss", "val/score", "val/kidney/dice"))
     fit_summary = json.loads((run / "metrics.json").read_text())
 
     (run / "metrics.json").unlink()
@@ -108,6 +119,7 @@ def test_ddp_fit_then_validate_on_cpu(tmp_path, write_config):
     assert len(log) == 2 and log[1].split()[1] == "0", log  # once more for `validate`, again on rank 0 only
     assert {p: p.stat().st_mtime_ns for p in cache.glob("case_*")} == cached  # the cache was reused, not rebuilt
 
+    _same_on_both_ranks(run, "validate", ("val/loss", "val/score", "val/tumour/dice"))
     split = json.loads((cache / "split.json").read_text())
     assert len(split["val"]) == 3
     for summary in (fit_summary, json.loads((run / "metrics.json").read_text())):

@@ -100,3 +100,20 @@ class CountingKiTS19DataModule(KiTS19DataModule):
         super().prepare_data()
         with open(Path(self.cache_dir) / "prepare_data.log", "a") as f:
             f.write(f"{os.getpid()} {self.trainer.global_rank if self.trainer else 0}\n")
+
+
+class RankMetrics(pl.Callback):
+    """Writes each rank's ``trainer.callback_metrics`` (what monitors and schedulers read on that rank) to
+    ``<default_root_dir>/<fn>_metrics_rank<R>.json`` at the end of ``fit`` and of ``validate``."""
+
+    def _dump(self, trainer: pl.Trainer, fn: str) -> None:
+        values = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        path = Path(trainer.default_root_dir) / f"{fn}_metrics_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(values, sort_keys=True))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._dump(trainer, "fit")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._dump(trainer, "validate")

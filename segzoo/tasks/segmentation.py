@@ -219,7 +219,18 @@ class SegmentationTask(pl.LightningModule):
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step}, epoch "
                 f"{self.current_epoch}, batch {batch_idx}; cases in the batch: {cases}"
             )
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        # sync_dist: under DDP each rank's epoch mean covers its own batches only; a plateau scheduler or a stopping
+        # rule watching train/loss_epoch (configs/kits19.yaml) must read the same value on every rank, or the ranks'
+        # learning rates part ways. One scalar all-reduce per step; nothing on one device.
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+            sync_dist=True,
+        )
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -424,7 +435,8 @@ class SegmentationTask(pl.LightningModule):
                 losses = [None] * self.trainer.world_size
                 torch.distributed.all_gather_object(losses, self._eval_losses)
             flat = [v for part in losses for v in part]
-            self.log(f"{prefix}/loss", float(np.mean(flat)), sync_dist=False, batch_size=1)
+            # gathered above, so every rank holds the same value; sync_dist (a mean of equal values) keeps it so
+            self.log(f"{prefix}/loss", float(np.mean(flat)), sync_dist=True, batch_size=1)
         table = self._gather_rows(self._case_scores)
         if not table:
             return
@@ -471,7 +483,7 @@ class SegmentationTask(pl.LightningModule):
             logged.update({f"{prefix}/no_postprocess/{k}": v for k, v in raw_mean.items()})
         summary["scored_on"] = "original grid" if self._scored_on_original else "preprocessed grid"
         summary["dead_classes"] = self._check_dead_classes(table, key, prefix)
-        self.log_dict(logged, sync_dist=False, batch_size=1)
+        self.log_dict(logged, sync_dist=True, batch_size=1)  # from the gathered table: equal on every rank
         self.last_summary = summary
         if write_file and self.metrics_file:
             self._write_summary(summary)
