@@ -10,7 +10,12 @@ import logging
 import warnings
 
 # Lightning 2.6 with torch >= 2.10: Lightning's own pytree helper uses a deprecated torch API on every fit
-_LIBRARY_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",)
+_LIBRARY_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # `validate` / `test` under DDP: Lightning advises devices=1 so that no case is scored twice; segzoo's task gathers
+    # the per-case rows over ranks and drops the repeats (tests/test_ddp.py), so the advice does not apply
+    r"Using `DistributedSampler` with the dataloaders\. During `trainer\.(validate|test)\(\)`.*",
+)
 
 
 class _DropAdverts(logging.Filter):

@@ -114,7 +114,9 @@ def test_ddp_fit_then_validate_on_cpu(tmp_path, write_config):
     fit_summary = json.loads((run / "metrics.json").read_text())
 
     (run / "metrics.json").unlink()
-    _segzoo(["validate", "--config", str(config), "--ckpt_path", str(last)], run)
+    proc = _segzoo(["validate", "--config", str(config), "--ckpt_path", str(last)], run)
+    # no advice that does not apply: the logged values are synced and no case is counted twice (checked below)
+    assert "sync_dist=True" not in proc.stderr and "DistributedSampler` with the dataloaders" not in proc.stderr
     log = (cache / "prepare_data.log").read_text().splitlines()
     assert len(log) == 2 and log[1].split()[1] == "0", log  # once more for `validate`, again on rank 0 only
     assert {p: p.stat().st_mtime_ns for p in cache.glob("case_*")} == cached  # the cache was reused, not rebuilt
