@@ -75,7 +75,10 @@ def _build_cli_class() -> type:
 
         before_validate = before_test = before_predict = before_fit
 
+    # pickle finds the class as `segzoo.cli.SegzooCLI` (the module's __getattr__): ddp_spawn pickles the trainer,
+    # which reaches the CLI through the callbacks LightningCLI adds
     SegzooCLI.__module__ = __name__
+    SegzooCLI.__qualname__ = "SegzooCLI"
     return SegzooCLI
 
 
@@ -600,21 +603,12 @@ def _run_lightning(argv: list[str], from_sys: bool = False) -> int:
         sys.argv = saved_argv
     if argv[0] in ("fit", "validate", "test") and cli.trainer.is_global_zero:
         print("\n" + "\n".join(run_summary(cli, argv[0])))
-    _destroy_process_group()
+    # every rank ends its process group once the command returned on it (a rank that failed must not wait on the
+    # others): left to interpreter shutdown, gloo can abort a finished run (segzoo.utils.destroy_process_group_at_exit)
+    from segzoo.utils import destroy_process_group
+
+    destroy_process_group()
     return 0
-
-
-def _destroy_process_group() -> None:
-    """End a finished run's process group on every rank, as torch asks before a process exits.
-
-    Lightning keeps the group it initialised; left to interpreter shutdown, a gloo group's worker threads can outlive
-    the interpreter and abort the process ("terminate called without an active exception", exit -6) after a run that
-    succeeded. Called only after the command returned on this rank (a rank that failed must not wait on the others).
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _ckpt_path_arg(argv: Sequence[str]) -> str:

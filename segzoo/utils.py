@@ -135,3 +135,33 @@ def cpu_allocator_from_env() -> bool:
             f"{ALLOCATOR_ENV}={os.environ[ALLOCATOR_ENV]!r} ignored: expected 'reuse' or 'default'", stacklevel=2
         )
     return choice == "reuse" and tune_cpu_allocator()
+
+
+def destroy_process_group() -> None:
+    """Destroy the default ``torch.distributed`` process group if one is initialised (else nothing)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+_GROUP_DESTROYED_AT_EXIT = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Make this process destroy its process group before the interpreter shuts down (once per process).
+
+    Left to interpreter shutdown, a gloo group's worker threads can outlive the interpreter and abort a process that
+    had finished its work ("terminate called without an active exception", exit -6): 7 of 60 two-rank runs on a
+    2-core machine, 0 of 60 with the group destroyed explicitly or from an ``atexit`` handler. Lightning registers
+    such a handler for NCCL only; a ``ddp_spawn`` worker ends through interpreter shutdown.
+    """
+    global _GROUP_DESTROYED_AT_EXIT
+    import torch.distributed as dist
+
+    if _GROUP_DESTROYED_AT_EXIT or not (dist.is_available() and dist.is_initialized()):
+        return
+    import atexit
+
+    atexit.register(destroy_process_group)
+    _GROUP_DESTROYED_AT_EXIT = True

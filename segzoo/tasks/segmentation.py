@@ -27,7 +27,7 @@ from torch import nn
 from segzoo.inference.labels import labels_on_original_grid
 from segzoo.metrics.base import CaseMetric
 from segzoo.metrics.dead import DeadClassCounter, confusion, label_regions
-from segzoo.utils import atomic_write_text
+from segzoo.utils import atomic_write_text, destroy_process_group_at_exit
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ class SegmentationTask(pl.LightningModule):
         self._train_forward = None
 
     def setup(self, stage: str) -> None:
+        destroy_process_group_at_exit()  # under DDP (group initialised by now): ddp_spawn workers included
         if self.init_from and stage == "fit":  # a resumed fit loads its checkpoint after this, over these weights
             from segzoo.tasks.finetune import load_matching_weights, source_state_dict
 
