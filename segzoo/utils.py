@@ -1,4 +1,5 @@
-"""Small shared helpers with no segzoo dependencies: atomic file writes, a process pool, the CPU allocator setting."""
+"""Small shared helpers with no segzoo dependencies: atomic file writes, a process pool, the CPU allocator setting,
+the end of a process group."""
 
 from __future__ import annotations
 
