@@ -75,8 +75,10 @@ class ExpLogLoss(nn.Module):
         log_dice_classes: logit channels whose Dice term is ``(-ln Dice_c)^gamma_dice``; the other classes take the
             linear ``1 - Dice_c`` (the Dice loss of ``monai.losses.DiceLoss``). ``None`` (default): every class, the
             paper's loss. A class whose Dice has collapsed keeps a gradient ``1 / Dice_c`` times the linear one under
-            the logarithm, so naming only a small class (e.g. ``[2]``, the tumour) revives it without reweighting
-            the others (our option, not the paper's; docs/losses_metrics.md).
+            the logarithm, so naming only a small class (e.g. ``[2]``, the tumour) keeps pulling it back while the
+            other classes keep the linear term; that larger pull still competes with them for the same steps (on the
+            KiTS19 demo it cost the kidney, docs/experiments.md). Our option, not the paper's
+            (docs/losses_metrics.md).
 
     Shapes:
         logits ``(B, K, *spatial)``; target ``(B, 1, *spatial)`` or ``(B, *spatial)`` class indices ``0..K-1``.
